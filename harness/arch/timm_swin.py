@@ -1,0 +1,49 @@
+"""timm ``SwinTransformer``: instrumented window attention and block forwards.
+
+Same points as :mod:`harness.arch.timm_vit`, per window: ``attn_v`` has shape
+(B·num_windows, heads, window_area, d). ``scores`` is q·kᵀ before the relative-position bias and
+``scores_biased`` after it (the extra Swin point of the ``psaq`` profile).
+"""
+from __future__ import annotations
+
+import torch
+from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
+
+from harness.arch import register_swap
+from harness.instrument import apply_point
+
+
+class InstrumentedWindowAttention(WindowAttention):
+    is_dfq_attention = True
+    extra_score_points = ("scores_biased",)  # the relative-position-bias sum, `psaq` profile
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q = apply_point(self, "q", q * self.scale)
+        k = apply_point(self, "k", k)
+        scores = apply_point(self, "scores", q @ k.transpose(-2, -1))
+        scores = apply_point(self, "scores_biased", scores + self._get_rel_pos_bias())
+        if mask is not None:
+            num_windows = mask.shape[0]
+            scores = scores.view(-1, num_windows, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            scores = scores.view(-1, self.num_heads, N, N)
+        attn = apply_point(self, "attn", self.attn_drop(self.softmax(scores)))
+        x = apply_point(self, "attn_v", attn @ apply_point(self, "v", v))
+        x = x.transpose(1, 2).reshape(B_, N, -1)
+        return self.proj_drop(self.proj(x))
+
+
+class InstrumentedSwinBlock(SwinTransformerBlock):
+    is_dfq_block = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = apply_point(self, "residual1", x + self.drop_path1(self._attn(self.norm1(x))))
+        x = x.reshape(B, -1, C)
+        x = apply_point(self, "residual2", x + self.drop_path2(self.mlp(self.norm2(x))))
+        return x.reshape(B, H, W, C)
+
+
+register_swap(WindowAttention, InstrumentedWindowAttention)
+register_swap(SwinTransformerBlock, InstrumentedSwinBlock)

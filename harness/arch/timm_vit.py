@@ -1,0 +1,49 @@
+"""timm ``VisionTransformer`` (ViT, DeiT): instrumented attention and block forwards.
+
+Points (spec README §3): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
+per-tensor uniform quantizer absorbs exactly), ``scores`` (pre-softmax), ``attn`` (post-softmax),
+``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), and the
+block's ``residual1`` / ``residual2`` sums.
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
+from timm.models.vision_transformer import Block
+
+from harness.arch import register_swap
+from harness.instrument import apply_point
+
+
+class InstrumentedAttention(Attention):
+    is_dfq_attention = True
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_point(self, "q", q * self.scale)
+        k = apply_point(self, "k", k)
+        scores = apply_point(self, "scores", q @ k.transpose(-2, -1))
+        scores = maybe_add_mask(scores, resolve_self_attn_mask(N, scores, attn_mask, is_causal))
+        attn = apply_point(self, "attn", self.attn_drop(scores.softmax(dim=-1)))
+        x = apply_point(self, "attn_v", attn @ apply_point(self, "v", v))
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+class InstrumentedBlock(Block):
+    is_dfq_block = True
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        attn_out = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
+        x = apply_point(self, "residual1", x + self.drop_path1(self.ls1(attn_out)))
+        return apply_point(self, "residual2", x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
+
+
+register_swap(Attention, InstrumentedAttention)
+register_swap(Block, InstrumentedBlock)

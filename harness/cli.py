@@ -1,0 +1,181 @@
+"""``python -m harness run | list | report``: bad input of any kind is one line on stderr and exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (no usage dump) and exits with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise HarnessError(f"{self.prog}: {message} (see --help)")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.grid import DEFAULT_BITS, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_TASKS
+
+    parser = _Parser(prog="harness", description="Benchmark data-free quantization methods for vision transformers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a grid of cells (resumable)",
+                              description="Run methods x tasks x models x bits x seeds; finished cells are skipped.")
+    run.add_argument("--methods", type=_csv, default=DEFAULT_METHODS, help="comma-separated method names")
+    run.add_argument("--tasks", type=_csv, default=DEFAULT_TASKS, help="comma-separated task names")
+    run.add_argument("--models", type=_csv, default=(), help="comma-separated model names (default: all of each task)")
+    run.add_argument("--bits", type=_csv, default=DEFAULT_BITS, help="bit specs: wXaY, fp, mpX[aY]")
+    run.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS, help="calibration seeds, e.g. 0,1,2")
+    run.add_argument("--data", help="override every method's generator (ablations: --data psaq --calib ranking)")
+    run.add_argument("--calib", help="override every method's calibrator")
+    run.add_argument("--gen-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="generator option (GENERATOR.KEY=VALUE for one generator only); repeatable")
+    run.add_argument("--calib-opt", action="append", default=[], metavar="KEY=VALUE", help="calibrator option; repeatable")
+    run.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE", help="task option; repeatable")
+    run.add_argument("--data-root", help="dataset root for tasks that read one from disk")
+    run.add_argument("--checkpoint", help="local weights file for the model")
+    run.add_argument("--batch-size", type=int, help="evaluation batch size (results do not depend on it)")
+    run.add_argument("--profile", default="standard", help="quantizer profile: standard or psaq (spec §3)")
+    run.add_argument("--attn-quantizer", default="uniform", help="post-softmax quantizer: uniform or log2")
+    run.add_argument("--keep-first-last-fp", action="store_true", help="leave patch embedding and head in FP")
+    run.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    run.add_argument("--out", type=Path, default=Path("results"), help="results directory (default: results)")
+    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--force", action="store_true", help="recompute cells that already have a record")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    listing = commands.add_parser("list", help="list methods, generators, calibrators, tasks, models, bit specs")
+    listing.add_argument("what", nargs="?", default="all",
+                         choices=["all", "methods", "generators", "calibrators", "tasks", "models", "bits"])
+
+    report = commands.add_parser("report", help="write the leaderboard from all records")
+    report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    report.add_argument("--out", type=Path, help="where to write (default: RESULTS/report)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"run": command_run, "list": command_list, "report": command_report}[args.command](args)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as error:  # never a bare traceback for a user; DFQ_DEBUG=1 shows it
+        if os.environ.get("DFQ_DEBUG"):
+            raise
+        print(f"internal error: {type(error).__name__}: {error} (set DFQ_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _set_threads() -> None:
+    """One torch thread per available core: oversubscription was measured 15x slower here."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from harness.grid import GridSpec
+    from harness.options import parse_assignments
+    from harness.progress import set_progress
+    from harness.quant.convert import QuantConfig
+    from harness.runner import GridRunner
+    from reports.aggregate import leaderboard, primary_metric, records_frame
+
+    _set_threads()
+    task_options = parse_assignments(args.task_opt, "task")
+    for key in ("data_root", "checkpoint", "batch_size"):
+        if getattr(args, key) is not None:
+            task_options[key] = getattr(args, key)
+    if args.limit is not None and args.limit < 1:
+        raise HarnessError(f"--limit must be a positive number of images, got {args.limit}")
+    spec = GridSpec(
+        methods=args.methods, tasks=args.tasks, models=args.models, bits=args.bits, seeds=args.seeds,
+        data=args.data, calib=args.calib,
+        generator_options=parse_assignments(args.gen_opt, "generator"),
+        calibrator_options=parse_assignments(args.calib_opt, "calibrator"),
+        task_options=task_options,
+        quant=QuantConfig(profile=args.profile, keep_first_last_fp=args.keep_first_last_fp,
+                          attn_quantizer=args.attn_quantizer),
+        limit=args.limit,
+    )
+    _check_device(args.device)
+    set_progress(not args.no_progress)
+    runner = GridRunner(args.out, device=args.device, force=args.force)
+    summary = runner.run(spec)
+    print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
+          f"records in {runner.store.records_dir}")
+    for record in summary.records:
+        if record["status"] != "ok":
+            print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}")
+    frame = records_frame(summary.records)
+    if not frame.empty:
+        for task, task_frame in frame.groupby("task"):
+            metric = primary_metric(task_frame.dropna(axis=1, how="all"))
+            print(f"\n{task} ({metric.removeprefix('metric.')}, mean ± std over seeds (n))")
+            print(leaderboard(task_frame, metric).to_string())
+    return 1 if summary.failed else 0
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise HarnessError(f"device {device!r} is not usable here ({str(error).splitlines()[0]}); try --device cpu") from None
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from harness.bits import ACCEPTED_FORMS
+    from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
+
+    sections = {
+        "methods": [(n, f"{m.generator} + {m.calibrator}: {m.description}") for n, m in METHODS.items()],
+        "generators": [(n, (g.__doc__ or "").strip().splitlines()[0]) for n, g in GENERATORS.items()],
+        "calibrators": [(n, (c.__doc__ or "").strip().splitlines()[0]) for n, c in CALIBRATORS.items()],
+        "tasks": [(n, ", ".join(t.metric_names)) for n, t in TASKS.items()],
+        "models": [(n, f"[{e.task}] {e.description}") for n, e in MODELS.items()],
+        "bits": [("forms", ACCEPTED_FORMS)],
+    }
+    for name, rows in sections.items():
+        if args.what not in ("all", name):
+            continue
+        print(f"{name}:")
+        width = max((len(row[0]) for row in rows), default=0)
+        for key, text in rows:
+            print(f"  {key.ljust(width)}  {text}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from harness.records import ResultStore
+    from reports.markdown import write_markdown
+
+    store = ResultStore(args.results)
+    if not store.records_dir.is_dir():
+        raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --out {args.results}` first")
+    path = write_markdown(store.records(), args.out or args.results / "report")
+    print(path.read_text())
+    print(f"written: {path}")
+    return 0

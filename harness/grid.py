@@ -1,0 +1,122 @@
+"""A grid: the Cartesian product of methods x tasks x models x bits x seeds, resolved into cells.
+
+A cell's identity is the hash of its resolved config (spec README §1, §5); settings that cannot
+change a result (data location, batch size, worker count) are kept out of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.bits import BitSpec, parse_bits
+from harness.errors import HarnessError
+from harness.io import config_hash
+from harness.options import build_options, options_dict
+from harness.quant.convert import QuantConfig
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
+
+RECORD_SCHEMA = 1
+EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
+
+DEFAULT_METHODS = ("real", "noise")
+DEFAULT_TASKS = ("digits",)
+DEFAULT_BITS = ("w8a8", "w4a4", "w4a3")
+DEFAULT_SEEDS = (0,)
+
+
+@dataclass
+class GridSpec:
+    """Everything ``harness run`` was asked for, before resolution."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    models: tuple[str, ...] = ()  # empty: every model of each task
+    bits: tuple[str, ...] = DEFAULT_BITS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    data: str | None = None  # generator override (--data)
+    calib: str | None = None  # calibrator override (--calib)
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    calibrator_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    limit: int | None = None
+
+
+@dataclass
+class Cell:
+    """One (method, task, model, bits, seed) run with every option resolved."""
+
+    method: str
+    generator: str
+    calibrator: str
+    task: str
+    model: str
+    bits: BitSpec
+    seed: int
+    generator_options: Any
+    calibrator_options: Any
+    task_options: Any
+    quant: QuantConfig
+    limit: int | None
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config as stored in the record."""
+        return {
+            "method": self.method, "generator": self.generator, "calibrator": self.calibrator,
+            "task": self.task, "model": self.model, "bits": str(self.bits), "seed": self.seed,
+            "options": {
+                "generator": options_dict(self.generator_options),
+                "calibrator": options_dict(self.calibrator_options),
+                "task": options_dict(self.task_options),
+                "quant": dataclasses.asdict(self.quant),
+                "limit": self.limit,
+            },
+        }
+
+    def identity(self, weights_id: str) -> dict[str, Any]:
+        config = self.config()
+        for key in EXECUTION_ONLY_TASK_OPTIONS:
+            config["options"]["task"].pop(key, None)
+        if self.bits.is_fp:  # an FP cell does not depend on how a quantizer would be set up
+            config["generator"] = config["calibrator"] = None
+            config["options"] = {"task": config["options"]["task"], "limit": self.limit}
+        return {"schema": RECORD_SCHEMA, "weights_id": weights_id, **config}
+
+    def cell_id(self, weights_id: str) -> str:
+        return config_hash(self.identity(weights_id))
+
+
+def expand(spec: GridSpec) -> list[Cell]:
+    """Validate every name up front (so a typo fails before any work) and list the cells."""
+    if not spec.methods or not spec.tasks or not spec.bits or not spec.seeds:
+        raise HarnessError("empty grid: give at least one method, task, bit spec and seed")
+    bits = [parse_bits(text) for text in spec.bits]
+    models_by_task = _models_by_task(spec)
+    cells = []
+    for method_name, task_name, bit_spec, seed in itertools.product(spec.methods, spec.tasks, bits, spec.seeds):
+        method = METHODS.get(method_name)
+        generator_name = spec.data or method.generator
+        calibrator_name = spec.calib or method.calibrator
+        generator_cls, calibrator_cls = GENERATORS.get(generator_name), CALIBRATORS.get(calibrator_name)
+        task_cls = TASKS.get(task_name)
+        generator_options = build_options(generator_cls.Options, spec.generator_options, generator_name, f"generator {generator_name!r}")
+        calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator_name,
+                                           f"calibrator {calibrator_name!r}")
+        task_options = build_options(task_cls.Options, spec.task_options, task_name, f"task {task_name!r}")
+        for model in models_by_task[task_name]:
+            cells.append(Cell(method_name, generator_name, calibrator_name, task_name, model, bit_spec, seed,
+                              generator_options, calibrator_options, task_options, spec.quant, spec.limit))
+    return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
+
+
+def _models_by_task(spec: GridSpec) -> dict[str, list[str]]:
+    for task in spec.tasks:
+        TASKS.get(task)
+    for model in spec.models:
+        entry = MODELS.get(model)
+        if entry.task not in spec.tasks:
+            raise HarnessError(f"model {model!r} belongs to task {entry.task!r}, which is not in --tasks")
+    chosen = {task: [m for m in spec.models if MODELS.get(m).task == task] for task in spec.tasks}
+    return {task: models or list(TASKS.get(task).model_names) for task, models in chosen.items()}

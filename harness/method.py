@@ -1,0 +1,93 @@
+"""The two halves of every method (spec README §1): a calibration-data generator and a calibrator."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.bits import BitSpec
+from harness.task import ImagePrior, Task
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration images in the model's normalized input space, plus what made them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationContext:
+    """Everything a generator may use: the FP model (frozen), the task's prior, a seed."""
+
+    task: Task
+    model_name: str
+    model: nn.Module
+    prior: ImagePrior
+    seed: int
+    device: torch.device
+
+
+@dataclass
+class CalibrationContext:
+    """What a calibrator sees besides the quantized model: the FP teacher and the images."""
+
+    fp_model: nn.Module
+    calibration: CalibrationSet
+    bits: BitSpec
+    seed: int
+    device: torch.device
+    batch_size: int = 32
+
+
+@dataclass
+class NoOptions:
+    """For plugins without options."""
+
+
+class Generator(ABC):
+    """Produces calibration images. ``bit_independent`` generators are cached across bit widths."""
+
+    Options: ClassVar[type] = NoOptions
+    bit_independent: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def generate(self, context: GenerationContext) -> CalibrationSet:
+        """Return calibration images for ``context.model``."""
+
+
+class Calibrator(ABC):
+    """Fits a quantized model's parameters (ranges, scales, maybe weights) on calibration images."""
+
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> None:
+        """Calibrate ``qmodel`` in place and freeze its ranges."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A named pairing of a default generator and calibrator (their options may be overridden)."""
+
+    generator: str
+    calibrator: str
+    description: str = ""
+
+
+@dataclass
+class ImageCountOptions:
+    """The option every image generator shares."""
+
+    num_images: int = 32  # spec methods.md, Baselines and PSAQ-ViT: 32 calibration images

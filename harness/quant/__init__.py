@@ -1,0 +1,1 @@
+"""Fake quantization (spec README §3): arithmetic, quantizer modules, model conversion."""

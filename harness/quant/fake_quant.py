@@ -1,0 +1,46 @@
+"""Quantize-dequantize arithmetic of the spec's quantizer contract (README §3).
+
+Rounding uses a straight-through estimator so the same functions serve learnable scales
+(PSAQ-ViT V2's student, block reconstruction) and plain calibrated evaluation.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def symmetric_weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale max|w_c| / (2^(b-1) - 0.5), as in PSAQ-ViT's code (README §3)."""
+    max_abs = weight.detach().flatten(1).abs().amax(dim=1)
+    scale = max_abs / (2 ** (bits - 1) - 0.5)
+    return scale.clamp_min(1e-8).view(-1, *([1] * (weight.dim() - 1)))
+
+
+def fake_quant_symmetric(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers clamped to [-2^(b-1), 2^(b-1) - 1], then scaled back."""
+    q = torch.clamp(round_ste(weight / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return q * scale
+
+
+def asymmetric_params(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (max - min) / (2^b - 1) and zero-point round(-min / scale) in [0, 2^b - 1] (README §3)."""
+    levels = 2 ** bits - 1
+    scale = ((high - low) / levels).clamp_min(1e-8)
+    zero_point = torch.clamp(torch.round(-low / scale), 0, levels)
+    return scale, zero_point
+
+
+def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
+    q = torch.clamp(round_ste(x / scale) + zero_point, 0, 2 ** bits - 1)
+    return (q - zero_point) * scale
+
+
+def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Log2 quantizer for post-softmax maps in [0, 1]: x ~ 2^-q, q in [0, 2^b - 1]; the last level is 0."""
+    levels = 2 ** bits - 1
+    q = torch.clamp(round_ste(-torch.log2(x.clamp_min(1e-30))), 0, levels)
+    return torch.where(q >= levels, torch.zeros_like(x), torch.pow(2.0, -q))

@@ -1,0 +1,152 @@
+"""Quantizer modules: per-tensor activation quantizers and weight-quantized Linear / Conv2d."""
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.quant.fake_quant import (
+    asymmetric_params,
+    fake_quant_asymmetric,
+    fake_quant_log2,
+    fake_quant_symmetric,
+    symmetric_weight_scale,
+)
+
+Mode = Literal["observe", "quantize", "bypass"]
+
+
+class Observer(Protocol):
+    def update(self, x: torch.Tensor) -> None: ...
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor asymmetric uniform activation quantizer (README §3), or log2 for attention maps.
+
+    Modes: ``observe`` passes values through while an observer records them (calibration),
+    ``quantize`` applies the frozen range, ``bypass`` is floating point. Ranges live in buffers so
+    a calibrated model is saved and reloaded with its state dict.
+    """
+
+    def __init__(self, bits: int, kind: Literal["uniform", "log2"] = "uniform") -> None:
+        super().__init__()
+        self.bits = bits
+        self.kind = kind
+        self.mode: Mode = "observe"
+        self.observer: Observer | None = None
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0.0))
+        self.register_buffer("low", torch.tensor(0.0))
+        self.register_buffer("high", torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "quantize":
+            if self.kind == "log2":
+                return fake_quant_log2(x, self.bits)
+            return fake_quant_asymmetric(x, self.scale, self.zero_point, self.bits)
+        if self.mode == "observe" and self.observer is not None:
+            self.observer.update(x)
+        return x
+
+    def freeze(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Fix the range [low, high] (widened to contain 0) and start quantizing."""
+        low = torch.minimum(torch.as_tensor(low, dtype=torch.float32), torch.zeros(()))
+        high = torch.maximum(torch.as_tensor(high, dtype=torch.float32), torch.zeros(()))
+        scale, zero_point = asymmetric_params(low, high, self.bits)
+        for name, value in (("low", low), ("high", high), ("scale", scale), ("zero_point", zero_point)):
+            getattr(self, name).copy_(value)
+        self.observer = None
+        self.mode = "quantize"
+
+    @property
+    def frozen(self) -> bool:
+        return self.mode == "quantize"
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, kind={self.kind}, mode={self.mode}"
+
+
+class _WeightQuantMixin:
+    """Per-output-channel symmetric weight fake quantization with a cached quantized weight.
+
+    The cache is keyed on the tensor versions of weight and scale, so evaluation pays for weight
+    quantization once while calibrators that edit weights or scales in place still see fresh values.
+    """
+
+    weight: nn.Parameter
+    weight_scale: torch.Tensor
+
+    def _init_weight_quant(self, bits: int | None) -> None:
+        self.weight_bits = bits
+        scale = symmetric_weight_scale(self.weight, bits) if bits else torch.ones(())
+        self.register_buffer("weight_scale", scale)
+        self._cache_key: tuple | None = None
+        self._cached_weight: torch.Tensor | None = None
+
+    def set_weight_bits(self, bits: int | None) -> None:
+        """Change the bit width (mixed precision) and reset the scale to the min-max default."""
+        self.weight_bits = bits
+        if bits:
+            self.weight_scale = symmetric_weight_scale(self.weight, bits)
+
+    def quantized_weight(self) -> torch.Tensor:
+        if not self.weight_bits:
+            return self.weight
+        if torch.is_grad_enabled() and (self.weight.requires_grad or self.weight_scale.requires_grad):
+            return fake_quant_symmetric(self.weight, self.weight_scale, self.weight_bits)
+        key = (self.weight._version, id(self.weight), self.weight_scale._version, id(self.weight_scale), self.weight_bits)
+        if key != self._cache_key:
+            with torch.no_grad():
+                self._cached_weight = fake_quant_symmetric(self.weight, self.weight_scale, self.weight_bits)
+            self._cache_key = key
+        return self._cached_weight
+
+
+class QuantLinear(_WeightQuantMixin, nn.Linear):
+    """``nn.Linear`` sharing the original's parameters, with fake-quantized weights."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bits: int | None) -> "QuantLinear":
+        with torch.device("meta"):
+            module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        module.weight, module.bias = linear.weight, linear.bias
+        module._forward_pre_hooks.update(linear._forward_pre_hooks)
+        module._forward_hooks.update(linear._forward_hooks)
+        module._init_weight_quant(bits)
+        return module.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` (the patch embedding) sharing the original's parameters, weights fake-quantized."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits: int | None) -> "QuantConv2d":
+        with torch.device("meta"):
+            module = cls(
+                conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            )
+        module.weight, module.bias = conv.weight, conv.bias
+        module._forward_pre_hooks.update(conv._forward_pre_hooks)
+        module._forward_hooks.update(conv._forward_hooks)
+        module._init_weight_quant(bits)
+        return module.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+def act_quantizers(model: nn.Module) -> list[tuple[str, ActQuantizer]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ActQuantizer)]
+
+
+def weight_quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _WeightQuantMixin)]

@@ -1,0 +1,127 @@
+"""The result store: one JSON record per cell, written atomically, named by the cell id (spec §5)."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from harness.io import write_json
+
+TRACKED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "mmdet", "mmsegmentation", "mmengine")
+
+
+class ResultStore:
+    """``<root>/records/<cell_id>.json``; only records with status ``ok`` count as finished."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+
+    def path(self, cell_id: str) -> Path:
+        return self.records_dir / f"{cell_id}.json"
+
+    def finished(self, cell_id: str) -> dict[str, Any] | None:
+        record = read_record(self.path(cell_id))
+        return record if record is not None and record.get("status") == "ok" else None
+
+    def write(self, record: dict[str, Any]) -> Path:
+        path = self.path(record["cell_id"])
+        write_json(path, record)
+        return path
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.records_dir.glob("*.json")):
+            record = read_record(path)
+            if record is not None:
+                yield record
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record, or None when absent or unreadable (a torn write is treated as not finished)."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and "cell_id" in record else None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def harness_commit() -> str:
+    """The harness's git commit, with ``+dirty`` when the work tree has changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
+    }
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) while the block runs, sampled from /proc; plus CUDA peak if used."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss_mb(self) -> float:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss_mb = max(self.peak_rss_mb, self._rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss_mb = max(self.peak_rss_mb, self._rss_mb())
+
+    def summary(self) -> dict[str, float]:
+        result = {"peak_rss_mb": round(self.peak_rss_mb, 1)}
+        if torch.cuda.is_available():
+            result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return result

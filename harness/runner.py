@@ -1,0 +1,197 @@
+"""The grid runner: CLI -> grid -> task (model + data) -> method -> evaluate -> record.
+
+Resumable: a cell whose ``ok`` record exists is skipped, so a killed grid started again loses
+nothing and redoes nothing that finished. A failing cell becomes an error record; the grid goes on.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from harness.progress import progress_bar
+
+from harness.errors import HarnessError
+from harness.grid import RECORD_SCHEMA, Cell, GridSpec, expand
+from harness.io import config_hash, save_torch, write_json
+from harness.method import CalibrationContext, CalibrationSet, GenerationContext
+from harness.quant.convert import quantize_model
+from harness.quant.modules import act_quantizers, weight_quantized_layers
+from harness.records import PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_record
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.task import Task
+
+
+@dataclass
+class RunSummary:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+class GridRunner:
+    """Runs cells in order, sharing task instances, the FP model and cached calibration sets."""
+
+    def __init__(self, out: Path, device: str = "cpu", force: bool = False) -> None:
+        self.store = ResultStore(out)
+        self.device = torch.device(device)
+        self.force = force
+        self._tasks: dict[tuple, Task] = {}
+        self._fp_model: tuple[tuple, nn.Module] | None = None
+        self._commit = harness_commit()
+
+    def run(self, spec: GridSpec, on_record: Callable[[dict], None] | None = None) -> RunSummary:
+        cells = expand(spec)
+        summary = RunSummary()
+        bar = progress_bar(cells, desc="grid", unit="cell")
+        for cell in bar:
+            bar.set_postfix_str(f"{cell.method} {cell.model} {cell.bits} seed {cell.seed}")
+            weights_id = self._weights_id(cell)
+            cell_id = cell.cell_id(weights_id)
+            existing = None if self.force else self.store.finished(cell_id)
+            if existing is not None:
+                summary.skipped += 1
+                summary.records.append(existing)
+                continue
+            record = self.run_cell(cell, cell_id, weights_id)
+            self.store.write(record)
+            summary.computed += 1
+            summary.failed += record["status"] != "ok"
+            summary.records.append(record)
+            if on_record:
+                on_record(record)
+        return summary
+
+    def _task(self, cell: Cell) -> Task:
+        key = (cell.task, config_hash(cell.config()["options"]["task"]))
+        if key not in self._tasks:
+            self._tasks[key] = TASKS.get(cell.task)(cell.task_options)
+        return self._tasks[key]
+
+    def _weights_id(self, cell: Cell) -> str:
+        return self._task(cell).weights_id(cell.model)
+
+    def _load_fp_model(self, cell: Cell, weights_id: str) -> nn.Module:
+        key = (cell.task, cell.model, weights_id)
+        if self._fp_model is None or self._fp_model[0] != key:
+            self._fp_model = None  # free the previous model before loading the next
+            model = self._task(cell).load_model(cell.model).to(self.device).eval()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            self._fp_model = (key, model)
+        return self._fp_model[1]
+
+    def run_cell(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "schema": RECORD_SCHEMA, "cell_id": cell_id, "weights_id": weights_id, **cell.config(),
+            "label": _label(cell), "harness_commit": self._commit, "versions": library_versions(),
+            **provenance(),
+        }
+        timing: dict[str, float] = {}
+        memory = PeakMemory()
+        try:
+            with memory:
+                record.update(self._execute(cell, weights_id, timing))
+            record["status"] = "ok"
+        except Exception as error:  # one bad cell must not stop the grid: it becomes an error record
+            record["status"] = "error"
+            record["error"] = error_line(error)
+            record["traceback"] = traceback.format_exc()
+        record["timing_s"] = {k: round(v, 4) for k, v in timing.items()}
+        record["memory"] = memory.summary()
+        return record
+
+    def _execute(self, cell: Cell, weights_id: str, timing: dict[str, float]) -> dict[str, Any]:
+        task = self._task(cell)
+        fp_model = self._load_fp_model(cell, weights_id)
+        fp_metrics = self._fp_metrics(cell, task, fp_model, weights_id)
+        if cell.bits.is_fp:
+            return {"metrics": fp_metrics, "fp_metrics": fp_metrics, "num_calibration_images": 0}
+        calibration, cache_hit = self._calibration_set(cell, task, fp_model, weights_id, timing)
+        start = time.perf_counter()
+        qmodel = quantize_model(fp_model, cell.bits, cell.quant)
+        calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
+        calibrator.calibrate(qmodel, CalibrationContext(
+            fp_model=fp_model, calibration=calibration, bits=cell.bits, seed=cell.seed,
+            device=self.device,
+        ))
+        unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
+        if unfrozen:
+            raise HarnessError(f"calibrator {cell.calibrator!r} left {len(unfrozen)} quantizers unfrozen, e.g. {unfrozen[0]}")
+        timing["calibrate"] = time.perf_counter() - start
+        start = time.perf_counter()
+        metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
+        timing["evaluate"] = time.perf_counter() - start
+        return {
+            "metrics": metrics, "fp_metrics": fp_metrics,
+            "num_calibration_images": int(calibration.images.shape[0]),
+            "generator_cache_hit": cache_hit, "calibration_info": calibration.info,
+            "quantizer": {
+                **cell.config()["options"]["quant"],
+                "scope": "whole model",
+                "activation_quantizers": len(act_quantizers(qmodel)),
+                "weight_quantized_layers": sum(1 for _, m in weight_quantized_layers(qmodel) if m.weight_bits),
+            },
+        }
+
+    def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
+        """Computed once per (task, model, weights, limit) and cached beside the records."""
+        path = self.store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{cell.limit}.json"
+        cached = read_record(path)
+        if cached is not None:
+            return cached["metrics"]
+        metrics = task.evaluate(fp_model, cell.model, limit=cell.limit)
+        write_json(path, {"cell_id": path.stem, "metrics": metrics})
+        return metrics
+
+    def _calibration_set(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str,
+                         timing: dict[str, float]) -> tuple[CalibrationSet, bool]:
+        """Bit-independent generator outputs are cached on disk, keyed by (generator, options, weights, seed)."""
+        generator = GENERATORS.get(cell.generator)(cell.generator_options)
+        prior = task.prior(cell.model)
+        key = config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
+                           "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
+                           "prior": str(prior)})
+        path = self.store.root / "cache" / "generators" / cell.generator / f"{key}.pt"
+        if generator.bit_independent and path.exists():
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=False)
+                timing["generate"] = entry["generate_seconds"]
+                return entry["calibration"], True
+            except Exception:  # a torn or corrupt cache entry is regenerated, never trusted
+                path.unlink(missing_ok=True)
+        torch.manual_seed(cell.seed)
+        start = time.perf_counter()
+        calibration = generator.generate(GenerationContext(
+            task=task, model_name=cell.model, model=fp_model, prior=prior, seed=cell.seed,
+            device=self.device,
+        ))
+        timing["generate"] = time.perf_counter() - start
+        if not torch.isfinite(calibration.images).all():
+            raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
+        calibration.images = calibration.images.detach().cpu()
+        if generator.bit_independent:
+            save_torch(path, {"calibration": calibration, "generate_seconds": timing["generate"],
+                              "prior": prior, "model": cell.model, "seed": cell.seed})
+        return calibration, False
+
+
+def _label(cell: Cell) -> str:
+    """Leaderboard row name: the method, plus what differs from its defaults."""
+    method = METHODS.get(cell.method)
+    label = cell.method
+    if (cell.generator, cell.calibrator) != (method.generator, method.calibrator):
+        label += f" ({cell.generator}+{cell.calibrator})"
+    if cell.quant.profile != "standard":
+        label += f" [{cell.quant.profile}]"
+    return label
+
+
+def error_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if isinstance(error, HarnessError) else f"{type(error).__name__}: {text}"

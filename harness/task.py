@@ -1,0 +1,94 @@
+"""What a task plugin provides: a model family, its evaluation data and metric, and its image prior."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from harness.registry import MODELS
+
+
+@dataclass(frozen=True)
+class ImagePrior:
+    """What a generator may know about the inputs: shape, normalization, classes (spec README §1)."""
+
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int | None = None
+
+    def clamp_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel bounds of pixels in [0, 1] after normalization, shaped (1, C, 1, 1)."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (0 - mean) / std, (1 - mean) / std
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Back to pixels in [0, 1] (for galleries and exports)."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: the task that owns it and a one-line description for ``list``."""
+
+    task: str
+    description: str = ""
+
+
+@dataclass
+class TaskOptions:
+    """Options every task accepts; tasks extend it with their own fields."""
+
+    data_root: str | None = None
+    checkpoint: str | None = None
+    batch_size: int = 64
+
+
+class Task(ABC):
+    """A task plugin. Subclasses register with ``@TASKS.register(name)`` and list their models."""
+
+    name: ClassVar[str]
+    model_names: ClassVar[tuple[str, ...]]
+    metric_names: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type] = TaskOptions
+
+    def __init__(self, options: TaskOptions | None = None) -> None:
+        self.options = options or self.Options()
+
+    @abstractmethod
+    def load_model(self, model_name: str) -> nn.Module:
+        """The full-precision model in eval mode, weights loaded (offline)."""
+
+    @abstractmethod
+    def prior(self, model_name: str) -> ImagePrior:
+        """Input shape, normalization and class count used by generators."""
+
+    @abstractmethod
+    def calibration_images(self, model_name: str, num_images: int, seed: int) -> torch.Tensor:
+        """Real images from the task's training (or calibration) split, normalized for the model."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:
+        """Metric values (in percent) of ``model`` on the evaluation split."""
+
+    @abstractmethod
+    def weights_id(self, model_name: str) -> str:
+        """A short hash of the model's weights, part of the generator cache key."""
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        """The module generators and the quantizer work on; a classifier is its own backbone."""
+        return model
+
+
+def register_models(task_name: str, descriptions: dict[str, str]) -> tuple[str, ...]:
+    """Register a task's models in the model registry; returns their names in order."""
+    for model_name, description in descriptions.items():
+        MODELS.add(model_name, ModelEntry(task=task_name, description=description))
+    return tuple(descriptions)
+

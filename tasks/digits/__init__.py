@@ -1,0 +1,74 @@
+"""Offline task ``digits``: scikit-learn's digits at 16x16 with two ViTs the harness trains and caches.
+
+A smoke-level benchmark (16 patches): it separates methods only at very low activation bits, and
+orderings must be read over several calibration seeds and both models.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.evaluation import tensor_batches, topk_accuracy
+from harness.io import file_sha256
+from harness.registry import TASKS
+from harness.task import ImagePrior, Task, register_models
+from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
+from tasks.digits.train import build_model, trained_checkpoint
+
+MODEL_SEEDS = {"digits_vit_seed0": 0, "digits_vit_seed1": 1}
+
+
+@TASKS.register("digits")
+class DigitsTask(Task):
+    """Top-1 on the 30 % test split; real calibration images come from the train split only."""
+
+    name = "digits"
+    metric_names = ("top1",)
+    model_names = register_models("digits", {
+        name: f"timm ViT 16px/patch 4, dim 64, depth 4, trained here (seed {seed})"
+        for name, seed in MODEL_SEEDS.items()
+    })
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self._weights_ids: dict[str, str] = {}
+
+    def _checkpoint(self, model_name: str):
+        if model_name not in MODEL_SEEDS:
+            raise HarnessError(f"model {model_name!r} is not a digits model; accepted: {', '.join(MODEL_SEEDS)}")
+        return trained_checkpoint(MODEL_SEEDS[model_name])
+
+    def load_model(self, model_name: str) -> nn.Module:
+        path = self._checkpoint(model_name)
+        model = build_model()
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+        except Exception as error:
+            raise HarnessError(f"cached digits checkpoint {path} is unreadable ({error}); delete it to retrain") from error
+        return model.eval()
+
+    def prior(self, model_name: str) -> ImagePrior:
+        return ImagePrior(input_size=(1, IMAGE_SIZE, IMAGE_SIZE), mean=MEAN, std=STD, num_classes=10)
+
+    def calibration_images(self, model_name: str, num_images: int, seed: int) -> torch.Tensor:
+        train = load_splits()[0]
+        if num_images > len(train.labels):
+            raise HarnessError(f"digits has {len(train.labels)} training images; asked for {num_images}")
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(train.labels), generator=generator)[:num_images]
+        return normalize(train.pixels[index])
+
+    def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:
+        test = load_splits()[1]
+        images, labels = normalize(test.pixels[:limit]), test.labels[:limit]
+        batch_size = self.options.batch_size
+        return topk_accuracy(model, tensor_batches(images, labels, batch_size), topk=(1,),
+                             total=math.ceil(len(labels) / batch_size))
+
+    def weights_id(self, model_name: str) -> str:
+        if model_name not in self._weights_ids:
+            self._weights_ids[model_name] = file_sha256(self._checkpoint(model_name))
+        return self._weights_ids[model_name]

@@ -1,0 +1,63 @@
+import torch
+
+from harness.quant.fake_quant import (
+    asymmetric_params,
+    fake_quant_asymmetric,
+    fake_quant_log2,
+    fake_quant_symmetric,
+    round_ste,
+    symmetric_weight_scale,
+)
+
+
+def test_per_channel_symmetric_scale_is_half_range_of_levels():
+    weight = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.1, -0.3]])
+    scale = symmetric_weight_scale(weight, bits=4)
+    # s_c = max|w_c| / (2^(b-1) - 0.5) = max / 7.5 (spec README §3)
+    assert torch.allclose(scale.flatten(), torch.tensor([1.0 / 7.5, 2.0 / 7.5]))
+    assert scale.shape == (2, 1)
+
+
+def test_symmetric_fake_quant_hand_values():
+    weight = torch.tensor([[0.5, -1.0, 0.25, -0.9]])
+    scale = symmetric_weight_scale(weight, bits=4)  # 1/7.5
+    # w/s = 3.75, -7.5, 1.875, -6.75 -> 4, -7 or -8 (a tie), 2, -7; all inside [-8, 7]
+    quantized = fake_quant_symmetric(weight, scale, 4) * 7.5
+    assert torch.allclose(quantized[0, [0, 2, 3]], torch.tensor([4.0, 2.0, -7.0]), atol=1e-5)
+    assert quantized[0, 1].round().item() in (-7.0, -8.0)
+
+
+def test_symmetric_clamps_to_signed_range():
+    weight = torch.tensor([[1.0, -1.0]])
+    scale = torch.tensor([[0.1]])
+    assert torch.allclose(fake_quant_symmetric(weight, scale, 4), torch.tensor([[0.7, -0.8]]))
+
+
+def test_asymmetric_zero_point_and_scale():
+    scale, zero_point = asymmetric_params(torch.tensor(-1.0), torch.tensor(3.0), bits=2)
+    assert torch.isclose(scale, torch.tensor(4.0 / 3))  # (max - min) / (2^b - 1)
+    assert zero_point.item() == 1.0  # round(1 / (4/3)) = round(0.75)
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.7, 1.0, 2.9, 10.0])
+    # q = clamp(round(x / s) + 1, 0, 3); x_hat = (q - 1) * s
+    expected = (torch.tensor([0.0, 0, 1, 2, 2, 3, 3]) - 1) * (4.0 / 3)
+    assert torch.allclose(fake_quant_asymmetric(x, scale, zero_point, 2), expected)
+
+
+def test_asymmetric_zero_point_clamped_for_positive_ranges():
+    _, zero_point = asymmetric_params(torch.tensor(0.5), torch.tensor(2.0), bits=8)
+    assert zero_point.item() == 0.0
+    _, zero_point = asymmetric_params(torch.tensor(-3.0), torch.tensor(-1.0), bits=8)
+    assert zero_point.item() == 255.0
+
+
+def test_log2_quantizer_levels():
+    x = torch.tensor([1.0, 0.5, 0.3, 0.01, 0.0])
+    # -log2: 0, 1, 1.74->2, 6.64->7 which is the last level for 3 bits -> 0
+    assert torch.allclose(fake_quant_log2(x, 3), torch.tensor([1.0, 0.5, 0.25, 0.0, 0.0]))
+
+
+def test_round_ste_passes_gradient():
+    x = torch.tensor([0.3, 1.6], requires_grad=True)
+    round_ste(x).sum().backward()
+    assert torch.equal(round_ste(x.detach()), torch.tensor([0.0, 2.0]))
+    assert torch.equal(x.grad, torch.ones(2))

@@ -1,0 +1,156 @@
+import copy
+
+import pytest
+import torch
+
+from harness.arch import instrumented
+from harness.bits import parse_bits
+from harness.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCalibrator
+from harness.errors import HarnessError
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers
+
+
+def _calibrate(qmodel, fp_model, images, calibrator=None, bits="w8a8"):
+    (calibrator or MinMaxCalibrator()).calibrate(qmodel, CalibrationContext(
+        fp_model=fp_model, calibration=CalibrationSet(images), bits=parse_bits(bits), seed=0, device=torch.device("cpu")))
+    return qmodel
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_swin"])
+def test_instrumented_forward_equals_timm_forward(fixture, request):
+    model = request.getfixturevalue(fixture)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with instrumented(model):
+            assert any(getattr(type(m), "is_dfq_attention", False) for m in model.modules())
+            swapped = model(x)
+    assert torch.allclose(reference, swapped, atol=1e-5)
+    assert not any(getattr(type(m), "is_dfq_attention", False) for m in model.modules())
+
+
+def test_standard_profile_placement_on_vit(tiny_vit):
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a8"), QuantConfig())
+    names = {name for name, _ in act_quantizers(qmodel)}
+    # depth 2: qkv, proj, fc1, fc2 inputs + q, k, attn, v per block; patch-embed and head inputs
+    assert len(names) == 2 * 8 + 2
+    assert "blocks.0.attn.qkv.dfq_points.in" in names and "blocks.1.attn.dfq_points.attn" in names
+    assert "head.dfq_points.in" in names and "patch_embed.proj.dfq_points.in" in names
+    assert not any("norm" in name for name in names)  # LayerNorm stays FP in `standard`
+    linears = [m for m in qmodel.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, QuantLinear) and m.weight_bits == 4 for m in linears)
+    assert isinstance(qmodel.patch_embed.proj, QuantConv2d)
+
+
+def test_psaq_profile_placement_on_vit(tiny_vit):
+    qmodel = quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig(profile="psaq"))
+    names = {name for name, _ in act_quantizers(qmodel)}
+    per_block = {"norm1.dfq_points.out", "norm2.dfq_points.out", "attn.qkv.dfq_points.out",
+                 "attn.dfq_points.scores", "attn.proj.dfq_points.in", "attn.proj.dfq_points.out",
+                 "mlp.fc2.dfq_points.in", "mlp.fc2.dfq_points.out", "dfq_points.residual1", "dfq_points.residual2"}
+    expected = {f"blocks.{i}.{p}" for i in range(2) for p in per_block} | {
+        "patch_embed.proj.dfq_points.in", "patch_embed.dfq_points.out", "pos_drop.dfq_points.out",
+        "norm.dfq_points.out", "head.dfq_points.out"}
+    assert names == expected
+    assert not any(name.endswith(".attn") for name in names)  # post-softmax stays FP in `psaq`
+
+
+def test_swin_profiles_cover_windows_and_merging(tiny_swin):
+    standard = {n for n, _ in act_quantizers(quantize_model(tiny_swin, parse_bits("w4a4"), QuantConfig()))}
+    assert "layers.1.downsample.reduction.dfq_points.in" in standard
+    assert "layers.0.blocks.1.attn.dfq_points.q" in standard
+    psaq = {n for n, _ in act_quantizers(quantize_model(tiny_swin, parse_bits("w4a4"), QuantConfig(profile="psaq")))}
+    assert "layers.0.blocks.0.attn.dfq_points.scores_biased" in psaq
+    assert "layers.1.downsample.norm.dfq_points.out" in psaq
+
+
+def test_keep_first_last_fp(tiny_vit):
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig(keep_first_last_fp=True))
+    assert qmodel.head.weight_bits is None and qmodel.patch_embed.proj.weight_bits is None
+    assert qmodel.blocks[0].attn.qkv.weight_bits == 4
+    names = {n for n, _ in act_quantizers(qmodel)}
+    assert "head.dfq_points.in" not in names and "patch_embed.proj.dfq_points.in" not in names
+
+
+@pytest.mark.parametrize("profile", ["standard", "psaq"])
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_swin"])
+def test_fp_model_untouched_and_high_bits_match_fp(fixture, profile, request):
+    model = request.getfixturevalue(fixture)
+    before = copy.deepcopy(model.state_dict())
+    images = torch.randn(16, 3, 32, 32)
+    qmodel = _calibrate(quantize_model(model, parse_bits("w16a16"), QuantConfig(profile=profile)), model, images)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert type(model.blocks[0].attn if hasattr(model, "blocks") else model.layers[0].blocks[0].attn).__name__ in (
+        "Attention", "WindowAttention")
+    with torch.no_grad():
+        assert torch.allclose(qmodel(images), model(images), atol=1e-2)
+
+
+def test_low_bits_change_outputs_and_ranges_freeze(tiny_vit):
+    images = torch.randn(16, 3, 32, 32)
+    qmodel = _calibrate(quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig()), tiny_vit, images)
+    assert all(q.frozen for _, q in act_quantizers(qmodel))
+    with torch.no_grad():
+        error = (qmodel(images) - tiny_vit(images)).abs().mean()
+        ranges = [(q.low.clone(), q.high.clone()) for _, q in act_quantizers(qmodel)]
+        qmodel(10 * torch.randn(8, 3, 32, 32))  # evaluation never moves a frozen range
+    assert error > 1e-3
+    assert all(torch.equal(lo, q.low) and torch.equal(hi, q.high)
+               for (lo, hi), (_, q) in zip(ranges, act_quantizers(qmodel)))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_swin"])
+def test_calibrated_model_is_batch_size_invariant(fixture, request):
+    model = request.getfixturevalue(fixture)
+    qmodel = _calibrate(quantize_model(model, parse_bits("w4a4"), QuantConfig()), model, torch.randn(16, 3, 32, 32))
+    images = torch.randn(12, 3, 32, 32)
+    with torch.no_grad():
+        whole = qmodel(images)
+        pieces = torch.cat([qmodel(images[i:i + 5]) for i in range(0, 12, 5)])
+        single = torch.cat([qmodel(images[i:i + 1]) for i in range(12)])
+    assert torch.allclose(whole, pieces, atol=1e-5) and torch.allclose(whole, single, atol=1e-5)
+
+
+def test_minmax_range_is_observed_extremes():
+    quantizer = ActQuantizer(bits=8)
+    model = torch.nn.Sequential(quantizer)
+    _calibrate_plain(model, torch.tensor([[-2.0, 0.5], [1.0, 3.0]]), MinMaxCalibrator())
+    assert quantizer.low.item() == -2.0 and quantizer.high.item() == 3.0
+
+
+def test_percentile_clips_outliers():
+    values = torch.cat([torch.linspace(-1, 1, 100_000), torch.tensor([50.0])]).view(1, -1)
+    quantizer = ActQuantizer(bits=8)
+    _calibrate_plain(torch.nn.Sequential(quantizer), values, PercentileCalibrator())
+    assert 0.99 < quantizer.high.item() < 1.01 and -1.01 < quantizer.low.item() < -0.99
+
+
+def test_omse_never_worse_than_minmax_on_heavy_tails():
+    torch.manual_seed(0)
+    values = torch.distributions.StudentT(2.0).sample((1, 50_000))
+    errors = {}
+    for name, calibrator in (("minmax", MinMaxCalibrator()), ("omse", OMSECalibrator())):
+        quantizer = ActQuantizer(bits=4)
+        _calibrate_plain(torch.nn.Sequential(quantizer), values, calibrator)
+        errors[name] = (quantizer(values) - values).pow(2).mean().item()
+    assert errors["omse"] < 0.7 * errors["minmax"]  # measured 2.14 vs 3.64
+
+
+def test_calibration_rejects_non_finite_images(tiny_vit):
+    images = torch.randn(4, 3, 32, 32)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(HarnessError, match="non-finite"):
+        _calibrate(quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig()), tiny_vit, images)
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(HarnessError, match="accepted: standard, psaq"):
+        QuantConfig(profile="fancy")
+
+
+def _calibrate_plain(model, data, calibrator):
+    calibrator.calibrate(model, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(data), bits=parse_bits("w8a8"), seed=0, device=torch.device("cpu")))
