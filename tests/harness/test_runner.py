@@ -1,0 +1,139 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.grid import GridSpec
+from harness.method import Generator, MethodSpec
+from harness.registry import GENERATORS, METHODS
+from harness.runner import GridRunner
+
+REPO = Path(__file__).resolve().parents[2]
+RECORD_FIELDS = {"cell_id", "method", "generator", "calibrator", "task", "model", "bits", "seed", "options",
+                 "metrics", "fp_metrics", "timing_s", "memory", "num_calibration_images", "versions",
+                 "harness_commit", "date", "status", "weights_id"}
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))}
+
+
+def test_grid_writes_complete_records_and_reuses_calibration_sets(tmp_path):
+    spec = GridSpec(methods=("real",), bits=("w8a8", "w4a4", "fp"), models=("digits_vit_seed0",), limit=100)
+    summary = GridRunner(tmp_path).run(spec)
+    assert (summary.computed, summary.skipped, summary.failed) == (3, 0, 0)
+    records = _records(tmp_path)
+    assert len(records) == 3
+    for cell_id, record in records.items():
+        assert RECORD_FIELDS <= set(record) and record["cell_id"] == cell_id and record["status"] == "ok"
+        assert 0 <= record["metrics"]["top1"] <= 100
+    by_bits = {r["bits"]: r for r in records.values()}
+    assert by_bits["fp"]["metrics"] == by_bits["fp"]["fp_metrics"]
+    assert by_bits["w8a8"]["options"]["quant"]["profile"] == "standard"
+    assert by_bits["w8a8"]["num_calibration_images"] == 32
+    # the real images are drawn once for the (model, seed) and reused by the second bit width
+    assert sorted([by_bits["w4a4"]["generator_cache_hit"], by_bits["w8a8"]["generator_cache_hit"]]) == [False, True]
+    assert len(list((tmp_path / "cache" / "generators" / "real").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "fp").glob("*.json"))) == 1
+
+    again = GridRunner(tmp_path).run(spec)
+    assert (again.computed, again.skipped) == (0, 3)
+    assert _records(tmp_path) == records
+    forced = GridRunner(tmp_path, force=True).run(spec)
+    assert forced.computed == 3
+
+
+def test_cell_identity_ignores_execution_settings_but_not_options(tmp_path):
+    base = GridSpec(methods=("noise",), bits=("w4a4",), models=("digits_vit_seed0",), limit=50)
+    GridRunner(tmp_path).run(base)
+    batch = GridSpec(methods=("noise",), bits=("w4a4",), models=("digits_vit_seed0",), limit=50,
+                     task_options={"batch_size": 5})
+    assert GridRunner(tmp_path).run(batch).skipped == 1
+    more_images = GridSpec(methods=("noise",), bits=("w4a4",), models=("digits_vit_seed0",), limit=50,
+                           generator_options={"num_images": 8})
+    summary = GridRunner(tmp_path).run(more_images)
+    assert summary.computed == 1 and summary.records[0]["num_calibration_images"] == 8
+
+
+class _FailingGenerator(Generator):
+    """Raises, to check that one bad cell becomes an error record."""
+
+    def generate(self, context):
+        raise RuntimeError("synthetic failure")
+
+
+@pytest.fixture
+def failing_method():
+    GENERATORS.add("test_failing", _FailingGenerator)
+    METHODS.add("test_failing", MethodSpec(generator="test_failing", calibrator="minmax"))
+    yield "test_failing"
+    GENERATORS._entries.pop("test_failing")
+    METHODS._entries.pop("test_failing")
+
+
+def test_failing_cell_becomes_error_record_and_grid_goes_on(tmp_path, failing_method):
+    spec = GridSpec(methods=(failing_method, "noise"), bits=("w4a4",), models=("digits_vit_seed0",), limit=50)
+    summary = GridRunner(tmp_path).run(spec)
+    assert (summary.computed, summary.failed) == (2, 1)
+    by_method = {r["method"]: r for r in _records(tmp_path).values()}
+    assert by_method["test_failing"]["status"] == "error"
+    assert by_method["test_failing"]["error"] == "RuntimeError: synthetic failure"
+    assert by_method["noise"]["status"] == "ok"
+    # an error cell is not a finished result: the next run tries it again, the ok cell is kept
+    assert GridRunner(tmp_path).run(spec).computed == 1
+
+
+def test_torn_record_is_recomputed(tmp_path):
+    spec = GridSpec(methods=("noise",), bits=("w4a4",), models=("digits_vit_seed0",), limit=50)
+    GridRunner(tmp_path).run(spec)
+    path = next((tmp_path / "records").glob("*.json"))
+    path.write_text(path.read_text()[:40])
+    summary = GridRunner(tmp_path).run(spec)
+    assert summary.computed == 1 and json.loads(path.read_text())["status"] == "ok"
+
+
+def _run_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "harness", "run", "--methods", "real,noise", "--bits", "w8a8,w4a4,w4a3",
+            "--seeds", "0,1", "--limit", "200", "--out", str(out), "--no-progress"]
+
+
+def test_sigkill_mid_grid_then_resume_loses_and_redoes_nothing(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_run_command(reference), check=True, capture_output=True, env=env, cwd=REPO, timeout=600)
+    interrupted = tmp_path / "interrupted"
+    finished_before: dict[str, str] = {}
+    for kill_after in (3, 9):  # two kills at different points of the grid
+        process = subprocess.Popen(_run_command(interrupted), env=env, cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list((interrupted / "records").glob("*.json"))) < kill_after:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        current = {p.stem: p.read_text() for p in (interrupted / "records").glob("*.json")}
+        assert all(current[k] == v for k, v in finished_before.items())  # nothing finished was redone
+        finished_before = current
+    result = subprocess.run(_run_command(interrupted), check=True, capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=600)
+    assert f"{len(finished_before)} already finished" in result.stdout
+    final = _records(interrupted)
+    assert all(json.dumps(final[k], sort_keys=True) == json.dumps(json.loads(v), sort_keys=True)
+               for k, v in finished_before.items())
+    expected = _records(reference)
+    assert set(final) == set(expected) and len(final) == 24
+    assert {k: r["metrics"] for k, r in final.items()} == {k: r["metrics"] for k, r in expected.items()}
+    assert not list((interrupted / "records").glob(".*.tmp"))
+
+
+def test_calibration_cache_entry_holds_the_images(tmp_path):
+    spec = GridSpec(methods=("noise",), bits=("w4a4",), models=("digits_vit_seed0",), limit=50)
+    GridRunner(tmp_path).run(spec)
+    entry = torch.load(next((tmp_path / "cache" / "generators" / "noise").glob("*.pt")), weights_only=False)
+    assert entry["calibration"].images.shape == (32, 1, 16, 16) and entry["seed"] == 0
