@@ -35,8 +35,17 @@ def asymmetric_params(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple
 
 
 def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
-    q = torch.clamp(round_ste(x / scale) + zero_point, 0, 2 ** bits - 1)
-    return (q - zero_point) * scale
+    """q = clamp(round(x / s) + z, 0, 2^b - 1), x_hat = (q - z) s.
+
+    Computed as clamp(round(x / s), -z, 2^b - 1 - z) s, the same values since z is an integer.
+    Without gradients a per-tensor quantizer runs in place on one buffer with scalar operands:
+    activation fake quantization is memory-bound, and this keeps evaluation close to FP speed.
+    """
+    levels = 2 ** bits - 1
+    if (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)) or scale.numel() != 1:
+        return torch.clamp(round_ste(x / scale), -zero_point, levels - zero_point) * scale
+    step, zero = float(scale), float(zero_point)
+    return x.mul(1.0 / step).round_().clamp_(-zero, levels - zero).mul_(step)
 
 
 def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:

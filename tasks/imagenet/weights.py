@@ -1,0 +1,93 @@
+"""Offline weights: a local checkpoint file, or the model's default file already in the Hugging Face hub cache."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.file_download import repo_folder_name
+from safetensors.torch import load_file
+from timm.models import get_pretrained_cfg
+from torch import nn
+
+from harness.errors import HarnessError
+
+HUB_FILENAME = "model.safetensors"  # what timm downloads for a pretrained model with an hf_hub_id
+
+
+def hub_checkpoint(model_name: str) -> Path:
+    """The file ``timm.create_model(name, pretrained=True)`` would download, if it is cached; no network."""
+    repo_id = get_pretrained_cfg(model_name).hf_hub_id
+    cache_dir = Path(constants.HF_HUB_CACHE)
+    found = try_to_load_from_cache(repo_id, HUB_FILENAME, cache_dir=cache_dir)
+    if isinstance(found, str):
+        return Path(found)
+    expected = cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / "<commit>" / HUB_FILENAME
+    raise HarnessError(
+        f"no weights for {model_name}: expected {HUB_FILENAME} of {repo_id} in the Hugging Face hub cache, at {expected} "
+        f"(fetch it where there is network, e.g. `hf download {repo_id} {HUB_FILENAME}`), or pass --checkpoint FILE"
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, a plain state dict, or one under ``"model"`` (DeiT/Swin releases) or ``"state_dict"``."""
+    if not path.is_file():
+        raise HarnessError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            content = load_file(path)
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):  # DeiT's training script saves its args
+                content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any reader failure means the same thing to the user: not a weights file
+        raise HarnessError(f"checkpoint {path} is unreadable: {_one_line(error)}") from error
+    if isinstance(content, dict):
+        content = content.get("model", content.get("state_dict", content))
+    if not content or not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise HarnessError(f"checkpoint {path} holds no state dict (name -> tensor, possibly under 'model' or 'state_dict')")
+    return content
+
+
+def load_weights(model: nn.Module, model_name: str, path: Path) -> None:
+    """Strict loading: a file made for another model must fail loudly rather than evaluate near chance."""
+    state_dict = read_state_dict(path)
+    expected = model.state_dict()
+    if state_dict.keys() != expected.keys():
+        state_dict = _timm_layout(model, state_dict)
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        raise HarnessError(f"checkpoint {path} does not fit {model_name}: "
+                           f"missing keys {_first(missing)}; unexpected keys {_first(unexpected)}")
+    wrong = [key for key in expected if state_dict[key].shape != expected[key].shape]
+    if wrong:
+        key = wrong[0]
+        raise HarnessError(f"checkpoint {path} does not fit {model_name}: {key} has shape "
+                           f"{tuple(state_dict[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+                           + (f" ({len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""))
+    model.load_state_dict(state_dict)
+
+
+def _timm_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Renames other releases need (official Swin downsamples at a stage's end), by timm's own filter."""
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is None:
+        return state_dict
+    try:
+        return convert(state_dict, model)
+    except Exception:  # not a layout timm knows: the key check that follows names what differs
+        return state_dict
+
+
+def _first(keys: list[str], count: int = 3) -> str:
+    shown = ", ".join(keys[:count]) or "none"
+    return f"{shown} (+{len(keys) - count} more)" if len(keys) > count else shown
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+    """The reason alone: torch wraps a weights-only refusal in paragraphs of advice we do not want followed."""
+    reason = str(error).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+    text = " ".join((reason or str(error)).split())
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
