@@ -100,6 +100,10 @@ def expand(spec: GridSpec) -> list[Cell]:
         generator_name = spec.data or method.generator
         calibrator_name = spec.calib or method.calibrator
         generator_cls, calibrator_cls = GENERATORS.get(generator_name), CALIBRATORS.get(calibrator_name)
+        if bit_spec.mixed_precision and not calibrator_cls.supports_mixed_precision:
+            mixed = [name for name, c in CALIBRATORS.items() if c.supports_mixed_precision]
+            raise HarnessError(f"bit spec {bit_spec} needs a mixed-precision calibrator (--calib "
+                               f"{' or '.join(mixed) or 'none registered'}); {calibrator_name!r} is not one")
         task_cls = TASKS.get(task_name)
         generator_options = build_options(generator_cls.Options, spec.generator_options, generator_name, f"generator {generator_name!r}")
         calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator_name,

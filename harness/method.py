@@ -65,16 +65,21 @@ class Generator(ABC):
 
 
 class Calibrator(ABC):
-    """Fits a quantized model's parameters (ranges, scales, maybe weights) on calibration images."""
+    """Fits a quantized model's parameters (ranges, scales, maybe weights) on calibration images.
+
+    ``supports_mixed_precision`` calibrators accept ``mpX`` bit specs: the model arrives with every
+    layer at X weight bits and the calibrator reallocates per-layer bits under that average.
+    """
 
     Options: ClassVar[type] = NoOptions
+    supports_mixed_precision: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
     @abstractmethod
-    def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> None:
-        """Calibrate ``qmodel`` in place and freeze its ranges."""
+    def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any] | None:
+        """Calibrate ``qmodel`` in place and freeze its ranges; what it returns goes into the record."""
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ class GridRunner:
         start = time.perf_counter()
         qmodel = quantize_model(fp_model, cell.bits, cell.quant)
         calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
-        calibrator.calibrate(qmodel, CalibrationContext(
+        calibrator_info = calibrator.calibrate(qmodel, CalibrationContext(
             fp_model=fp_model, calibration=calibration, bits=cell.bits, seed=cell.seed,
             device=self.device,
         ))
@@ -131,6 +131,7 @@ class GridRunner:
             "metrics": metrics, "fp_metrics": fp_metrics,
             "num_calibration_images": int(calibration.images.shape[0]),
             "generator_cache_hit": cache_hit, "calibration_info": calibration.info,
+            "calibrator_info": calibrator_info or {},
             "quantizer": {
                 **cell.config()["options"]["quant"],
                 "scope": "whole model",
