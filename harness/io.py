@@ -52,12 +52,24 @@ def config_hash(config: dict, length: int = 16) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock, so two processes never build the same cached artefact at once."""
+def file_lock(path: Path, blocking: bool = True, holder: str = "") -> Iterator[bool]:
+    """Exclusive advisory lock; yields whether it was acquired (always True when blocking).
+
+    The kernel drops the lock when its process dies, even by SIGKILL, so a crashed runner never
+    leaves a stale lock behind. ``holder`` is written into the file for whoever wonders who holds it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a+") as handle:
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            if holder:
+                handle.truncate(0)
+                handle.write(holder)
+                handle.flush()
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -29,6 +29,9 @@ class ResultStore:
     def path(self, cell_id: str) -> Path:
         return self.records_dir / f"{cell_id}.json"
 
+    def lock_path(self, cell_id: str) -> Path:
+        return self.root / "locks" / f"{cell_id}.lock"
+
     def finished(self, cell_id: str) -> dict[str, Any] | None:
         record = read_record(self.path(cell_id))
         return record if record is not None and record.get("status") == "ok" else None

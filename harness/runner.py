@@ -2,14 +2,18 @@
 
 Resumable: a cell whose ``ok`` record exists is skipped, so a killed grid started again loses
 nothing and redoes nothing that finished. A failing cell becomes an error record; the grid goes on.
+Several runners may share one results directory: a per-cell lock makes each cell computed once,
+a runner first does the cells nobody holds, then waits for the ones another runner is computing.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,13 +21,13 @@ from harness.progress import progress_bar
 
 from harness.errors import HarnessError
 from harness.grid import RECORD_SCHEMA, Cell, GridSpec, expand
-from harness.io import config_hash, save_torch, write_json
-from harness.method import CalibrationContext, CalibrationSet, GenerationContext
+from harness.io import config_hash, file_lock, save_torch, write_json
+from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.records import PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_record
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
-from harness.task import Task
+from harness.task import ImagePrior, Task
 
 
 @dataclass
@@ -44,28 +48,50 @@ class GridRunner:
         self._tasks: dict[tuple, Task] = {}
         self._fp_model: tuple[tuple, nn.Module] | None = None
         self._commit = harness_commit()
+        self._started = time.time()
+        self._holder = f"{socket.gethostname()} pid {os.getpid()}"
 
-    def run(self, spec: GridSpec, on_record: Callable[[dict], None] | None = None) -> RunSummary:
+    def run(self, spec: GridSpec) -> RunSummary:
         cells = expand(spec)
         summary = RunSummary()
-        bar = progress_bar(cells, desc="grid", unit="cell")
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.method} {cell.model} {cell.bits} seed {cell.seed}")
-            weights_id = self._weights_id(cell)
-            cell_id = cell.cell_id(weights_id)
-            existing = None if self.force else self.store.finished(cell_id)
-            if existing is not None:
+        bar = progress_bar(total=len(cells), desc="grid", unit="cell")
+        held_elsewhere = [cell for cell in cells if not self._run_one(cell, summary, bar, blocking=False)]
+        for cell in held_elsewhere:  # another runner is computing these: wait for it, then reuse its record
+            self._run_one(cell, summary, bar, blocking=True)
+        bar.close()
+        return summary
+
+    def _run_one(self, cell: Cell, summary: RunSummary, bar, blocking: bool) -> bool:
+        """Skip, compute or (non-blocking) defer one cell; returns False when deferred."""
+        bar.set_postfix_str(f"{cell.method} {cell.model} {cell.bits} seed {cell.seed}")
+        weights_id = self._weights_id(cell)
+        cell_id = cell.cell_id(weights_id)
+        if (existing := self._reusable(cell_id)) is not None:
+            summary.skipped += 1
+            summary.records.append(existing)
+            bar.update()
+            return True
+        with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder) as acquired:
+            if not acquired:
+                return False
+            if (existing := self._reusable(cell_id)) is not None:  # finished while we were not looking
                 summary.skipped += 1
                 summary.records.append(existing)
-                continue
-            record = self.run_cell(cell, cell_id, weights_id)
-            self.store.write(record)
-            summary.computed += 1
-            summary.failed += record["status"] != "ok"
-            summary.records.append(record)
-            if on_record:
-                on_record(record)
-        return summary
+            else:
+                record = self.run_cell(cell, cell_id, weights_id)
+                self.store.write(record)
+                summary.computed += 1
+                summary.failed += record["status"] != "ok"
+                summary.records.append(record)
+        bar.update()
+        return True
+
+    def _reusable(self, cell_id: str) -> dict[str, Any] | None:
+        """A finished record, unless --force asks to redo records older than this run."""
+        record = self.store.finished(cell_id)
+        if record is not None and self.force and self.store.path(cell_id).stat().st_mtime < self._started:
+            return None
+        return record
 
     def _task(self, cell: Cell) -> Task:
         key = (cell.task, config_hash(cell.config()["options"]["task"]))
@@ -143,11 +169,12 @@ class GridRunner:
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
         """Computed once per (task, model, weights, limit) and cached beside the records."""
         path = self.store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{cell.limit}.json"
-        cached = read_record(path)
-        if cached is not None:
-            return cached["metrics"]
-        metrics = task.evaluate(fp_model, cell.model, limit=cell.limit)
-        write_json(path, {"cell_id": path.stem, "metrics": metrics})
+        with file_lock(path.with_suffix(".lock"), holder=self._holder):
+            cached = read_record(path)
+            if cached is not None:
+                return cached["metrics"]
+            metrics = task.evaluate(fp_model, cell.model, limit=cell.limit)
+            write_json(path, {"cell_id": path.stem, "metrics": metrics})
         return metrics
 
     def _calibration_set(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str,
@@ -159,13 +186,30 @@ class GridRunner:
                            "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
                            "prior": str(prior)})
         path = self.store.root / "cache" / "generators" / cell.generator / f"{key}.pt"
-        if generator.bit_independent and path.exists():
+        if not generator.bit_independent:
+            return self._generate(cell, generator, task, fp_model, prior, timing), False
+        with file_lock(path.with_suffix(".lock"), holder=self._holder):  # one worker generates a set
+            cached = self._cached_calibration(path, timing)
+            if cached is not None:
+                return cached, True
+            calibration = self._generate(cell, generator, task, fp_model, prior, timing)
+            save_torch(path, {"calibration": calibration, "generate_seconds": timing["generate"],
+                              "prior": prior, "model": cell.model, "seed": cell.seed})
+        return calibration, False
+
+    @staticmethod
+    def _cached_calibration(path: Path, timing: dict[str, float]) -> CalibrationSet | None:
+        if path.exists():
             try:
                 entry = torch.load(path, map_location="cpu", weights_only=False)
                 timing["generate"] = entry["generate_seconds"]
-                return entry["calibration"], True
+                return entry["calibration"]
             except Exception:  # a torn or corrupt cache entry is regenerated, never trusted
                 path.unlink(missing_ok=True)
+        return None
+
+    def _generate(self, cell: Cell, generator: Generator, task: Task, fp_model: nn.Module, prior: ImagePrior,
+                  timing: dict[str, float]) -> CalibrationSet:
         torch.manual_seed(cell.seed)
         start = time.perf_counter()
         calibration = generator.generate(GenerationContext(
@@ -176,10 +220,7 @@ class GridRunner:
         if not torch.isfinite(calibration.images).all():
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
-        if generator.bit_independent:
-            save_torch(path, {"calibration": calibration, "generate_seconds": timing["generate"],
-                              "prior": prior, "model": cell.model, "seed": cell.seed})
-        return calibration, False
+        return calibration
 
 
 def _label(cell: Cell) -> str:
