@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off --upgrade "pip>=24"
-	$(PY) -m pip install --progress-bar off -e ".[test]"
+	$(PY) -m pip install --progress-bar off -e ".[test,cluster]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup

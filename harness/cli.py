@@ -22,51 +22,55 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(item) for item in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from harness.grid import DEFAULT_BITS, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_TASKS
+    from harness.executors import EXECUTORS
 
     parser = _Parser(prog="harness", description="Benchmark data-free quantization methods for vision transformers.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a grid of cells (resumable)",
-                              description="Run methods x tasks x models x bits x seeds; finished cells are skipped.")
-    run.add_argument("--methods", type=_csv, default=DEFAULT_METHODS, help="comma-separated method names")
-    run.add_argument("--tasks", type=_csv, default=DEFAULT_TASKS, help="comma-separated task names")
-    run.add_argument("--models", type=_csv, default=(), help="comma-separated model names (default: all of each task)")
-    run.add_argument("--bits", type=_csv, default=DEFAULT_BITS, help="bit specs: wXaY, fp, mpX[aY]")
-    run.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS, help="calibration seeds, e.g. 0,1,2")
+                              description="Run methods x tasks x models x bits x seeds; finished cells are skipped. "
+                                          "Unset flags take the --grid file's values, then the defaults "
+                                          "(real,noise x digits x w8a8,w4a4,w4a3 x seed 0).")
+    run.add_argument("--grid", type=Path, help="YAML file with the same settings as the flags (keys: methods, bits, ...)")
+    run.add_argument("--methods", help="comma-separated method names")
+    run.add_argument("--tasks", help="comma-separated task names")
+    run.add_argument("--models", help="comma-separated model names (default: all of each task)")
+    run.add_argument("--bits", help="bit specs: wXaY, fp, mpX[aY]")
+    run.add_argument("--seeds", help="calibration seeds, e.g. 0,1,2")
     run.add_argument("--data", help="override every method's generator (ablations: --data psaq --calib ranking)")
     run.add_argument("--calib", help="override every method's calibrator")
-    run.add_argument("--gen-opt", action="append", default=[], metavar="KEY=VALUE",
+    run.add_argument("--gen-opt", action="append", metavar="KEY=VALUE",
                      help="generator option (GENERATOR.KEY=VALUE for one generator only); repeatable")
-    run.add_argument("--calib-opt", action="append", default=[], metavar="KEY=VALUE", help="calibrator option; repeatable")
-    run.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE", help="task option; repeatable")
+    run.add_argument("--calib-opt", action="append", metavar="KEY=VALUE", help="calibrator option; repeatable")
+    run.add_argument("--task-opt", action="append", metavar="KEY=VALUE", help="task option; repeatable")
     run.add_argument("--data-root", help="dataset root for tasks that read one from disk")
     run.add_argument("--checkpoint", help="local weights file for the model")
     run.add_argument("--batch-size", type=int, help="evaluation batch size (results do not depend on it)")
-    run.add_argument("--profile", default="standard", help="quantizer profile: standard or psaq (spec §3)")
-    run.add_argument("--attn-quantizer", default="uniform", help="post-softmax quantizer: uniform or log2")
-    run.add_argument("--keep-first-last-fp", action="store_true", help="leave patch embedding and head in FP")
+    run.add_argument("--profile", help="quantizer profile: standard (default) or psaq (spec §3)")
+    run.add_argument("--attn-quantizer", help="post-softmax quantizer: uniform (default) or log2")
+    run.add_argument("--keep-first-last-fp", action="store_true", default=None,
+                     help="leave patch embedding and head in FP")
     run.add_argument("--limit", type=int, help="evaluate on the first N images only")
     run.add_argument("--out", type=Path, default=Path("results"), help="results directory (default: results)")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--executor", default="local", choices=EXECUTORS,
+                     help="where cells run: here (local), one process per cell (isolated), Ray, Slurm via submitit")
+    run.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="backend option, e.g. slurm_partition=gpu (submitit) or address=auto (ray); repeatable")
     run.add_argument("--force", action="store_true", help="recompute cells that already have a record")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--no-report", action="store_true", help="do not rewrite OUT/report at the end of the grid")
 
     listing = commands.add_parser("list", help="list methods, generators, calibrators, tasks, models, bit specs")
     listing.add_argument("what", nargs="?", default="all",
                          choices=["all", "methods", "generators", "calibrators", "tasks", "models", "bits"])
 
-    report = commands.add_parser("report", help="write the leaderboard from all records")
+    report = commands.add_parser("report", help="write the report (Markdown and HTML) from all records")
     report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     report.add_argument("--out", type=Path, help="where to write (default: RESULTS/report)")
+    report.add_argument("--format", type=_csv, default=("html", "md"),
+                        help="comma-separated output formats: html (one self-contained page), md (default: html,md)")
     return parser
 
 
@@ -95,34 +99,21 @@ def _set_threads() -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness.grid import GridSpec
+    from harness.gridfile import GRID_KEYS, load_grid_file, spec_from_settings
     from harness.options import parse_assignments
     from harness.progress import set_progress
-    from harness.quant.convert import QuantConfig
     from harness.runner import GridRunner
     from reports.aggregate import leaderboard, primary_metric, records_frame
 
     _set_threads()
-    task_options = parse_assignments(args.task_opt, "task")
-    for key in ("data_root", "checkpoint", "batch_size"):
-        if getattr(args, key) is not None:
-            task_options[key] = getattr(args, key)
-    if args.limit is not None and args.limit < 1:
-        raise HarnessError(f"--limit must be a positive number of images, got {args.limit}")
-    spec = GridSpec(
-        methods=args.methods, tasks=args.tasks, models=args.models, bits=args.bits, seeds=args.seeds,
-        data=args.data, calib=args.calib,
-        generator_options=parse_assignments(args.gen_opt, "generator"),
-        calibrator_options=parse_assignments(args.calib_opt, "calibrator"),
-        task_options=task_options,
-        quant=QuantConfig(profile=args.profile, keep_first_last_fp=args.keep_first_last_fp,
-                          attn_quantizer=args.attn_quantizer),
-        limit=args.limit,
-    )
+    settings = load_grid_file(args.grid) if args.grid else {}
+    settings.update({key: getattr(args, key) for key in GRID_KEYS if getattr(args, key, None) is not None})
+    spec = spec_from_settings(settings)
     _check_device(args.device)
     set_progress(not args.no_progress)
     runner = GridRunner(args.out, device=args.device, force=args.force)
-    summary = runner.run(spec)
+    summary = runner.run(spec, executor=args.executor,
+                         executor_options=parse_assignments(args.executor_opt, "executor"))
     print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
           f"records in {runner.store.records_dir}")
     for record in summary.records:
@@ -134,7 +125,24 @@ def command_run(args: argparse.Namespace) -> int:
             metric = primary_metric(task_frame.dropna(axis=1, how="all"))
             print(f"\n{task} ({metric.removeprefix('metric.')}, mean ± std over seeds (n))")
             print(leaderboard(task_frame, metric).to_string())
+    if not args.no_report:
+        _report_after_run(args.out)
     return 1 if summary.failed else 0
+
+
+def _report_after_run(results: Path) -> None:
+    """The records are already on disk: a report that fails to render costs one line, never the run."""
+    from harness.runner import error_line
+
+    try:
+        from reports.render import write_report
+
+        pages = write_report(results, results / "report")
+    except Exception as error:
+        print(f"report not written ({error_line(error)}); retry with `python -m harness report --results {results}`",
+              file=sys.stderr)
+        return
+    print(f"report: {', '.join(str(page) for page in pages)}")
 
 
 def _check_device(device: str) -> None:
@@ -170,12 +178,13 @@ def command_list(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     from harness.records import ResultStore
-    from reports.markdown import write_markdown
+    from reports.render import FORMATS, write_report
 
+    if not args.format or set(args.format) - set(FORMATS):
+        raise HarnessError(f"--format accepts {', '.join(FORMATS)}; got {','.join(args.format) or 'nothing'}")
     store = ResultStore(args.results)
     if not store.records_dir.is_dir():
         raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --out {args.results}` first")
-    path = write_markdown(store.records(), args.out or args.results / "report")
-    print(path.read_text())
-    print(f"written: {path}")
+    for page in write_report(args.results, args.out or args.results / "report", args.format):
+        print(f"written: {page}")
     return 0

@@ -17,17 +17,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from harness.progress import progress_bar
 
 from harness.errors import HarnessError
 from harness.grid import RECORD_SCHEMA, Cell, GridSpec, expand
 from harness.io import config_hash, file_lock, save_torch, write_json
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
+from harness.progress import progress_bar
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.records import PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_record
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
 from harness.task import ImagePrior, Task
+
+
+Outcome = tuple[dict[str, Any], bool]  # a cell's record, and whether this call computed it
 
 
 @dataclass
@@ -36,6 +39,13 @@ class RunSummary:
     computed: int = 0
     skipped: int = 0
     failed: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        record, computed = outcome
+        self.records.append(record)
+        self.computed += computed
+        self.skipped += not computed
+        self.failed += computed and record["status"] != "ok"
 
 
 class GridRunner:
@@ -51,40 +61,66 @@ class GridRunner:
         self._started = time.time()
         self._holder = f"{socket.gethostname()} pid {os.getpid()}"
 
-    def run(self, spec: GridSpec) -> RunSummary:
+    def run(self, spec: GridSpec, executor: str = "local", executor_options: dict[str, Any] | None = None) -> RunSummary:
+        """Run every cell of the grid; ``executor`` other than ``local`` sends unfinished cells elsewhere."""
+        from harness.executors import map_cells
+
         cells = expand(spec)
         summary = RunSummary()
         bar = progress_bar(total=len(cells), desc="grid", unit="cell")
-        held_elsewhere = [cell for cell in cells if not self._run_one(cell, summary, bar, blocking=False)]
-        for cell in held_elsewhere:  # another runner is computing these: wait for it, then reuse its record
-            self._run_one(cell, summary, bar, blocking=True)
+        if executor == "local":
+            held_elsewhere = []
+            for cell in cells:
+                bar.set_postfix_str(f"{cell.method} {cell.model} {cell.bits} seed {cell.seed}")
+                outcome = self.settle(cell, blocking=False)
+                if outcome is None:
+                    held_elsewhere.append(cell)
+                    continue
+                summary.add(outcome)
+                bar.update()
+            for cell in held_elsewhere:  # another runner is computing these: wait, then reuse its record
+                summary.add(self.settle(cell, blocking=True))
+                bar.update()
+        else:
+            pending = []
+            for cell in cells:
+                existing = self._reusable(cell.cell_id(self._weights_id(cell)))
+                if existing is None:
+                    pending.append(cell)
+                else:
+                    summary.add((existing, False))
+                    bar.update()
+            for outcome in map_cells(executor, self, pending, executor_options or {}):
+                summary.add(outcome)
+                bar.update()
         bar.close()
         return summary
 
-    def _run_one(self, cell: Cell, summary: RunSummary, bar, blocking: bool) -> bool:
-        """Skip, compute or (non-blocking) defer one cell; returns False when deferred."""
-        bar.set_postfix_str(f"{cell.method} {cell.model} {cell.bits} seed {cell.seed}")
+    def settle(self, cell: Cell, blocking: bool = True) -> Outcome | None:
+        """Reuse the cell's finished record or compute it under its lock; None if held elsewhere."""
         weights_id = self._weights_id(cell)
         cell_id = cell.cell_id(weights_id)
         if (existing := self._reusable(cell_id)) is not None:
-            summary.skipped += 1
-            summary.records.append(existing)
-            bar.update()
-            return True
+            return existing, False
         with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder) as acquired:
             if not acquired:
-                return False
+                return None
             if (existing := self._reusable(cell_id)) is not None:  # finished while we were not looking
-                summary.skipped += 1
-                summary.records.append(existing)
-            else:
-                record = self.run_cell(cell, cell_id, weights_id)
-                self.store.write(record)
-                summary.computed += 1
-                summary.failed += record["status"] != "ok"
-                summary.records.append(record)
-        bar.update()
-        return True
+                return existing, False
+            record = self.run_cell(cell, cell_id, weights_id)
+            self.store.write(record)
+        return record, True
+
+    def record_failure(self, cell: Cell, message: str) -> Outcome:
+        """An error record for a cell whose worker died (out of memory, killed, lost node)."""
+        weights_id = self._weights_id(cell)
+        cell_id = cell.cell_id(weights_id)
+        with file_lock(self.store.lock_path(cell_id), holder=self._holder):
+            if (existing := self._reusable(cell_id)) is not None:
+                return existing, False
+            record = {**self._base_record(cell, cell_id, weights_id), "status": "error", "error": message}
+            self.store.write(record)
+        return record, True
 
     def _reusable(self, cell_id: str) -> dict[str, Any] | None:
         """A finished record, unless --force asks to redo records older than this run."""
@@ -112,12 +148,15 @@ class GridRunner:
             self._fp_model = (key, model)
         return self._fp_model[1]
 
-    def run_cell(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
-        record: dict[str, Any] = {
+    def _base_record(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
+        return {
             "schema": RECORD_SCHEMA, "cell_id": cell_id, "weights_id": weights_id, **cell.config(),
             "label": _label(cell), "harness_commit": self._commit, "versions": library_versions(),
             **provenance(),
         }
+
+    def run_cell(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
+        record = self._base_record(cell, cell_id, weights_id)
         timing: dict[str, float] = {}
         memory = PeakMemory()
         try:

@@ -1,23 +1,32 @@
-"""Records -> pandas: one row per finished cell, and the leaderboard pivot (mean over seeds)."""
+"""Records -> pandas: one row per finished cell, statistics over seeds, and cost per method."""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import pandas as pd
 
+IDENTITY = ("cell_id", "label", "method", "generator", "calibrator", "task", "model", "bits", "seed")
+# A leaderboard entry: one method (label) at one bit width on one model and evaluation subset.
+ENTRY = ["task", "model", "subset", "label", "method", "bits"]
+
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten ``ok`` records: identity columns plus one ``metric.<name>`` column per metric."""
+    """Flatten ``ok`` records: identity columns plus ``metric.*``, ``fp.*``, ``time.*`` and ``memory.*``."""
     rows = []
     for record in records:
         if record.get("status") != "ok":
             continue
-        row = {key: record.get(key) for key in ("cell_id", "label", "method", "generator", "calibrator",
-                                                  "task", "model", "bits", "seed")}
-        row["profile"] = record.get("options", {}).get("quant", {}).get("profile")
+        row = {key: record.get(key) for key in IDENTITY}
+        options = record.get("options", {})
+        row["profile"] = options.get("quant", {}).get("profile")
+        # Cells evaluated on different subsets (--limit) have different FP values: never average them.
+        row["subset"] = "all images" if options.get("limit") is None else f"first {options['limit']} images"
+        row["cache_hit"] = bool(record.get("generator_cache_hit", False))
         row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
+        row.update({f"memory.{k}": v for k, v in record.get("memory", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -28,16 +37,54 @@ def primary_metric(frame: pd.DataFrame) -> str:
     return "metric.top1" if "metric.top1" in columns else columns[0]
 
 
+def seed_stats(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per leaderboard entry: mean, sample std and number of seeds, the FP value and the drop from it.
+
+    ``std`` is NaN for a single seed (no spread to report); ``drop`` is FP minus the mean, so a
+    positive drop is accuracy lost to quantization.
+    """
+    fp = "fp." + metric.removeprefix("metric.")
+    measured = frame.dropna(subset=[metric])
+    grouped = measured.groupby(ENTRY, sort=True)
+    stats = grouped[metric].agg(mean="mean", std="std", seeds="count")
+    stats["fp"] = grouped[fp].mean() if fp in measured.columns else math.nan
+    stats["drop"] = stats["fp"] - stats["mean"]
+    return stats.reset_index()
+
+
+def format_estimate(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std (seeds)``; a single seed has no std, so it shows ``mean (1)``."""
+    spread = "" if pd.isna(std) else f" ± {std:.2f}"
+    return f"{mean:.2f}{spread} ({int(seeds)})"
+
+
 def leaderboard(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows: (task, model, label); columns: bits; cells: 'mean ± std (n)' over seeds."""
-    grouped = frame.groupby(["task", "model", "label", "bits"])[metric].agg(["mean", "std", "count"])
-    text = grouped.apply(lambda r: f"{r['mean']:.2f} ± {0.0 if pd.isna(r['std']) else r['std']:.2f} ({int(r['count'])})",
-                         axis=1)
-    table = text.unstack("bits")
-    return table[sorted(table.columns, key=_bits_order)].fillna("")
+    """Text pivot for the terminal: rows (task, model, subset, label), columns bits, cells ``mean ± std (n)``."""
+    stats = seed_stats(frame, metric)
+    stats["text"] = [format_estimate(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["seeds"])]
+    table = stats.pivot(index=["task", "model", "subset", "label"], columns="bits", values="text")
+    return table[sorted(table.columns, key=bits_order)].fillna("")
 
 
-def _bits_order(bits: str) -> tuple:
+def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, model, subset, label): mean seconds per stage over cells, peak memory, cells, cache hits.
+
+    A cache hit reports the generation time of the run that filled the cache, so the synthesis
+    column is the cost of one generator run either way.
+    """
+    columns = {f"time.{stage}": "mean" for stage in ("generate", "calibrate", "evaluate")}
+    columns.update({c: "max" for c in frame.columns if c.startswith("memory.")})
+    for column in columns:
+        if column not in frame.columns:
+            frame = frame.assign(**{column: math.nan})
+    grouped = frame.groupby(["task", "model", "subset", "label"], sort=True)
+    costs = grouped.agg(columns)
+    costs["cells"] = grouped.size()
+    costs["cache_hits"] = grouped["cache_hit"].sum()
+    return costs.reset_index()
+
+
+def bits_order(bits: str) -> tuple:
     """fp first, then by decreasing weight and activation bits."""
     if bits == "fp":
         return (0, 0, 0)

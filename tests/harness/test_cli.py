@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
     (["run", "--gen-opt", "num_images"], "malformed generator option 'num_images'; expected KEY=VALUE"),
     (["run", "--gen-opt", "iterations=5"], "generator 'real' has no option 'iterations'; accepted: num_images"),
     (["run", "--calib", "magic"], "unknown calibrator 'magic'"),
-    (["run", "--limit", "0"], "--limit must be a positive number"),
+    (["run", "--limit", "0"], "limit must be a positive number"),
+    (["run", "--grid", "/nonexistent/grid.yaml"], "grid file /nonexistent/grid.yaml is unreadable"),
+    (["run", "--executor", "mpi"], "invalid choice: 'mpi'"),
     (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["list", "everything"], "invalid choice: 'everything'"),
     (["report", "--results", "/nonexistent/dfq"], "no records in /nonexistent/dfq/records"),
@@ -59,3 +61,13 @@ def test_run_then_report(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path)]) == 0
     report = (tmp_path / "report" / "leaderboard.md").read_text()
     assert "## digits (top1)" in report and "| noise" in report and "(1)" in report
+
+
+def test_grid_file_run_with_flag_override(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("methods: [noise]\nmodels: [digits_vit_seed0]\nbits: [w8a8, w4a4]\nlimit: 40\n")
+    assert main(["run", "--grid", str(grid), "--bits", "w4a4", "--out", str(tmp_path / "r"), "--no-progress",
+                 "--no-report"]) == 0
+    assert "1 cells computed" in capsys.readouterr().out
+    record = next((tmp_path / "r" / "records").glob("*.json")).read_text()
+    assert '"bits": "w4a4"' in record and '"limit": 40' in record

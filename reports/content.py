@@ -1,0 +1,243 @@
+"""What the report says, whatever its format: per task and model, leaderboards with the published
+figures beside the measured ones, cost per method, figures, and the sources cited.
+
+Numbers stay numbers here; the templates decide how they look (Markdown or HTML).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from reports.aggregate import bits_order, cost_table, primary_metric, records_frame, seed_stats
+from reports.gallery import IMAGES_PER_ROW, cached_galleries
+from reports.metadata import RunMetadata, run_metadata
+from reports.plots import Series, accuracy_svg, gallery_svg
+from reports.published import PublishedFigure, PublishedTable, comparable_method, load_published
+
+
+@dataclass(frozen=True)
+class Source:
+    """A numbered reference; figures from one source with different notes get different numbers."""
+
+    number: int
+    source: str
+    verified: str
+    notes: str
+
+
+@dataclass(frozen=True)
+class Citation:
+    value: float
+    source: Source
+    gap: float | None  # measured - published; None when there is no measured value to compare
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One leaderboard cell: statistics over seeds, the drop from FP and the published figure if any."""
+
+    mean: float
+    std: float | None  # None for a single seed
+    seeds: int
+    drop: float | None  # FP - mean; None when the records carry no FP value
+    best: bool  # best mean of its bit-width column at the shown precision (ties all marked)
+    published: Citation | None
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    label: str
+    cells: list[Estimate | None]  # one per bit width of the leaderboard; None where not run
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem for the Markdown output, unique within the report
+    caption: str
+    svg: str
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    metric: str
+    bits: list[str]
+    rows: list[LeaderboardRow]
+    fp: float | None
+    fp_published: Citation | None
+    plot: Figure
+
+
+@dataclass(frozen=True)
+class CostRow:
+    label: str
+    cells: int
+    cache_hits: int
+    generate_s: float | None
+    calibrate_s: float | None
+    evaluate_s: float | None
+    peak_rss_mb: float | None
+    peak_cuda_mb: float | None
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    model: str
+    subset: str
+    anchor: str
+    leaderboards: list[Leaderboard]
+    costs: list[CostRow]
+
+    @property
+    def uses_cuda(self) -> bool:
+        return any(row.peak_cuda_mb is not None for row in self.costs)
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    task: str
+    slug: str
+    metrics: list[str]
+    sections: list[ModelSection]
+    galleries: list[Figure]
+    sources: list[Source]
+
+
+@dataclass(frozen=True)
+class Report:
+    tasks: list[TaskReport]
+    sources: list[Source]
+    metadata: RunMetadata
+
+
+class _SourceBook:
+    """Numbers sources in order of first citation, so the same records always give the same numbers."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, str, str], Source] = {}
+
+    def cite(self, figure: PublishedFigure, measured: float | None) -> Citation:
+        key = (figure.source, figure.verified, figure.notes)
+        if key not in self._sources:
+            self._sources[key] = Source(len(self._sources) + 1, *key)
+        gap = None if measured is None else measured - figure.value
+        return Citation(figure.value, self._sources[key], gap)
+
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+
+def build_report(records: Iterable[dict[str, Any]], results: Path, published: PublishedTable | None = None) -> Report:
+    """Everything the templates show; ``results`` is read for the generator cache (gallery)."""
+    records = list(records)
+    frame = records_frame(records)
+    published = published or load_published()
+    book = _SourceBook()
+    tasks = [] if frame.empty else [
+        _task_report(str(task), task_frame.dropna(axis=1, how="all"), Path(results), published, book)
+        for task, task_frame in frame.groupby("task", sort=True)
+    ]
+    return Report(tasks=tasks, sources=book.sources(), metadata=run_metadata(records))
+
+
+def slug(text: str) -> str:
+    """A file- and anchor-safe form of a plugin-provided name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "unnamed"
+
+
+def _task_report(task: str, frame: pd.DataFrame, results: Path, published: PublishedTable,
+                 book: _SourceBook) -> TaskReport:
+    primary = primary_metric(frame).removeprefix("metric.")
+    # Besides the primary metric, show the metrics papers report for this task (mask AP beside box AP).
+    extra = sorted(m for m in published.metrics(task) if f"metric.{m}" in frame.columns and m != primary)
+    metrics = [primary, *extra]
+    stats = {metric: _by_section(seed_stats(frame, f"metric.{metric}")) for metric in metrics}
+    costs = _by_section(cost_table(frame))
+    sections = []
+    for model, subset in sorted(costs):
+        leaderboards = [_leaderboard(task, model, subset, metric, stats[metric][(model, subset)], published, book)
+                        for metric in metrics if (model, subset) in stats[metric]]
+        sections.append(ModelSection(model=model, subset=subset, anchor=f"{slug(task)}--{slug(model)}--{slug(subset)}",
+                                     leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)])))
+    galleries = [
+        Figure(name=f"{slug(task)}--gallery--{slug(generator)}", svg=gallery_svg(f"{task}: {generator}", rows),
+               caption=f"{generator}: the first {IMAGES_PER_ROW} calibration images per model (lowest cached seed), "
+                       "de-normalized with the task's image prior")
+        for generator, rows in cached_galleries(results, set(frame["model"])).items()
+    ]
+    return TaskReport(task=task, slug=slug(task), metrics=metrics, sections=sections, galleries=galleries,
+                      sources=_cited(sections))
+
+
+def _by_section(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """Rows of one model evaluated on one subset: what a section of the task page shows."""
+    return dict(list(table.groupby(["model", "subset"], sort=True)))
+
+
+def _cited(sections: list[ModelSection]) -> list[Source]:
+    citations = [board.fp_published for section in sections for board in section.leaderboards]
+    citations += [cell.published for section in sections for board in section.leaderboards
+                  for row in board.rows for cell in row.cells if cell is not None]
+    return sorted({c.source for c in citations if c is not None}, key=lambda source: source.number)
+
+
+def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.DataFrame, published: PublishedTable,
+                 book: _SourceBook) -> Leaderboard:
+    bits = sorted(stats["bits"].unique(), key=bits_order)
+    best = {bit: max(round(mean, 2) for mean in stats.loc[stats["bits"] == bit, "mean"]) for bit in bits}
+    fp = _number(stats["fp"].mean())
+    rows = []
+    for label, label_stats in stats.groupby("label", sort=True):
+        by_bits = {entry["bits"]: entry for entry in label_stats.to_dict("records")}
+        cells = []
+        for bit in bits:
+            entry = by_bits.get(bit)
+            if entry is None:
+                cells.append(None)
+                continue
+            method = comparable_method(entry["label"], entry["method"])
+            figure = published.lookup(task, model, method, bit, metric) if method else None
+            cells.append(Estimate(
+                mean=entry["mean"], std=_number(entry["std"]), seeds=int(entry["seeds"]), drop=_number(entry["drop"]),
+                best=round(entry["mean"], 2) == best[bit],
+                published=book.cite(figure, entry["mean"]) if figure else None,
+            ))
+        rows.append(LeaderboardRow(label=str(label), cells=cells))
+    fp_figure = published.fp(task, model, metric)
+    fp_published = book.cite(fp_figure, fp) if fp_figure else None
+    plot = _accuracy_figure(task, model, subset, metric, bits, rows, fp)
+    return Leaderboard(metric=metric, bits=bits, rows=rows, fp=fp, fp_published=fp_published, plot=plot)
+
+
+def _accuracy_figure(task: str, model: str, subset: str, metric: str, bits: list[str], rows: list[LeaderboardRow],
+                     fp: float | None) -> Figure:
+    """Lowest precision on the left, so lines rise towards FP."""
+    order = list(reversed(range(len(bits))))
+    series = [Series(label=row.label,
+                     means=[row.cells[i].mean if row.cells[i] else None for i in order],
+                     stds=[row.cells[i].std if row.cells[i] else None for i in order],
+                     published=[row.cells[i].published.value if row.cells[i] and row.cells[i].published else None
+                                for i in order])
+              for row in rows]
+    title = f"{model} ({subset})"
+    return Figure(name=f"{slug(task)}--{slug(model)}--{slug(subset)}--{slug(metric)}",
+                  caption=f"{metric} vs bit width on {model} ({subset}): mean ± std over seeds; hollow markers are "
+                          "published figures, the dashed line is FP",
+                  svg=accuracy_svg(title, metric, [bits[i] for i in order], series, fp))
+
+
+def _cost_rows(costs: pd.DataFrame) -> list[CostRow]:
+    return [CostRow(label=str(row["label"]), cells=int(row["cells"]), cache_hits=int(row["cache_hits"]),
+                    generate_s=_number(row.get("time.generate")), calibrate_s=_number(row.get("time.calibrate")),
+                    evaluate_s=_number(row.get("time.evaluate")), peak_rss_mb=_number(row.get("memory.peak_rss_mb")),
+                    peak_cuda_mb=_number(row.get("memory.peak_cuda_mb")))
+            for row in costs.to_dict("records")]
+
+
+def _number(value: Any) -> float | None:
+    """NaN and missing become None, so templates show an empty cell rather than 'nan' or 0."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

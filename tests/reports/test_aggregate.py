@@ -1,0 +1,33 @@
+"""reports.aggregate: statistics over seeds and cost, as the report and the run summary use them."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from reports.aggregate import cost_table, leaderboard, records_frame, seed_stats
+
+
+def test_seed_stats(grid_records):
+    stats = seed_stats(records_frame(grid_records), "metric.top1").set_index(["subset", "label", "bits"])
+    psaq = stats.loc[("all images", "psaq", "w8a8")]
+    assert (psaq["mean"], psaq["std"], psaq["seeds"]) == (72.0, 1.0, 3)
+    assert psaq["fp"] == pytest.approx(72.30) and psaq["drop"] == pytest.approx(0.30)
+    assert math.isnan(stats.loc[("all images", "noise", "w8a8"), "std"])  # one seed: no spread
+    assert stats.loc[("first 100 images", "psaq", "w8a8"), "mean"] == 50.0  # never averaged with the full set
+    assert ("all images", "noise", "w4a3") not in stats.index  # the failed cell
+
+
+def test_terminal_leaderboard(grid_records):
+    table = leaderboard(records_frame(grid_records), "metric.top1")
+    assert list(table.columns) == ["w8a8", "w4a8", "w4a4"]
+    assert list(table.loc[("imagenet", "deit_tiny_patch16_224", "all images", "noise")]) == [
+        "70.25 (1)", "", "17.50 ± 0.71 (2)"]
+    assert list(table.loc[("imagenet", "deit_tiny_patch16_224", "first 100 images", "psaq")]) == ["50.00 (1)", "", ""]
+
+
+def test_cost_table(grid_records):
+    costs = cost_table(records_frame(grid_records)).set_index(["subset", "label"])
+    noise = costs.loc[("all images", "noise")]
+    assert noise["time.generate"] == pytest.approx((10 + 10 + 11) / 3)
+    assert (noise["cells"], noise["cache_hits"], noise["memory.peak_rss_mb"]) == (3, 1, 1001.0)

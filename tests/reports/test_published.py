@@ -1,0 +1,69 @@
+"""reports/published.csv: the figures of spec published.md, in the harness's names, one source each."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reports.published import comparable_method, load_published
+from tasks.imagenet import ImageNetTask
+
+HEADER = "task,model,method,bits,metric,value,source,verified,notes\n"
+METHODS = {"psaq", "psaq_v2", "ranking", "spdfq", "noise", "real", "ptq4vit", "fp"}
+
+
+def test_shipped_table_uses_harness_names():
+    load_published()  # no duplicate keys, no unknown verified status, every bit spec parses
+    with resources.files("reports").joinpath("published.csv").open() as handle:
+        table = pd.read_csv(handle)
+    assert len(table) == 90 and set(table["method"]) == METHODS
+    assert set(table["task"]) == {"imagenet", "coco", "ade20k"}
+    assert set(table.loc[table["task"] == "imagenet", "model"]) == set(ImageNetTask.model_names)
+    assert set(table["bits"]) == {"fp", "w4a8", "w8a8", "w4a4", "w6a6", "mp6", "mp8"}
+
+
+@pytest.mark.parametrize("key, value, verified, notes", [
+    (("imagenet", "deit_tiny_patch16_224", "psaq", "w4a8", "top1"), 65.57, "verified", "min-max"),
+    (("imagenet", "swin_small_patch4_window7_224", "psaq_v2", "w8a8", "top1"), 82.13, "verified", ""),
+    (("imagenet", "deit_base_patch16_224", "ranking", "mp8a8", "top1"), 81.29, "verified", "mixed precision"),
+    (("imagenet", "deit_small_patch16_224", "ranking", "mp6a6", "top1"), 75.10, "recalled", "mixed precision"),
+    (("imagenet", "vit_base_patch16_224", "spdfq", "w4a4", "top1"), 51.84, "recalled", "shared reconstruction backend"),
+    (("imagenet", "vit_base_patch16_224", "real", "w4a4", "top1"), 68.16, "recalled", "shared reconstruction backend"),
+    (("imagenet", "swin_base_patch4_window7_224", "ptq4vit", "w6a6", "top1"), 84.01, "verified", "twin uniform"),
+    (("imagenet", "swin_base_patch4_window7_224", "fp", "fp", "top1"), 85.27, "recalled", ""),
+    (("coco", "swin_small_patch4_window7_224", "psaq_v2", "w8a8", "mask_ap"), 44.1, "verified", "Swin-S backbone"),
+])
+def test_figures_match_published_md(key, value, verified, notes):
+    figure = load_published().lookup(*key)
+    assert figure.value == value and figure.verified == verified and notes in figure.notes
+
+
+def test_empty_value_means_no_figure(tmp_path: Path):
+    path = tmp_path / "published.csv"
+    path.write_text(HEADER + "imagenet,m,psaq,w8a8,top1,,paper,verified,\nimagenet,m,psaq,w4a4,top1,0,paper,verified,\n")
+    table = load_published(path)
+    assert table.lookup("imagenet", "m", "psaq", "w8a8", "top1") is None
+    assert table.lookup("imagenet", "m", "psaq", "w4a4", "top1").value == 0.0  # a published zero stays a zero
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("imagenet,m,psaq,w8a8,top1,1,a,verified,\nimagenet,m,psaq,W8A8,top1,2,b,verified,\n", "listed twice"),
+    ("imagenet,m,psaq,w8a8,top1,1,a,maybe,\n", "verified must be one of"),
+])
+def test_ambiguous_tables_are_refused(tmp_path: Path, rows, message):
+    path = tmp_path / "published.csv"
+    path.write_text(HEADER + rows)
+    with pytest.raises(ValueError, match=message):
+        load_published(path)
+
+
+@pytest.mark.parametrize("label, method, expected", [
+    ("psaq", "psaq", "psaq"),
+    ("psaq [psaq]", "psaq", "psaq"),
+    ("psaq (psaq+ranking)", "psaq", None),
+    ("psaq (psaq+ranking) [psaq]", "psaq", None),
+])
+def test_only_the_methods_own_pipeline_is_compared(label, method, expected):
+    assert comparable_method(label, method) == expected
