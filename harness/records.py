@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from harness.errors import HarnessError
 from harness.io import write_json
 
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "mmdet", "mmsegmentation", "mmengine")
@@ -37,8 +38,13 @@ class ResultStore:
         return record if record is not None and record.get("status") == "ok" else None
 
     def write(self, record: dict[str, Any]) -> Path:
+        """Atomic: a failed write (disk full, permissions) leaves every other record as it was."""
         path = self.path(record["cell_id"])
-        write_json(path, record)
+        try:
+            write_json(path, record)
+        except OSError as error:
+            raise HarnessError(f"cannot write record {path}: {error.strerror or error}; finished records are kept, "
+                               "rerun the same command once the problem is fixed") from error
         return path
 
     def records(self) -> Iterator[dict[str, Any]]:
