@@ -1,0 +1,33 @@
+import torch
+
+from harness.bits import parse_bits
+from harness.calibrators import MinMaxCalibrator
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.learnable import fix_scales, learnable_scales
+from harness.quant.modules import act_quantizers
+
+
+def test_scales_learn_and_fix_back_to_buffers(tiny_vit):
+    images = torch.randn(8, 3, 32, 32)
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig())
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=tiny_vit, calibration=CalibrationSet(images), bits=parse_bits("w4a4"), seed=0,
+        device=torch.device("cpu")))
+    parameters = learnable_scales(qmodel)
+    assert len(parameters) == len(act_quantizers(qmodel)) + sum(1 for m in qmodel.modules() if hasattr(m, "weight_bits"))
+    with torch.no_grad():
+        target = tiny_vit(images)
+    loss_before = (qmodel(images) - target).pow(2).mean()
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+    for _ in range(20):
+        loss = (qmodel(images) - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters[:3])
+    fix_scales(qmodel)
+    assert not any(n.endswith("scale") for n, _ in qmodel.named_parameters())
+    assert "blocks.0.attn.qkv.weight_scale" in dict(qmodel.named_buffers())
+    with torch.no_grad():
+        assert (qmodel(images) - target).pow(2).mean() < loss_before
