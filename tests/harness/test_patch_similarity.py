@@ -1,0 +1,196 @@
+import copy
+import math
+
+import pytest
+import torch
+
+from harness.instrument import POINTS
+from harness.priors import patch_similarity
+from harness.priors.patch_similarity import (
+    attn_v_probes, block_entropies, differential_entropy, gaussian_kde, patch_similarities,
+    patch_similarity_entropy, patch_similarity_loss,
+)
+from harness.priors.synthesis import (
+    clamp_pixels, random_roll_flip, total_variation, tv_target, warmup_cosine_lr,
+)
+from harness.task import ImagePrior
+
+H = 0.01  # spec PSAQ-ViT step 5: bandwidth, 10 points, offset 1e-4
+
+
+def _reference_entropies(attn_v: torch.Tensor, batch_size: int) -> list[float]:
+    """The spec formula, image by image, window by window, pair by pair, in float64."""
+    u = attn_v.double().mean(dim=1)[:, 1:, :]
+    windows = u.shape[0] // batch_size
+    samples = []
+    for b in range(batch_size):
+        values = []
+        for w in range(windows):
+            rows = u[b * windows + w]
+            for i in range(rows.shape[0]):
+                for j in range(rows.shape[0]):
+                    values.append(float(rows[i] @ rows[j] / (rows[i].norm() * rows[j].norm())))
+        samples.append(values)
+    low, high = min(map(min, samples)), max(map(max, samples))
+    points = [low + (high - low) * k / 9 for k in range(10)]
+    entropies = []
+    for values in samples:
+        f = []
+        for x in points:
+            p = sum(math.exp(-(x - s) ** 2 / (2 * H * H)) for s in values) / (len(values) * H * math.sqrt(2 * math.pi))
+            f.append(-(p + 1e-4) * math.log(p + 1e-4))
+        entropies.append(sum((points[k + 1] - points[k]) * (f[k] + f[k + 1]) / 2 for k in range(9)))
+    return entropies
+
+
+def test_spread_similarities_have_higher_entropy_than_peaked_ones():
+    spread = torch.linspace(-1, 1, 401).unsqueeze(0)
+    peaked = 0.3 + 1e-3 * torch.randn(1, 401, generator=torch.Generator().manual_seed(0))
+    entropies = []
+    for samples in (spread, peaked):
+        points = torch.linspace(float(samples.min()), float(samples.max()), 10)
+        entropies.append(float(differential_entropy(gaussian_kde(samples, points), points)))
+    # U(-1, 1) has entropy log 2; the KDE about halves the density at the two end points, where
+    # -p log p happens to be the same (0.25 log 4 = 0.5 log 2), so the trapezoid sum stays near log 2
+    assert entropies[0] == pytest.approx(math.log(2), abs=5e-3)
+    assert entropies[1] < 0 < entropies[0]
+
+
+def test_diverse_patches_have_higher_entropy_than_near_identical_ones():
+    generator = torch.Generator().manual_seed(0)
+    diverse = torch.randn(4, 2, 17, 8, generator=generator)
+    similar = torch.ones(4, 2, 17, 8) + 0.05 * torch.randn(4, 2, 17, 8, generator=generator)
+    assert patch_similarity_entropy(diverse, 4).min() > patch_similarity_entropy(similar, 4).max()
+
+
+def test_three_patch_example_matches_hand_computation():
+    u = [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+    offset = torch.tensor([[0.3, -0.2]] * 3)
+    heads = torch.stack([torch.tensor(u) + offset, torch.tensor(u) - offset])  # mean over heads = u
+    attn_v = torch.cat([torch.full((2, 1, 2), 5.0), heads], dim=1).unsqueeze(0)  # class token first
+    a = 1 / math.sqrt(2)
+    similarities = [1, 0, a, 0, 1, a, a, a, 1]
+    points = [k / 9 for k in range(10)]  # between the min 0 and the max 1
+    f = []
+    for x in points:
+        p = sum(math.exp(-(x - s) ** 2 / (2 * 0.01 ** 2)) for s in similarities) / (9 * 0.01 * math.sqrt(2 * math.pi))
+        f.append(-(p + 1e-4) * math.log(p + 1e-4))
+    expected = sum((f[k] + f[k + 1]) / 2 / 9 for k in range(9))
+    assert torch.allclose(patch_similarities(attn_v, 1), torch.tensor([similarities], dtype=torch.float32), atol=1e-6)
+    assert float(patch_similarity_entropy(attn_v, 1)) == pytest.approx(expected, abs=1e-5)
+    assert float(patch_similarity_loss([attn_v, attn_v], 1)) == pytest.approx(-2 * expected, abs=1e-5)
+
+
+def test_swin_windows_are_pooled_per_image():
+    batch, windows, tokens = 2, 4, 5
+    attn_v = torch.randn(batch * windows, 3, tokens, 8, generator=torch.Generator().manual_seed(0))
+    pooled = patch_similarities(attn_v, batch)
+    assert pooled.shape == (batch, windows * (tokens - 1) ** 2)
+    per_window = patch_similarities(attn_v, batch * windows)  # each window as its own sample
+    assert torch.equal(pooled[1], per_window[windows:].flatten())
+
+
+@pytest.mark.parametrize("shape, batch_size", [((3, 2, 9, 8), 3), ((2 * 4, 2, 16, 8), 2)], ids=["vit", "swin"])
+def test_vectorized_entropy_matches_float64_loop(shape, batch_size):
+    attn_v = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    expected = torch.tensor(_reference_entropies(attn_v, batch_size), dtype=torch.float32)
+    assert torch.allclose(patch_similarity_entropy(attn_v, batch_size), expected, atol=1e-5, rtol=0)
+
+
+def test_chunked_kde_matches_whole_kde_in_value_and_gradient(monkeypatch):
+    samples = torch.rand(3, 500, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    points = torch.linspace(0, 1, 10, dtype=torch.float64)
+    results = []
+    for limit in (1 << 22, 3 * 10 * 64):  # one block; eight checkpointed blocks
+        monkeypatch.setattr(patch_similarity, "KERNEL_ELEMENTS", limit)
+        leaf = samples.clone().requires_grad_(True)
+        entropy = differential_entropy(gaussian_kde(leaf, points), points).sum()
+        entropy.backward()
+        results.append((entropy.detach(), leaf.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+
+
+def _structure(model):
+    return ([(name, type(module)) for name, module in model.named_modules()],
+            {key: value.clone() for key, value in model.state_dict().items()})
+
+
+@pytest.mark.parametrize("fixture, expected_shapes", [
+    ("tiny_vit", [(2, 2, 17, 16)] * 2),
+    ("tiny_swin", [(2 * 4, 2, 16, 8)] * 2 + [(2, 2, 16, 16)] * 2),
+])
+def test_probes_capture_attn_v_and_leave_the_model_as_it_was(fixture, expected_shapes, request):
+    model = request.getfixturevalue(fixture)
+    names_before, state_before = _structure(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        with attn_v_probes(model) as probes:
+            probed = model(x)
+            assert [tuple(probe.value.shape) for probe in probes] == expected_shapes
+    names_after, state_after = _structure(model)
+    assert names_after == names_before and not any(POINTS in name for name, _ in names_after)
+    assert state_after.keys() == state_before.keys()
+    assert all(torch.equal(state_after[key], state_before[key]) for key in state_before)
+    assert torch.allclose(probed, reference, atol=1e-5)
+
+
+def test_probes_keep_points_already_attached(tiny_vit):
+    from harness.instrument import attach_point
+
+    attention = tiny_vit.blocks[0].attn
+    marker = torch.nn.Identity()
+    attach_point(attention, "attn_v", marker)
+    with attn_v_probes(tiny_vit):
+        pass
+    assert getattr(attention, POINTS)["attn_v"] is marker
+
+
+def test_block_entropies_one_finite_value_per_block(tiny_vit):
+    copy_before = copy.deepcopy(tiny_vit.state_dict())
+    values = block_entropies(tiny_vit, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    assert all(torch.equal(copy_before[k], v) for k, v in tiny_vit.state_dict().items())
+
+
+def test_schedule_warms_up_decays_and_restarts_every_round():
+    lr = [warmup_cosine_lr(i, 0.2, 500, 100) for i in (0, 99, 100, 300, 499, 500, 600)]
+    assert lr[0] == pytest.approx(0.2 / 100)
+    assert lr[1] == pytest.approx(0.2) and lr[2] == pytest.approx(0.2)
+    assert lr[3] == pytest.approx(0.1)
+    assert lr[4] == pytest.approx(0.1 * (1 + math.cos(math.pi * 399 / 400))) and lr[4] < 1e-5
+    assert lr[5] == pytest.approx(lr[0]) and lr[6] == pytest.approx(0.2)  # round 2 restarts
+
+
+def test_clamp_bounds_follow_the_models_mean_and_std():
+    digits = ImagePrior(input_size=(1, 16, 16), mean=(0.5,), std=(0.5,), num_classes=10)
+    low, high = digits.clamp_bounds()
+    assert low.flatten().tolist() == [-1.0] and high.flatten().tolist() == [1.0]
+    imagenet = ImagePrior(input_size=(3, 4, 4), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    images = torch.linspace(-5, 5, 16).repeat(3).view(1, 3, 4, 4)
+    clamped = clamp_pixels(images, imagenet)
+    for c, (m, s) in enumerate(zip(imagenet.mean, imagenet.std)):
+        assert clamped[:, c].min() == pytest.approx(-m / s) and clamped[:, c].max() == pytest.approx((1 - m) / s)
+    inside = (images >= clamped.amin(dim=(2, 3), keepdim=True)) & (images <= clamped.amax(dim=(2, 3), keepdim=True))
+    assert torch.equal(clamped[inside], images[inside])
+
+
+def test_total_variation_and_its_target():
+    image = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    assert float(total_variation(image)) == pytest.approx(math.sqrt(2) + math.sqrt(8) + 1 + 3)
+    reference = tv_target(32, 224, 224, torch.Generator().manual_seed(3))
+    digits = tv_target(32, 16, 16, torch.Generator().manual_seed(3))
+    assert 2500 <= reference <= 3000
+    assert digits == pytest.approx(reference / 196)
+
+
+def test_roll_flip_is_a_seeded_cyclic_shift_and_flip():
+    images = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    assert torch.equal(random_roll_flip(images, 0, 0.0, torch.Generator().manual_seed(0)), images)
+    assert torch.equal(random_roll_flip(images, 0, 1.0, torch.Generator().manual_seed(0)), images.flip(3))
+    for seed in range(20):
+        out = random_roll_flip(images, 30, 0.5, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, random_roll_flip(images, 30, 0.5, torch.Generator().manual_seed(seed)))
+        candidates = [torch.roll(images, (k, k), (2, 3)) for k in range(16)]  # ±30 wraps around 16 px
+        assert any(torch.equal(out, c) or torch.equal(out, c.flip(3)) for c in candidates)
