@@ -30,19 +30,27 @@ def attach_point(module: nn.Module, name: str, point: nn.Module) -> None:
     if points is None:
         points = nn.ModuleDict()
         module.add_module(POINTS, points)
-    is_new = name not in points
     points[name] = point
-    if is_new and name == "in":
+    if name == "in" and not any(isinstance(h, _InputHook) for h in module._forward_pre_hooks.values()):
         module.register_forward_pre_hook(_InputHook())
-    elif is_new and name == "out":
+    elif name == "out" and not any(isinstance(h, _OutputHook) for h in module._forward_hooks.values()):
         module.register_forward_hook(_OutputHook())
 
 
-def detach_point(module: nn.Module, name: str) -> None:
-    """Make the point at ``(module, name)`` an identity again (the hook stays, inert)."""
-    points = getattr(module, POINTS, None)
-    if points is not None and name in points:
-        points[name] = nn.Identity()
+def get_point(module: nn.Module, name: str) -> nn.Module | None:
+    """What sits at ``(module, name)``, or None."""
+    points = module._modules.get(POINTS)
+    return points._modules.get(name) if points is not None else None
+
+
+def remove_point(module: nn.Module, name: str) -> None:
+    """Take the point away; the points dict goes too when it empties (a hook, if any, stays inert)."""
+    points = module._modules.get(POINTS)
+    if points is None or name not in points._modules:
+        return
+    del points[name]
+    if not len(points):
+        delattr(module, POINTS)
 
 
 def apply_point(module: nn.Module, name: str, x: Tensor) -> Tensor:

@@ -19,22 +19,22 @@ def register_swap(original: type, instrumented: type) -> None:
     _SWAPS[original] = instrumented
 
 
-def instrument(model: nn.Module) -> int:
-    """Swap every known attention/block class for its instrumented subclass; returns the count."""
+def instrument(model: nn.Module) -> list[nn.Module]:
+    """Swap every known attention/block class for its instrumented subclass; returns the swapped modules."""
     _load_families()
-    swapped = 0
+    swapped = []
     for module in model.modules():
         instrumented = _SWAPS.get(type(module))
         if instrumented is not None:
             module.__class__ = instrumented
-            swapped += 1
+            swapped.append(module)
     return swapped
 
 
-def restore(model: nn.Module) -> None:
-    """Undo :func:`instrument` (the library's own forwards, e.g. fused attention, come back)."""
+def restore(modules: list[nn.Module]) -> None:
+    """Undo :func:`instrument` on these modules (the library's own forwards, e.g. fused attention, come back)."""
     originals = {instrumented: original for original, instrumented in _SWAPS.items()}
-    for module in model.modules():
+    for module in modules:
         original = originals.get(type(module))
         if original is not None:
             module.__class__ = original
@@ -42,12 +42,16 @@ def restore(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def instrumented(model: nn.Module) -> Iterator[nn.Module]:
-    """Instrument ``model`` for the duration of a block, e.g. while a generator probes attention."""
-    instrument(model)
+    """Instrument ``model`` for the duration of a block, e.g. while a generator probes attention.
+
+    Only the swaps made here are undone: a model that was already instrumented (a quantized
+    copy) keeps its instrumentation.
+    """
+    swapped = instrument(model)
     try:
         yield model
     finally:
-        restore(model)
+        restore(swapped)
 
 
 def is_instrumented_attention(module: nn.Module) -> bool:

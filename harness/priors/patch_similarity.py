@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.arch import instrumented, is_instrumented_attention
-from harness.instrument import POINTS, attach_point
+from harness.instrument import attach_point, get_point, remove_point
 
 ATTN_V = "attn_v"
 BANDWIDTH = 0.01  # spec step 5: KDE bandwidth
@@ -43,12 +43,12 @@ class Probe(nn.Module):
 def attn_v_probes(model: nn.Module) -> Iterator[list[Probe]]:
     """Instrument ``model`` and probe the attn·v product of every attention module, in block order.
 
-    On exit the model is exactly as before: original classes back, probes removed (not left as
-    identities, which :func:`harness.instrument.detach_point` would do).
+    On exit the model is exactly as before: original classes back, probes removed, any point that
+    was already there put back.
     """
     with instrumented(model):
         attentions = [module for module in model.modules() if is_instrumented_attention(module)]
-        previous = [_current_point(module) for module in attentions]
+        previous = [get_point(module, ATTN_V) for module in attentions]
         probes = [Probe() for _ in attentions]
         for module, probe in zip(attentions, probes):
             attach_point(module, ATTN_V, probe)
@@ -56,22 +56,10 @@ def attn_v_probes(model: nn.Module) -> Iterator[list[Probe]]:
             yield probes
         finally:
             for module, point in zip(attentions, previous):
-                _put_back_point(module, point)
-
-
-def _current_point(module: nn.Module) -> nn.Module | None:
-    points = module._modules.get(POINTS)
-    return None if points is None else points._modules.get(ATTN_V)
-
-
-def _put_back_point(module: nn.Module, point: nn.Module | None) -> None:
-    points = module._modules[POINTS]
-    if point is not None:
-        points[ATTN_V] = point
-        return
-    del points[ATTN_V]
-    if not len(points):
-        delattr(module, POINTS)
+                if point is None:
+                    remove_point(module, ATTN_V)
+                else:
+                    attach_point(module, ATTN_V, point)
 
 
 def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:

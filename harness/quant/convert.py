@@ -41,7 +41,8 @@ def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig) -> nn.M
     if bits.is_fp:
         raise HarnessError("bit spec 'fp' needs no quantized model")
     qmodel = copy.deepcopy(model)
-    if not instrument(qmodel):
+    instrument(qmodel)
+    if not any(is_instrumented_attention(m) for m in qmodel.modules()):
         raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows (timm ViT/DeiT/Swin)")
     first, last = _first_and_last_layers(qmodel)
     kept_fp = {id(first), id(last)} if config.keep_first_last_fp else set()

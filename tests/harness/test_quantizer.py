@@ -154,3 +154,31 @@ def test_unknown_profile_is_a_clear_error():
 def _calibrate_plain(model, data, calibrator):
     calibrator.calibrate(model, CalibrationContext(
         fp_model=model, calibration=CalibrationSet(data), bits=parse_bits("w8a8"), seed=0, device=torch.device("cpu")))
+
+
+def test_instrumented_context_keeps_an_already_quantized_model_instrumented(tiny_vit):
+    qmodel = quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig())
+    with instrumented(qmodel):
+        pass
+    assert type(qmodel.blocks[0].attn).__name__ == "InstrumentedAttention"
+
+
+def test_points_can_be_removed_and_reattached_without_double_hooks(tiny_vit):
+    from harness.instrument import attach_point, get_point, remove_point
+
+    layer = tiny_vit.blocks[0].mlp.fc1
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x
+
+    attach_point(layer, "in", Count())
+    remove_point(layer, "in")
+    assert get_point(layer, "in") is None and not hasattr(layer, "dfq_points")
+    attach_point(layer, "in", Count())
+    with torch.no_grad():
+        tiny_vit(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 1
+    remove_point(layer, "in")
