@@ -87,6 +87,14 @@ class _WeightQuantMixin:
         self._cache_key: tuple | None = None
         self._cached_weight: torch.Tensor | None = None
 
+    def _adopt(self, source: nn.Module, bits: int | None) -> "_WeightQuantMixin":
+        """Share ``source``'s parameters and hooks (no copy), then set up weight quantization."""
+        self.weight, self.bias = source.weight, source.bias
+        self._forward_pre_hooks.update(source._forward_pre_hooks)
+        self._forward_hooks.update(source._forward_hooks)
+        self._init_weight_quant(bits)
+        return self.train(source.training)
+
     def set_weight_bits(self, bits: int | None) -> None:
         """Change the bit width (mixed precision) and reset the scale to the min-max default."""
         self.weight_bits = bits
@@ -113,11 +121,7 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
     def from_float(cls, linear: nn.Linear, bits: int | None) -> "QuantLinear":
         with torch.device("meta"):
             module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        module.weight, module.bias = linear.weight, linear.bias
-        module._forward_pre_hooks.update(linear._forward_pre_hooks)
-        module._forward_hooks.update(linear._forward_hooks)
-        module._init_weight_quant(bits)
-        return module.train(linear.training)
+        return module._adopt(linear, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -134,11 +138,7 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
                 padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                 bias=conv.bias is not None, padding_mode=conv.padding_mode,
             )
-        module.weight, module.bias = conv.weight, conv.bias
-        module._forward_pre_hooks.update(conv._forward_pre_hooks)
-        module._forward_hooks.update(conv._forward_hooks)
-        module._init_weight_quant(bits)
-        return module.train(conv.training)
+        return module._adopt(conv, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
