@@ -1,4 +1,4 @@
-"""``python -m harness run | list | report``: bad input of any kind is one line on stderr and exit 2."""
+"""``python -m harness run | list | report | new-method | new-task``: bad input is one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -71,13 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="where to write (default: RESULTS/report)")
     report.add_argument("--format", type=_csv, default=("html", "md"),
                         help="comma-separated output formats: html (one self-contained page), md (default: html,md)")
+
+    method = commands.add_parser("new-method", help="write a method plugin folder (and its test) from the template",
+                                 description="Scaffold a working method: a generator and a calibrator called NAME, "
+                                             "the MethodSpec pairing them, and a test running the conformance kit.")
+    method.add_argument("name", help="method name, a lowercase Python identifier not yet registered")
+    half = method.add_mutually_exclusive_group()
+    half.add_argument("--generator-only", action="store_true", help="only a generator, paired with minmax ranges")
+    half.add_argument("--calibrator-only", action="store_true", help="only a calibrator, paired with real images")
+    method.add_argument("--dest", type=Path, help="parent folder (default: the repository's methods/; "
+                                                  "elsewhere the plugin is not discovered, see docs/plugins.md)")
+
+    task = commands.add_parser("new-task", help="write a task plugin folder (and its test) from the template",
+                               description="Scaffold a working offline task: scikit-learn's 8x8 digits, a tiny ViT "
+                                           "trained and cached at first use, and a test running the conformance kit.")
+    task.add_argument("name", help="task name, a lowercase Python identifier not yet registered")
+    task.add_argument("--dest", type=Path, help="parent folder (default: the repository's tasks/; "
+                                                "elsewhere the plugin is not discovered, see docs/plugins.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"run": command_run, "list": command_list, "report": command_report}[args.command](args)
+        return {"run": command_run, "list": command_list, "report": command_report,
+                "new-method": command_new_method, "new-task": command_new_task}[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -187,4 +205,25 @@ def command_report(args: argparse.Namespace) -> int:
         raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --out {args.results}` first")
     for page in write_report(args.results, args.out or args.results / "report", args.format):
         print(f"written: {page}")
+    return 0
+
+
+def command_new_method(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_method
+
+    parts = "generator" if args.generator_only else "calibrator" if args.calibrator_only else "both"
+    return _print_scaffold(new_method(args.name, args.dest, parts))
+
+
+def command_new_task(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_task
+
+    return _print_scaffold(new_task(args.name, args.dest))
+
+
+def _print_scaffold(scaffold) -> int:
+    for path in scaffold.files:
+        print(f"written: {path}")
+    for step in scaffold.next_steps:
+        print(step)
     return 0

@@ -55,6 +55,8 @@ class Generator(ABC):
 
     Options: ClassVar[type] = NoOptions
     bit_independent: ClassVar[bool] = True
+    in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
+    smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -73,6 +75,7 @@ class Calibrator(ABC):
 
     Options: ClassVar[type] = NoOptions
     supports_mixed_precision: ClassVar[bool] = False
+    smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -15,6 +15,7 @@ class GaussianNoise(Generator):
     """``num_images`` standard-normal images of the task's input shape, seeded."""
 
     Options = ImageCountOptions
+    in_pixel_range = False  # N(0, 1) in normalized space leaves the pixel range by design
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
         generator = torch.Generator().manual_seed(context.seed)

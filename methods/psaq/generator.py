@@ -73,6 +73,7 @@ class PatchSimilarityGenerator(Generator):
     """PSAQ-ViT synthesis: noise optimized for patch-similarity entropy, random labels and smoothness."""
 
     Options = PSAQOptions
+    smoke_options = {"num_images": 4, "batch_size": 4, "iterations": 2, "warmup": 1}  # conformance kit only
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
         if not context.prior.num_classes:

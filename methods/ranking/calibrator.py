@@ -68,6 +68,7 @@ class RankingCalibrator(Calibrator):
 
     Options = RankingOptions
     supports_mixed_precision = True
+    smoke_options = {"num_candidates": 5, "rounds": 1, "rank_pairs": 64}  # conformance kit only
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
         options, images = self.options, context.calibration.images
