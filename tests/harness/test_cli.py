@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
     (["run", "--grid", "/nonexistent/grid.yaml"], "grid file /nonexistent/grid.yaml is unreadable"),
     (["run", "--executor", "mpi"], "invalid choice: 'mpi'"),
     (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["run", "--threads", "0"], "--threads must be a positive number"),
     (["list", "everything"], "invalid choice: 'everything'"),
     (["report", "--results", "/nonexistent/dfq"], "no records in /nonexistent/dfq/records"),
     ([], "the following arguments are required: command"),
