@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from harness.quant.modules import ActQuantizer, act_quantizers, weight_quantized_layers

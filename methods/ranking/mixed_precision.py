@@ -22,7 +22,8 @@ from torch import nn
 from harness.arch import is_instrumented_attention
 from harness.errors import HarnessError
 from harness.quant.modules import QuantConv2d, weight_quantized_layers
-from methods.ranking.units import LAYER_OUTPUT, Target, capture
+from harness.quant.capture import LAYER_OUTPUT, Target
+from methods.ranking.units import capture
 
 MAX_CAPACITY = 200_000  # knapsack cells per layer; parameter counts are rounded up beyond it
 
