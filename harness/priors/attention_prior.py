@@ -14,9 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from harness.arch import instrumented, is_instrumented_attention
-from harness.instrument import POINTS, attach_point
-from harness.priors.patch_similarity import Probe
+from harness.priors.probes import Probe, attention_point_probes
 
 ATTN = "attn"
 NUM_MODES = 5  # spec: a mixture of K = 5 Gaussians
@@ -77,31 +75,7 @@ def attention_probes(model: nn.Module) -> Iterator[list[tuple[nn.Module, Probe]]
     """Instrument ``model`` and probe the post-softmax map of every attention module, in block order.
 
     Yields (attention module, probe) pairs; on exit the model is exactly as before (classes and
-    points restored), as :func:`harness.priors.patch_similarity.attn_v_probes` does for ``attn_v``.
+    points restored).
     """
-    with instrumented(model):
-        attentions = [module for module in model.modules() if is_instrumented_attention(module)]
-        previous = [_point(module) for module in attentions]
-        probes = [Probe() for _ in attentions]
-        for module, probe in zip(attentions, probes):
-            attach_point(module, ATTN, probe)
-        try:
-            yield list(zip(attentions, probes))
-        finally:
-            for module, point in zip(attentions, previous):
-                _restore_point(module, point)
-
-
-def _point(module: nn.Module) -> nn.Module | None:
-    points = module._modules.get(POINTS)
-    return None if points is None else points._modules.get(ATTN)
-
-
-def _restore_point(module: nn.Module, point: nn.Module | None) -> None:
-    points = module._modules[POINTS]
-    if point is not None:
-        points[ATTN] = point
-        return
-    del points[ATTN]
-    if not len(points):
-        delattr(module, POINTS)
+    with attention_point_probes(model, ATTN) as pairs:
+        yield pairs

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.arch import instrumented, is_instrumented_attention
-from harness.instrument import attach_point, get_point, remove_point
+from harness.priors.probes import Probe, attention_point_probes
 
 ATTN_V = "attn_v"
 BANDWIDTH = 0.01  # spec step 5: KDE bandwidth
@@ -27,39 +26,11 @@ ENTROPY_OFFSET = 1e-4  # spec step 5: -(p + 1e-4) log(p + 1e-4)
 KERNEL_ELEMENTS = 1 << 22  # largest (images x points x similarities) kernel block evaluated at once
 
 
-class Probe(nn.Module):
-    """Records the tensor passing through a point and returns it unchanged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.value = x
-        return x
-
-
 @contextlib.contextmanager
 def attn_v_probes(model: nn.Module) -> Iterator[list[Probe]]:
-    """Instrument ``model`` and probe the attn·v product of every attention module, in block order.
-
-    On exit the model is exactly as before: original classes back, probes removed, any point that
-    was already there put back.
-    """
-    with instrumented(model):
-        attentions = [module for module in model.modules() if is_instrumented_attention(module)]
-        previous = [get_point(module, ATTN_V) for module in attentions]
-        probes = [Probe() for _ in attentions]
-        for module, probe in zip(attentions, probes):
-            attach_point(module, ATTN_V, probe)
-        try:
-            yield probes
-        finally:
-            for module, point in zip(attentions, previous):
-                if point is None:
-                    remove_point(module, ATTN_V)
-                else:
-                    attach_point(module, ATTN_V, point)
+    """Instrument ``model`` and probe the attn·v product of every attention module, in block order."""
+    with attention_point_probes(model, ATTN_V) as pairs:
+        yield [probe for _, probe in pairs]
 
 
 def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:

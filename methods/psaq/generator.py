@@ -15,17 +15,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import WindowAttention
-from torch import Tensor, nn
+from torch import Tensor
 
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import Probe, attn_v_probes, patch_similarity_loss
-from harness.priors.synthesis import clamp_pixels, random_roll_flip, total_variation, tv_target, warmup_cosine_lr
+from harness.priors.synthesis import (clamp_pixels, random_roll_flip, synthesis_lr, total_variation, tv_target,
+                                      warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
 
-LR_VIT, LR_SWIN = 0.20, 0.25  # spec PSAQ-ViT step 3
 
 
 @dataclass
@@ -63,11 +62,6 @@ class PSAQOptions(ImageCountOptions):
             raise ValueError(f"lr must be positive or None (by architecture), got {self.lr}")
 
 
-def default_lr(model: nn.Module) -> float:
-    """Spec step 3: 0.25 for Swin, 0.20 for ViT/DeiT."""
-    return LR_SWIN if any(isinstance(module, WindowAttention) for module in model.modules()) else LR_VIT
-
-
 @GENERATORS.register("psaq")
 class PatchSimilarityGenerator(Generator):
     """PSAQ-ViT synthesis: noise optimized for patch-similarity entropy, random labels and smoothness."""
@@ -80,7 +74,7 @@ class PatchSimilarityGenerator(Generator):
             raise HarnessError(f"psaq needs the number of classes of {context.model_name!r} for its labels")
         options = self.options
         generator = torch.Generator().manual_seed(context.seed)  # every random draw comes from it
-        lr = options.lr or default_lr(context.model)
+        lr = options.lr or synthesis_lr(context.model)
         sizes = [min(options.batch_size, options.num_images - start)
                  for start in range(0, options.num_images, options.batch_size)]
         images, labels, reports = [], [], []

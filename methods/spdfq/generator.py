@@ -28,12 +28,11 @@ from harness.method import CalibrationSet, GenerationContext, Generator, ImageCo
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
 from harness.priors.patch_similarity import Probe
-from harness.priors.synthesis import clamp_pixels, total_variation, tv_target, warmup_cosine_lr
+from harness.priors.synthesis import clamp_pixels, synthesis_lr, total_variation, tv_target, warmup_cosine_lr
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 
-LR_VIT, LR_SWIN = 0.20, 0.25  # PSAQ-ViT's Adam (spec PSAQ-ViT step 3); SPDFQ gives no lr
 APA_WEIGHT_RANGE = (1.0, 1e5)  # spec SPDFQ: α1 is per model, 1 to 1e5
 
 
@@ -83,7 +82,7 @@ class SPDFQGenerator(Generator):
             raise HarnessError(f"spdfq needs the number of classes of {context.model_name!r} for its targets")
         options, model = self.options, context.model
         generator = torch.Generator().manual_seed(context.seed)
-        lr = options.lr or (LR_SWIN if any(isinstance(m, WindowAttention) for m in model.modules()) else LR_VIT)
+        lr = options.lr or synthesis_lr(model)  # PSAQ-ViT's Adam lr: SPDFQ gives none
         images, labels, reports, alpha = [], [], [], options.apa_weight
         for start in range(0, options.num_images, options.batch_size):
             size = min(options.batch_size, options.num_images - start)
