@@ -27,7 +27,7 @@ class GenerationContext:
 
     task: Task
     model_name: str
-    model: nn.Module
+    model: nn.Module  # the backbone (README §4): a classifier itself, a detector's or segmentor's backbone
     prior: ImagePrior
     seed: int
     device: torch.device

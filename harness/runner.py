@@ -179,10 +179,10 @@ class GridRunner:
             return {"metrics": fp_metrics, "fp_metrics": fp_metrics, "num_calibration_images": 0}
         calibration, cache_hit = self._calibration_set(cell, task, fp_model, weights_id, timing)
         start = time.perf_counter()
-        qmodel = quantize_model(fp_model, cell.bits, cell.quant)
+        qmodel = quantize_model(fp_model, cell.bits, cell.quant, part=task.quantized_part)
         calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
-        calibrator_info = calibrator.calibrate(qmodel, CalibrationContext(
-            fp_model=fp_model, calibration=calibration, bits=cell.bits, seed=cell.seed,
+        calibrator_info = calibrator.calibrate(task.quantized_part(qmodel), CalibrationContext(
+            fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
             device=self.device,
         ))
         unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
@@ -199,15 +199,16 @@ class GridRunner:
             "calibrator_info": calibrator_info or {},
             "quantizer": {
                 **cell.config()["options"]["quant"],
-                "scope": "whole model",
+                "scope": task.quantization_scope(),
                 "activation_quantizers": len(act_quantizers(qmodel)),
                 "weight_quantized_layers": sum(1 for _, m in weight_quantized_layers(qmodel) if m.weight_bits),
             },
         }
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
-        """Computed once per (task, model, weights, limit) and cached beside the records."""
-        path = self.store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{cell.limit}.json"
+        """Computed once per (task, model, weights, task options, limit) and cached beside the records."""
+        task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
+        path = self.store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}.json"
         with file_lock(path.with_suffix(".lock"), holder=self._holder):
             cached = read_record(path)
             if cached is not None:
@@ -252,7 +253,7 @@ class GridRunner:
         torch.manual_seed(cell.seed)
         start = time.perf_counter()
         calibration = generator.generate(GenerationContext(
-            task=task, model_name=cell.model, model=fp_model, prior=prior, seed=cell.seed,
+            task=task, model_name=cell.model, model=task.backbone(fp_model), prior=prior, seed=cell.seed,
             device=self.device,
         ))
         timing["generate"] = time.perf_counter() - start

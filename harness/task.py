@@ -82,8 +82,19 @@ class Task(ABC):
         """A short hash of the model's weights, part of the generator cache key."""
 
     def backbone(self, model: nn.Module) -> nn.Module:
-        """The module generators and the quantizer work on; a classifier is its own backbone."""
+        """The module generators synthesize for (README §4); a classifier is its own backbone."""
         return model
+
+    def quantized_part(self, model: nn.Module) -> nn.Module:
+        """The module the quantizer converts and calibrators fit, fed with the prior's images.
+
+        The backbone by default; a detection/segmentation task may offer its neck and heads too.
+        """
+        return self.backbone(model)
+
+    def quantization_scope(self) -> str:
+        """What :meth:`quantized_part` covers, in words, for the result record."""
+        return "whole model"
 
 
 def register_models(task_name: str, descriptions: dict[str, str]) -> tuple[str, ...]:

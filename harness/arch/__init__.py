@@ -4,10 +4,14 @@ Each file covers one family and subclasses the library's own attention/block cla
 ``forward`` only to expose named points (:mod:`harness.instrument`) at the matmul inputs, the
 pre-softmax scores, the attn·v product and the residual sums. :func:`instrument` swaps a module's
 class in place (parameters, buffers and state-dict keys unchanged); :func:`restore` swaps it back.
+An instrumented class may define ``dfq_adopt`` / ``dfq_release`` to add and remove submodules that
+share the module's parameters (``nn.MultiheadAttention``'s packed projection as a ``qkv`` Linear).
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 from typing import Iterator
 
 from torch import nn
@@ -27,6 +31,8 @@ def instrument(model: nn.Module) -> list[nn.Module]:
         instrumented = _SWAPS.get(type(module))
         if instrumented is not None:
             module.__class__ = instrumented
+            if hasattr(module, "dfq_adopt"):
+                module.dfq_adopt()
             swapped.append(module)
     return swapped
 
@@ -37,6 +43,8 @@ def restore(modules: list[nn.Module]) -> None:
     for module in modules:
         original = originals.get(type(module))
         if original is not None:
+            if hasattr(module, "dfq_release"):
+                module.dfq_release()
             module.__class__ = original
 
 
@@ -62,5 +70,25 @@ def is_instrumented_block(module: nn.Module) -> bool:
     return getattr(type(module), "is_dfq_block", False)
 
 
+def is_window_attention(module: nn.Module) -> bool:
+    """A Swin window attention (timm, mmdet or mmseg), instrumented or not."""
+    _load_families()
+    cls = _SWAPS.get(type(module), type(module))
+    return getattr(cls, "is_dfq_window", False)
+
+
+# OpenMMLab backbones are instrumented only once their library is loaded (a model built from it is);
+# importing mmdet/mmseg just to look would cost seconds and the compiled mmcv ops.
+_MM_FAMILIES = {"mmdet.models.backbones.swin": "mm_swin", "mmseg.models.backbones.swin": "mm_swin",
+                "mmseg.models.backbones.vit": "mm_vit"}
+
+
+_loaded_mm: set[str] = set()
+
+
 def _load_families() -> None:
     from harness.arch import timm_swin, timm_vit  # noqa: F401  (they register their swaps)
+    for library_module, family in _MM_FAMILIES.items():
+        if library_module in sys.modules and library_module not in _loaded_mm:
+            importlib.import_module(f"harness.arch.{family}").register(sys.modules[library_module])
+            _loaded_mm.add(library_module)

@@ -15,6 +15,7 @@ from harness.instrument import apply_point
 
 class InstrumentedWindowAttention(WindowAttention):
     is_dfq_attention = True
+    is_dfq_window = True
     extra_score_points = ("scores_biased",)  # the relative-position-bias sum, `psaq` profile
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

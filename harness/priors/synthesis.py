@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 
+from harness.arch import is_window_attention
 from harness.task import ImagePrior
 
 REFERENCE_TV_ELEMENTS = 32 * 224 * 224  # B·H·W for which the reference draws v ~ U(2500, 3000)
@@ -19,7 +19,7 @@ LR_VIT, LR_SWIN = 0.20, 0.25  # spec PSAQ-ViT step 3
 
 def synthesis_lr(model: nn.Module) -> float:
     """PSAQ-ViT's Adam learning rate for image synthesis: 0.25 for Swin, 0.20 for ViT/DeiT (spec step 3)."""
-    return LR_SWIN if any(isinstance(module, WindowAttention) for module in model.modules()) else LR_VIT
+    return LR_SWIN if any(is_window_attention(module) for module in model.modules()) else LR_VIT
 
 
 def warmup_cosine_lr(iteration: int, base_lr: float, round_length: int, warmup: int) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from timm.layers import Mlp
 from torch import nn
@@ -32,32 +32,43 @@ class QuantConfig:
             raise HarnessError(f"unknown attention quantizer {self.attn_quantizer!r}; accepted: uniform, log2")
 
 
-def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig) -> nn.Module:
+def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig,
+                   part: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
     """A deep copy of ``model`` with quantized weights and observing activation quantizers.
 
-    The copy's activation quantizers start in ``observe`` mode; a calibrator then freezes them.
-    The FP model is left untouched.
+    ``part`` picks what is quantized inside the copy (a detector's backbone, README §4); by default
+    the whole model. The copy's activation quantizers start in ``observe`` mode; a calibrator then
+    freezes them. The FP model is left untouched.
     """
     if bits.is_fp:
         raise HarnessError("bit spec 'fp' needs no quantized model")
     qmodel = copy.deepcopy(model)
-    instrument(qmodel)
-    if not any(is_instrumented_attention(m) for m in qmodel.modules()):
-        raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows (timm ViT/DeiT/Swin)")
-    first, last = _first_and_last_layers(qmodel)
+    quantize_in_place(part(qmodel) if part is not None else qmodel, bits, config)
+    return qmodel
+
+
+def quantize_in_place(model: nn.Module, bits: BitSpec, config: QuantConfig) -> None:
+    """Quantize every Linear and Conv2d of ``model`` (in a ViT/Swin: the patch embedding is its only conv)."""
+    instrument(model)
+    attentions = [m for m in model.modules() if is_instrumented_attention(m)]
+    if not attentions:
+        raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows "
+                           "(timm ViT/DeiT/Swin, mmdet/mmseg Swin and ViT)")
+    if config.profile == "psaq" and not all(getattr(type(m), "psaq_profile", True) for m in attentions):
+        raise HarnessError("profile 'psaq' covers timm ViT/DeiT/Swin only; use --profile standard for mmdet/mmseg backbones")
+    first, last = _first_and_last_layers(model)
     kept_fp = {id(first), id(last)} if config.keep_first_last_fp else set()
-    for name, module in list(qmodel.named_modules()):
-        if isinstance(module, nn.Linear) or module is first:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
             layer_bits = None if id(module) in kept_fp else bits.weight_bits
             converted = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_float(module, layer_bits)
-            qmodel.set_submodule(name, converted)
+            model.set_submodule(name, converted)
             if module is first:
                 first = converted
             if module is last:
                 last = converted
     place = _place_standard if config.profile == "standard" else _place_psaq
-    place(qmodel, bits.act_bits, config, first, last, keep_ends=bool(kept_fp))
-    return qmodel
+    place(model, bits.act_bits, config, first, last, keep_ends=bool(kept_fp))
 
 
 def _first_and_last_layers(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:

@@ -70,8 +70,6 @@ class PatchSimilarityGenerator(Generator):
     smoke_options = {"num_images": 4, "batch_size": 4, "iterations": 2, "warmup": 1}  # conformance kit only
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
-        if not context.prior.num_classes:
-            raise HarnessError(f"psaq needs the number of classes of {context.model_name!r} for its labels")
         options = self.options
         generator = torch.Generator().manual_seed(context.seed)  # every random draw comes from it
         lr = options.lr or synthesis_lr(context.model)
@@ -83,8 +81,9 @@ class PatchSimilarityGenerator(Generator):
             images.append(batch)
             labels.append(batch_labels)
             reports.append(report)
-        return CalibrationSet(images=torch.cat(images), labels=torch.cat(labels),
-                              info={"source": "PSAQ-ViT synthesis", "lr": lr, "batches": reports})
+        return CalibrationSet(images=torch.cat(images), labels=torch.cat(labels) if context.prior.num_classes else None,
+                              info={"source": "PSAQ-ViT synthesis", "lr": lr, "batches": reports,
+                                    "one_hot_term": bool(context.prior.num_classes)})
 
     def _synthesize(self, context: GenerationContext, size: int, lr: float, generator: torch.Generator,
                     description: str) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -92,7 +91,8 @@ class PatchSimilarityGenerator(Generator):
         options, prior, model = self.options, context.prior, context.model
         channels, height, width = prior.input_size
         images = torch.randn(size, channels, height, width, generator=generator).to(context.device)  # step 1
-        labels = torch.randint(prior.num_classes, (size,), generator=generator)  # step 2
+        # Step 2; a detection/segmentation backbone has no classes (README §4), so no labels and no L_OH.
+        labels = torch.randint(prior.num_classes or 1, (size,), generator=generator)
         target = tv_target(size, height, width, generator, *options.tv_target_range)  # step 5
         labels_on_device = labels.to(context.device)
         images.requires_grad_(True)
@@ -100,14 +100,15 @@ class PatchSimilarityGenerator(Generator):
         bar = progress_bar(range(options.iterations * len(options.roll_ranges)), desc=description, leave=False)
         with attn_v_probes(model) as probes:
             if not probes:
-                raise HarnessError("psaq found no attention it can probe; supported: timm ViT/DeiT and Swin")
+                raise HarnessError("psaq found no attention it can probe; supported: timm ViT/DeiT/Swin, mmdet/mmseg Swin and ViT")
             for step in bar:
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine_lr(step, lr, options.iterations, options.warmup)
                 max_shift = options.roll_ranges[step // options.iterations]
                 augmented = random_roll_flip(images, max_shift, options.flip_probability, generator)  # step 4
-                terms = self._loss_terms(model(augmented), augmented, probes, labels_on_device, target)
-                loss = terms["pse"] + options.oh_weight * terms["oh"] + options.tv_weight * terms["tv"]
+                terms = self._loss_terms(model(augmented), augmented, probes, labels_on_device, target,
+                                         one_hot=bool(prior.num_classes))
+                loss = terms["pse"] + options.oh_weight * terms.get("oh", 0) + options.tv_weight * terms["tv"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -117,13 +118,15 @@ class PatchSimilarityGenerator(Generator):
         report = {"tv_target": target, "final_loss": {name: value.item() for name, value in terms.items()}}
         return images.detach(), labels, report
 
-    def _loss_terms(self, logits: Tensor, augmented: Tensor, probes: list[Probe], labels: Tensor,
-                    target: float) -> dict[str, Tensor]:
-        """Spec step 5: L_PSE, L_OH and L_TV on the augmented batch."""
+    def _loss_terms(self, output: Tensor, augmented: Tensor, probes: list[Probe], labels: Tensor,
+                    target: float, one_hot: bool) -> dict[str, Tensor]:
+        """Spec step 5: L_PSE, L_OH (classifiers only) and L_TV on the augmented batch."""
         options = self.options
-        return {
+        terms = {
             "pse": patch_similarity_loss([probe.value for probe in probes], augmented.shape[0],
                                          options.bandwidth, options.kde_points, options.entropy_offset),
-            "oh": F.cross_entropy(logits, labels),
             "tv": (total_variation(augmented) - target).abs(),
         }
+        if one_hot:
+            terms["oh"] = F.cross_entropy(output, labels)
+        return terms

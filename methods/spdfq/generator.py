@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 
+from harness.arch import is_window_attention
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
@@ -153,7 +153,7 @@ class SPDFQGenerator(Generator):
                 generator: torch.Generator) -> Tensor:
         """Spec APA: one prior per (image, head) of an aligned block; Swin: per window, over the window grid."""
         maps, heads, patches = shape
-        is_swin = isinstance(attention, WindowAttention)
+        is_swin = is_window_attention(attention)
         grid = tuple(attention.window_size if is_swin else model.patch_embed.grid_size)
         if grid[0] * grid[1] != patches:
             raise HarnessError(f"spdfq: attention over {patches} patches does not match the patch grid {grid}")
@@ -164,7 +164,7 @@ class SPDFQGenerator(Generator):
     @staticmethod
     def _attention(model: nn.Module, attention: nn.Module, probe: Probe) -> Tensor:
         """Spec APA: class-token row for ViT/DeiT, query-averaged window attention for Swin."""
-        is_swin = isinstance(attention, WindowAttention)
+        is_swin = is_window_attention(attention)
         return patch_attention(probe.value, getattr(model, "num_prefix_tokens", 1), query_average=is_swin)
 
 

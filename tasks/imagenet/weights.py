@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.file_download import repo_folder_name
-from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.weights import read_state_dict
 
 HUB_FILENAME = "model.safetensors"  # what timm downloads for a pretrained model with an hf_hub_id
 
@@ -31,28 +31,9 @@ def hub_checkpoint(model_name: str) -> Path:
     )
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, a plain state dict, or one under ``"model"`` (DeiT/Swin releases) or ``"state_dict"``."""
-    if not path.is_file():
-        raise HarnessError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            content = load_file(path)
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):  # DeiT's training script saves its args
-                content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any reader failure means the same thing to the user: not a weights file
-        raise HarnessError(f"checkpoint {path} is unreadable: {_one_line(error)}") from error
-    if isinstance(content, dict):
-        content = content.get("model", content.get("state_dict", content))
-    if not content or not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise HarnessError(f"checkpoint {path} holds no state dict (name -> tensor, possibly under 'model' or 'state_dict')")
-    return content
-
-
 def load_weights(model: nn.Module, model_name: str, path: Path) -> None:
     """Strict loading: a file made for another model must fail loudly rather than evaluate near chance."""
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, allowed=[argparse.Namespace])  # DeiT's training script saves its args
     expected = model.state_dict()
     if state_dict.keys() != expected.keys():
         state_dict = _timm_layout(model, state_dict)
@@ -84,10 +65,3 @@ def _timm_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[
 def _first(keys: list[str], count: int = 3) -> str:
     shown = ", ".join(keys[:count]) or "none"
     return f"{shown} (+{len(keys) - count} more)" if len(keys) > count else shown
-
-
-def _one_line(error: Exception, limit: int = 200) -> str:
-    """The reason alone: torch wraps a weights-only refusal in paragraphs of advice we do not want followed."""
-    reason = str(error).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
-    text = " ".join((reason or str(error)).split())
-    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

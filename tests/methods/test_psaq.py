@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -82,9 +83,16 @@ def test_swin_gets_its_own_lr(tiny_swin):
     assert explicit.info["lr"] == pytest.approx(0.1)
 
 
-def test_labels_need_a_class_count(tiny_vit):
-    with pytest.raises(HarnessError, match="number of classes"):
-        _generate(_frozen(tiny_vit), 0, prior=ImagePrior(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3))
+def test_a_backbone_without_classes_gets_no_labels_and_no_one_hot_term(tiny_vit):
+    """README §4: on a detection/segmentation backbone the prior has no classes; PSE and TV remain."""
+    backbone = copy.deepcopy(tiny_vit)
+    backbone.reset_classifier(0)
+    prior = ImagePrior(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
+    result = _generate(_frozen(backbone), 0, prior=prior, num_images=2, iterations=3, warmup=1)
+    assert result.labels is None and result.info["one_hot_term"] is False
+    assert set(result.info["batches"][0]["final_loss"]) == {"pse", "tv"}
+    with_classes = _generate(_frozen(copy.deepcopy(tiny_vit)), 0, num_images=2, iterations=3, warmup=1)
+    assert set(with_classes.info["batches"][0]["final_loss"]) == {"pse", "tv", "oh"}
 
 
 def test_optimization_raises_entropy_and_fits_labels_without_jitter(tiny_vit):

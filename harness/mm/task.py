@@ -1,0 +1,177 @@
+"""Base class of the mmdet / mmseg task plugins: config, weights, data layout, metric and backbone prior.
+
+A subclass names its OpenMMLab ``scope`` (``mmdet`` / ``mmseg``), its models (config references),
+its dataset layout and how the library's metric maps to the harness's metric names. Generators
+see the backbone at its pre-training resolution (README §4, the task-independent prior); the
+quantizer converts the backbone, or with ``quantize=all`` the neck and heads too.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.io import file_sha256
+from harness.mm.checkpoint import load_weights
+from harness.mm.config import cached_weights, load_config
+from harness.mm.data import evaluate, folder_images
+from harness.mm.registry import build, build_model
+from harness.task import ImagePrior, Task, TaskOptions
+
+SCOPES = ("backbone", "all")
+
+
+@dataclass
+class OpenMMLabOptions(TaskOptions):
+    """``config``: a local mmengine config used instead of the model's own (it may inherit from it
+    with ``_base_``); ``quantize``: ``backbone`` (README §4 default) or ``all`` (neck and heads too);
+    ``prior_size``: side of calibration images, default the backbone's pre-training size."""
+
+    config: str | None = None
+    quantize: Literal["backbone", "all"] = "backbone"
+    prior_size: int | None = None
+    batch_size: int = 1  # mmdet/mmseg evaluate full-resolution images one at a time
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.quantize not in SCOPES:
+            raise ValueError(f"quantize must be one of {', '.join(SCOPES)}, got {self.quantize!r}")
+        if self.batch_size < 1 or self.num_workers < 0 or (self.prior_size is not None and self.prior_size < 8):
+            raise ValueError("batch_size must be >= 1, num_workers >= 0 and prior_size >= 8")
+
+
+@dataclass(frozen=True)
+class OpenMMLabModel:
+    """A registered model: its config reference and the resolution its backbone was pre-trained at."""
+
+    config: str  # "mmdet::swin/....py" (shipped in the package) or a file path
+    description: str = ""
+    pretrain_size: int = 224
+
+
+class TensorForward(nn.Module):
+    """A detector or segmentor as a module from normalized images to its raw head outputs (``mode='tensor'``)."""
+
+    def __init__(self, model: nn.Module, task: "OpenMMLabTask") -> None:
+        super().__init__()
+        self.model = model
+        self._samples = task.tensor_samples
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model(images, self._samples(images), mode="tensor")
+
+
+class OpenMMLabTask(Task):
+    scope: ClassVar[str]
+    models: ClassVar[dict[str, OpenMMLabModel]]
+    train_images: ClassVar[str]  # folder under the data root that `real` draws calibration images from
+    layout_hint: ClassVar[str]  # the expected layout, in words, for error messages
+    Options = OpenMMLabOptions
+
+    def __init__(self, options: OpenMMLabOptions | None = None) -> None:
+        super().__init__(options)
+        self._configs: dict[str, Any] = {}
+        self._weights_ids: dict[str, str] = {}
+
+    # -- what a subclass provides -------------------------------------------------------------
+    @abstractmethod
+    def required_paths(self, root: Path, dataset_config: Any) -> dict[str, Path]:
+        """What must exist under ``root`` for evaluation, by description (checked before building anything)."""
+
+    @abstractmethod
+    def metric_config(self, root: Path, config: Any) -> dict[str, Any]:
+        """The mmengine metric config of the test evaluator, pointed at ``root``."""
+
+    @abstractmethod
+    def harness_metrics(self, raw: dict[str, float]) -> dict[str, float]:
+        """The library metric's values as the task's ``metric_names``, in percent."""
+
+    def tensor_samples(self, images: torch.Tensor) -> list | None:
+        """Data samples ``mode='tensor'`` needs for ``images`` (a two-stage detector reads image shapes)."""
+        return None
+
+    # -- the Task contract --------------------------------------------------------------------
+    def load_model(self, model_name: str) -> nn.Module:
+        model = build_model(self.scope, self.config(model_name).model)
+        load_weights(model, self._checkpoint(model_name))
+        return model
+
+    def prior(self, model_name: str) -> ImagePrior:
+        preprocessor = self.config(model_name).model.data_preprocessor
+        size = self.options.prior_size or self._entry(model_name).pretrain_size
+        return ImagePrior(input_size=(3, size, size), mean=tuple(m / 255 for m in preprocessor.mean),
+                          std=tuple(s / 255 for s in preprocessor.std), num_classes=None)
+
+    def calibration_images(self, model_name: str, num_images: int, seed: int) -> torch.Tensor:
+        return folder_images(self._root() / self.train_images, num_images, seed, self.prior(model_name))
+
+    def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:
+        dataset = self.dataset(model_name, limit)  # checks the layout first
+        metric = build(self.scope, "METRICS", self.metric_config(self._root(), self.config(model_name)))
+        raw = evaluate(model, dataset, metric, self.options.batch_size,
+                       self.options.num_workers, description=f"{self.name} {model_name}")
+        return self.harness_metrics(raw)
+
+    def dataset(self, model_name: str, limit: int | None = None) -> Any:
+        """The evaluation split as the library's dataset, after checking the layout; first ``limit`` images."""
+        root = self._root()
+        dataset_config = self.config(model_name).test_dataloader.dataset.copy()
+        dataset_config.data_root = str(root)
+        for description, path in self.required_paths(root, dataset_config).items():
+            if not path.exists():
+                raise HarnessError(f"{self.name}: {description} not found: {path} (expected {self.layout_hint})")
+        if limit:
+            dataset_config.indices = limit
+        return build(self.scope, "DATASETS", dataset_config)
+
+    def weights_id(self, model_name: str) -> str:
+        self._entry(model_name)
+        if model_name not in self._weights_ids:
+            self._weights_ids[model_name] = file_sha256(self._checkpoint(model_name))
+        return self._weights_ids[model_name]
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        return model.backbone
+
+    def quantized_part(self, model: nn.Module) -> nn.Module:
+        return model.backbone if self.options.quantize == "backbone" else TensorForward(model, self)
+
+    def quantization_scope(self) -> str:
+        return "backbone" if self.options.quantize == "backbone" else "backbone, neck and heads"
+
+    # -- helpers ------------------------------------------------------------------------------
+    def config(self, model_name: str) -> Any:
+        """The model's mmengine config (the ``config`` option's file when given), parsed once."""
+        entry = self._entry(model_name)
+        if model_name not in self._configs:
+            config = load_config(self.options.config or entry.config)
+            config.model.pop("pretrained", None)  # the harness loads the weights itself, never downloads
+            config.model.pop("init_cfg", None)
+            for key in ("init_cfg", "pretrained"):
+                config.model.backbone.pop(key, None)
+            self._configs[model_name] = config
+        return self._configs[model_name]
+
+    def _entry(self, model_name: str) -> OpenMMLabModel:
+        if model_name not in self.models:
+            raise HarnessError(f"model {model_name!r} is not a {self.name} model; accepted: {', '.join(self.models)}")
+        return self.models[model_name]
+
+    def _checkpoint(self, model_name: str) -> Path:
+        if self.options.checkpoint:
+            return Path(self.options.checkpoint).expanduser()
+        cached, url = cached_weights(self._entry(model_name).config)
+        if cached is not None and cached.is_file():
+            return cached
+        where = f"expected {cached} (mmengine's download cache; fetch {url} where there is network), or" if cached else "pass"
+        raise HarnessError(f"no weights for {self.name} model {model_name}: {where} --checkpoint FILE")
+
+    def _root(self) -> Path:
+        if not self.options.data_root:
+            raise HarnessError(f"{self.name} needs its data root: pass --data-root DIR (expected {self.layout_hint})")
+        return Path(self.options.data_root).expanduser()

@@ -1,0 +1,40 @@
+"""Read a checkpoint file into a state dict with torch's safe unpickler, whatever wraps the tensors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from harness.errors import HarnessError
+
+
+def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, a plain state dict, or one under ``"model"`` (DeiT/Swin releases) or ``"state_dict"``.
+
+    ``allowed``: the non-tensor types a release is known to pickle beside its weights (training
+    arguments, logging buffers), passed to ``torch.serialization.safe_globals``; nothing else loads.
+    """
+    if not path.is_file():
+        raise HarnessError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            content = load_file(path)
+        else:
+            with torch.serialization.safe_globals(list(allowed)):
+                content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any reader failure means the same thing to the user: not a weights file
+        raise HarnessError(f"checkpoint {path} is unreadable: {_one_line(error)}") from error
+    if isinstance(content, dict):
+        content = content.get("model", content.get("state_dict", content))
+    if not content or not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise HarnessError(f"checkpoint {path} holds no state dict (name -> tensor, possibly under 'model' or 'state_dict')")
+    return content
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+    """The reason alone: torch wraps a weights-only refusal in paragraphs of advice we do not want followed."""
+    reason = str(error).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+    text = " ".join((reason or str(error)).split())
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

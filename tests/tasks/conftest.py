@@ -1,0 +1,52 @@
+"""Tiny COCO / ADE20K instances for the detection and segmentation tests (skipped without the `detseg` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from harness.cli import main
+from harness.conformance import TaskSetup
+from harness.mm.stack import available
+from harness.records import ResultStore
+
+
+def _require_detseg() -> None:
+    reason = available()
+    if reason is not None:
+        pytest.skip(f"needs the detseg extra: {reason}")
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> TaskSetup:
+    _require_detseg()
+    from tasks.coco.tiny import write_tiny_coco
+
+    return write_tiny_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session", params=["upernet_swin_t", "upernet_deit_s"])
+def tiny_ade20k(request, tmp_path_factory) -> TaskSetup:
+    _require_detseg()
+    from tasks.ade20k.tiny import write_tiny_ade20k
+
+    return write_tiny_ade20k(tmp_path_factory.mktemp("ade20k"), request.param)
+
+
+@pytest.fixture(scope="session")
+def run_grid() -> Callable[..., list[dict[str, Any]]]:
+    """``python -m harness run`` on a tiny instance (small synthesis budgets); returns the records of ``out``."""
+    def run(setup: TaskSetup, out: Path, *args: str) -> list[dict[str, Any]]:
+        options = dict(setup.options)
+        argv = ["run", "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"),
+                "--models", setup.model_name, "--out", str(out), "--no-report", "--no-progress",
+                "--gen-opt", "real.num_images=4", "--gen-opt", "psaq.iterations=8", "--gen-opt", "psaq.warmup=2",
+                *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
+        assert main(argv) == 0
+        return list(ResultStore(out).records())
+    return run
+
+
+def by_cell(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(record["method"], record["bits"]): record for record in records}

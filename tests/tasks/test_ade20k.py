@@ -1,0 +1,50 @@
+"""Task ``ade20k`` on tiny UperNets (Swin and DeiT backbones) scored against their own FP predictions (mmseg's IoUMetric)."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+
+from harness.arch import instrumented, is_instrumented_attention
+from harness.errors import HarnessError
+from tasks.ade20k import ADE20KTask
+
+
+def _task(setup, **changes) -> ADE20KTask:
+    return ADE20KTask(ADE20KTask.Options(**{**setup.options, **changes}))
+
+
+def test_fp_scores_100_against_its_own_labels_and_w4a4_lowers_it(tiny_ade20k, run_grid, tmp_path):
+    records = run_grid(tiny_ade20k, tmp_path, "--methods", "psaq,real", "--tasks", "ade20k", "--bits", "fp,w4a4")
+    cells = {(record["method"], record["bits"]): record for record in records}
+    assert all(record["status"] == "ok" for record in records) and len(records) == 4
+    for method in ("psaq", "real"):
+        assert cells[(method, "fp")]["metrics"]["miou"] == 100.0
+        quantized = cells[(method, "w4a4")]
+        assert set(quantized["metrics"]) == {"miou", "aacc"} and quantized["metrics"]["miou"] < 80
+        assert quantized["quantizer"]["scope"] == "backbone"
+
+
+def test_instrumented_attention_matches_mmseg(tiny_ade20k):
+    """The explicit attention (with its points) computes what mmseg's own forward computes."""
+    backbone = _task(tiny_ade20k).load_model(tiny_ade20k.model_name).backbone
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = backbone(images)
+        with instrumented(backbone) as model:
+            assert sum(map(is_instrumented_attention, model.modules())) == 4
+            ours = model(images)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, ours))
+    assert not any(hasattr(module, "qkv") for module in backbone.modules() if isinstance(module, torch.nn.MultiheadAttention))
+
+
+def test_layout_errors_name_the_path(tiny_ade20k, tmp_path):
+    root = tmp_path / "ade"
+    shutil.copytree(tiny_ade20k.options["data_root"], root)
+    model = _task(tiny_ade20k).load_model(tiny_ade20k.model_name)
+    shutil.rmtree(root / "annotations" / "validation")
+    with pytest.raises(HarnessError, match=re.escape(f"label-map folder not found: {root}/annotations/validation")) as error:
+        _task(tiny_ade20k, data_root=str(root)).evaluate(model, tiny_ade20k.model_name)
+    assert "ADEChallengeData2016" in str(error.value) and "\n" not in str(error.value)

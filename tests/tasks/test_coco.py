@@ -1,0 +1,137 @@
+"""Task ``coco`` on a tiny Mask R-CNN scored against its own FP predictions (mmdet's CocoMetric)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.arch import instrumented
+from harness.errors import HarnessError
+from harness.bits import parse_bits
+from harness.quant.convert import QuantConfig, quantize_model
+from tasks.coco import CocoTask
+
+MODEL = "mask_rcnn_swin_t"
+
+
+def _task(setup, **changes) -> CocoTask:
+    return CocoTask(CocoTask.Options(**{**setup.options, **changes}))
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_coco, run_grid, tmp_path_factory):
+    """The issue's acceptance command on the tiny instance, plus FP, W4A4 and real images."""
+    records = run_grid(tiny_coco, tmp_path_factory.mktemp("results"), "--methods", "psaq,noise,real",
+                       "--tasks", "coco", "--bits", "fp,w4a8,w4a4", "--limit", "4")
+    return {(record["method"], record["bits"]): record for record in records}
+
+
+def test_fp_scores_100_against_its_own_predictions_and_quantization_lowers_it(tiny_coco, grid):
+    annotations = json.loads((Path(tiny_coco.options["data_root"]) / "annotations/instances_val2017.json").read_text())
+    assert len(annotations["annotations"]) >= 4  # the FP model's own detections are the ground truth
+    assert all(record["status"] == "ok" for record in grid.values())
+    for method in ("psaq", "noise", "real"):
+        assert grid[(method, "fp")]["metrics"] == {"box_ap": 100.0, "mask_ap": 100.0}
+        for bits in ("w4a8", "w4a4"):
+            record = grid[(method, bits)]
+            assert set(record["metrics"]) == {"box_ap", "mask_ap"}
+            assert record["metrics"]["box_ap"] < 90 and record["fp_metrics"]["box_ap"] == 100.0
+
+
+def test_generators_work_on_the_backbone_at_the_prior_resolution(grid):
+    psaq = grid[("psaq", "w4a8")]
+    assert psaq["quantizer"]["scope"] == "backbone" and psaq["num_calibration_images"] == 32
+    assert psaq["calibration_info"]["one_hot_term"] is False  # no classes on a backbone (README §4)
+    assert psaq["options"]["limit"] == 4 and grid[("real", "w4a8")]["num_calibration_images"] == 4
+    hits = {grid[("psaq", bits)]["generator_cache_hit"] for bits in ("w4a8", "w4a4")}
+    assert hits == {True, False}  # synthesized once per (model, seed), reused across bit widths
+
+
+def test_quantize_all_also_converts_neck_and_heads(tiny_coco, run_grid, tmp_path):
+    records = run_grid(tiny_coco, tmp_path, "--methods", "noise", "--tasks", "coco", "--bits", "w8a8",
+                       "--task-opt", "quantize=all")
+    quantizer = records[0]["quantizer"]
+    assert records[0]["status"] == "ok" and quantizer["scope"] == "backbone, neck and heads"
+    backbone_only = quantize_model(_task(tiny_coco).load_model(MODEL), parse_bits("w8a8"), QuantConfig(),
+                                   part=lambda model: model.backbone)
+    backbone_layers = sum(1 for m in backbone_only.modules() if hasattr(m, "weight_bits"))
+    assert quantizer["weight_quantized_layers"] > backbone_layers + 10  # FPN, RPN and RoI-head convs and FCs
+
+
+def test_instrumented_window_attention_matches_mmdet(tiny_coco):
+    backbone = _task(tiny_coco).load_model(MODEL).backbone
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = backbone(images)
+        with instrumented(backbone) as model:
+            assert sum(type(m).__name__ == "InstrumentedWindowMSA" for m in model.modules()) == 4
+            ours = model(images)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, ours))
+
+
+def test_psaq_profile_is_refused_for_mmdet_backbones(tiny_coco):
+    with pytest.raises(HarnessError, match="profile 'psaq' covers timm ViT/DeiT/Swin only"):
+        quantize_model(_task(tiny_coco).load_model(MODEL), parse_bits("w4a4"), QuantConfig(profile="psaq"),
+                       part=lambda model: model.backbone)
+
+
+def test_layout_errors_name_the_path(tiny_coco, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco.options["data_root"], root)
+    model = _task(tiny_coco).load_model(MODEL)
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(HarnessError, match=re.escape(f"annotation file not found: {root}/annotations/instances_val2017.json")):
+        _task(tiny_coco, data_root=str(root)).evaluate(model, MODEL)
+    shutil.copy(tiny_coco.options["data_root"] + "/annotations/instances_val2017.json", root / "annotations")
+    shutil.rmtree(root / "val2017")
+    with pytest.raises(HarnessError, match=re.escape(f"image folder not found: {root}/val2017")) as error:
+        _task(tiny_coco, data_root=str(root)).evaluate(model, MODEL)
+    assert "expected COCO 2017" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(HarnessError, match="coco needs its data root: pass --data-root DIR"):
+        _task(tiny_coco, data_root=None).evaluate(model, MODEL)
+    shutil.rmtree(root / "train2017")
+    with pytest.raises(HarnessError, match=re.escape(f"{root}/train2017 does not exist")):
+        _task(tiny_coco, data_root=str(root)).calibration_images(MODEL, 2, 0)
+
+
+def test_checkpoint_errors_name_the_file(tiny_coco, tmp_path):
+    with pytest.raises(HarnessError, match=re.escape(f"checkpoint {tmp_path}/absent.pth does not exist")):
+        _task(tiny_coco, checkpoint=str(tmp_path / "absent.pth")).load_model(MODEL)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(HarnessError, match=re.escape(f"checkpoint {garbage} is unreadable")):
+        _task(tiny_coco, checkpoint=str(garbage)).load_model(MODEL)
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {"backbone.patch_embed.projection.weight": torch.zeros(1)}}, other)
+    with pytest.raises(HarnessError, match=re.escape(f"checkpoint {other} does not match the model")):
+        _task(tiny_coco, checkpoint=str(other)).load_model(MODEL)
+
+
+def test_without_a_checkpoint_the_error_names_the_expected_cached_file(tiny_coco, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(HarnessError) as error:
+        CocoTask(CocoTask.Options(data_root=tiny_coco.options["data_root"])).weights_id(MODEL)
+    message = str(error.value)
+    assert f"{tmp_path}/hub/checkpoints/mask_rcnn_swin-t-p4-w7_fpn_1x_coco_" in message
+    assert "https://download.openmmlab.com/" in message and "--checkpoint FILE" in message
+
+
+def test_mmengine_checkpoints_load_with_a_narrow_allowlist(tiny_coco, tmp_path):
+    """The tiny checkpoint carries numpy scalars and a HistoryBuffer (whose state pickles getattr)."""
+    from mmengine.logging import HistoryBuffer
+
+    class Sneaky:
+        def __reduce__(self):
+            return getattr, (HistoryBuffer, "__init__")
+
+    state = torch.load(tiny_coco.options["checkpoint"], map_location="cpu", weights_only=False)
+    assert isinstance(state["meta"]["loss"], HistoryBuffer)
+    path = tmp_path / "sneaky.pth"
+    torch.save({**state, "meta": Sneaky()}, path)
+    with pytest.raises(HarnessError, match="outside the allowlist"):
+        _task(tiny_coco, checkpoint=str(path)).load_model(MODEL)
