@@ -2,8 +2,9 @@
 
     python benchmarks/psaq_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_miniature]
 
-Runs psaq, noise and real through the harness CLI (digits, standard profile, W4A3, OMSE; resumable,
-so a rerun computes only missing cells), then prints from the records and the generator cache:
+Runs psaq, psaq without its PSE term (``pse_weight=0``), noise and real through the harness CLI
+(digits, standard profile, W4A3, OMSE; resumable, so a rerun computes only missing cells), then
+prints from the records and the generator cache:
 (1) the mean patch-similarity entropy per block of every cached calibration set, by generator;
 (2) top-1 mean ± std over seeds per model; (3) psaq generation seconds per set.
 """
@@ -26,11 +27,16 @@ from harness.registry import TASKS  # noqa: E402
 
 
 def run_grid(out: Path, seeds: str) -> None:
-    command = [sys.executable, "-m", "harness", "run", "--methods", "psaq,noise,real", "--tasks", "digits",
-               "--bits", "w4a3", "--seeds", seeds, "--calib", "omse", "--out", str(out), "--no-progress"]
-    returncode = subprocess.run(command, cwd=REPO).returncode
-    if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
-        raise SystemExit(f"harness run exited with {returncode}")
+    base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--bits", "w4a3", "--seeds", seeds,
+            "--calib", "omse", "--out", str(out), "--no-progress", "--no-report"]
+    for extra in (["--methods", "psaq,noise,real"], ["--methods", "psaq", "--gen-opt", "psaq.pse_weight=0"]):
+        returncode = subprocess.run(base + extra, cwd=REPO).returncode
+        if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
+            raise SystemExit(f"harness run exited with {returncode}")
+
+
+def variant(generator: str, options: dict) -> str:
+    return f"{generator} (no PSE)" if options.get("pse_weight") == 0 else generator
 
 
 def entropy_table(out: Path) -> pd.DataFrame:
@@ -41,7 +47,8 @@ def entropy_table(out: Path) -> pd.DataFrame:
         if entry["model"] not in models:
             models[entry["model"]] = task.load_model(entry["model"]).eval()
         values = block_entropies(models[entry["model"]], entry["calibration"].images)
-        rows.append({"model": entry["model"], "generator": path.parent.name, "seed": entry["seed"],
+        rows.append({"model": entry["model"], "generator": variant(path.parent.name, entry.get("options", {})),
+                     "seed": entry["seed"],
                      **{f"block {i}": v for i, v in enumerate(values)}})
     return pd.DataFrame(rows)
 
@@ -51,7 +58,8 @@ def records(out: Path, seeds: list[int]) -> pd.DataFrame:
     for path in sorted((out / "records").glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("status") == "ok" and record["seed"] in seeds and record["bits"] == "w4a3":
-            rows.append({"model": record["model"], "generator": record["generator"], "seed": record["seed"],
+            rows.append({"model": record["model"], "seed": record["seed"],
+                         "generator": variant(record["generator"], record["options"]["generator"]),
                          "top1": record["metrics"]["top1"], "fp_top1": record["fp_metrics"]["top1"],
                          "generate_s": None if record.get("generator_cache_hit") else record["timing_s"]["generate"]})
     return pd.DataFrame(rows)

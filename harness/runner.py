@@ -234,7 +234,8 @@ class GridRunner:
                 return cached, True
             calibration = self._generate(cell, generator, task, fp_model, prior, timing)
             save_torch(path, {"calibration": calibration, "generate_seconds": timing["generate"],
-                              "prior": prior, "model": cell.model, "seed": cell.seed})
+                              "prior": prior, "model": cell.model, "seed": cell.seed,
+                              "options": cell.config()["options"]["generator"]})
         return calibration, False
 
     @staticmethod

@@ -17,6 +17,7 @@ from typing import Iterator
 from torch import nn
 
 _SWAPS: dict[type, type] = {}
+SUPPORTED = "timm ViT/DeiT/Swin, mmdet/mmseg Swin and ViT"  # the families below, for error messages
 
 
 def register_swap(original: type, instrumented: type) -> None:

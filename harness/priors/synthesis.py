@@ -6,6 +6,7 @@ DeepInversion); SPDFQ's generator uses the same pieces.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,8 @@ from torch import Tensor, nn
 from harness.arch import is_window_attention
 from harness.task import ImagePrior
 
-REFERENCE_TV_ELEMENTS = 32 * 224 * 224  # B·H·W for which the reference draws v ~ U(2500, 3000)
+REFERENCE_TV_SHAPE = (32, 3, 224, 224)  # the batch for which the reference draws v ~ U(2500, 3000)
+TV_SCALINGS = ("sqrt", "linear")
 LR_VIT, LR_SWIN = 0.20, 0.25  # spec PSAQ-ViT step 3
 
 
@@ -66,12 +68,19 @@ def total_variation(images: Tensor) -> Tensor:
     return sum(torch.linalg.vector_norm(difference) for difference in differences)
 
 
-def tv_target(batch_size: int, height: int, width: int, generator: torch.Generator,
-              low: float = 2500.0, high: float = 3000.0) -> float:
-    """Spec step 5: v ~ U(low, high) as drawn for B = 32 at 224 px, scaled by B·H·W / (32·224·224).
+def tv_target(shape: tuple[int, ...], generator: torch.Generator, low: float = 2500.0, high: float = 3000.0,
+              scaling: Literal["sqrt", "linear"] = "sqrt") -> float:
+    """Spec step 5: v ~ U(low, high), drawn for B = 32 RGB images at 224 px, scaled to a (B, C, H, W) batch.
 
-    The linear scaling is the spec's rule. A Frobenius norm grows like sqrt(B·C·H·W), so on small
-    images the scaled target asks for smoother images than the reference's ratio would.
+    The spec says to scale v with the image size and say how. TV is a sum of Frobenius norms, which
+    grow like the square root of the element count for images of the same smoothness, so the
+    default scales by sqrt(B·C·H·W / (32·3·224·224)): on 32 digits (1 x 16 x 16) that gives ~113,
+    the TV of 32 real digits (112.8), where the linear B·H·W reading gives ~15, a target 7x
+    smoother than real digits that the 0.05·L_TV term then enforces over the PSE prior. Both are
+    the reference's v at 32 x 3 x 224 x 224; ``scaling="linear"`` keeps the linear reading.
     """
     draw = low + (high - low) * float(torch.rand((), dtype=torch.float64, generator=generator))
-    return draw * batch_size * height * width / REFERENCE_TV_ELEMENTS
+    batch, channels, height, width = shape
+    if scaling == "linear":
+        return draw * batch * height * width / (REFERENCE_TV_SHAPE[0] * REFERENCE_TV_SHAPE[2] * REFERENCE_TV_SHAPE[3])
+    return draw * math.sqrt(batch * channels * height * width / math.prod(REFERENCE_TV_SHAPE))

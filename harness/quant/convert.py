@@ -8,7 +8,7 @@ from typing import Callable, Literal
 from timm.layers import Mlp
 from torch import nn
 
-from harness.arch import instrument, is_instrumented_attention, is_instrumented_block
+from harness.arch import SUPPORTED, instrument, is_instrumented_attention, is_instrumented_block
 from harness.bits import BitSpec
 from harness.errors import HarnessError
 from harness.instrument import attach_point
@@ -52,8 +52,7 @@ def quantize_in_place(model: nn.Module, bits: BitSpec, config: QuantConfig) -> N
     instrument(model)
     attentions = [m for m in model.modules() if is_instrumented_attention(m)]
     if not attentions:
-        raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows "
-                           "(timm ViT/DeiT/Swin, mmdet/mmseg Swin and ViT)")
+        raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows ({SUPPORTED})")
     if config.profile == "psaq" and not all(getattr(type(m), "psaq_profile", True) for m in attentions):
         raise HarnessError("profile 'psaq' covers timm ViT/DeiT/Swin only; use --profile standard for mmdet/mmseg backbones")
     first, last = _first_and_last_layers(model)

@@ -2,8 +2,9 @@
 
 Every hyper-parameter is an option with the spec's default. Two choices the spec leaves open:
 ``num_images`` larger than ``batch_size`` is made in independent batches (the reference makes one
-batch of 32), and the TV target v, drawn for B = 32 at 224 px, is scaled by B·H·W / (32·224·224)
-for other batch and image sizes (spec step 5; 1/196 for 32 digits of 16 px). On images smaller
+batch of 32), and the TV target v, drawn for B = 32 RGB images at 224 px, is scaled by the square root
+of the element count ratio for other sizes (spec step 5 asks to scale it and say how; see
+:func:`harness.priors.synthesis.tv_target`; ``tv_scaling="linear"`` scales by B·H·W instead). On images smaller
 than the roll range (16 px digits, ±15/±30 px) ``torch.roll`` wraps around, so the jitter becomes a
 cyclic shift by nearly any amount; that is kept as the spec's behaviour, ``roll_ranges`` changes it.
 Every random draw (noise, labels, v, offsets, flips) comes from one generator seeded with the seed.
@@ -11,16 +12,17 @@ Every random draw (noise, labels, v, offsets, flips) comes from one generator se
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import Probe, attn_v_probes, patch_similarity_loss
-from harness.priors.synthesis import (clamp_pixels, random_roll_flip, synthesis_lr, total_variation, tv_target,
+from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, random_roll_flip, synthesis_lr, total_variation, tv_target,
                                       warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
@@ -39,9 +41,11 @@ class PSAQOptions(ImageCountOptions):
     lr: float | None = None  # step 3: None = by architecture, 0.20 ViT/DeiT, 0.25 Swin
     betas: tuple[float, float] = (0.5, 0.9)  # step 3: Adam
     eps: float = 1e-8  # step 3: Adam
-    oh_weight: float = 1.0  # step 5: L = L_PSE + 1.0·L_OH + 0.05·L_TV
+    pse_weight: float = 1.0  # step 5: L = 1.0·L_PSE + 1.0·L_OH + 0.05·L_TV; 0 ablates the PSE prior
+    oh_weight: float = 1.0  # step 5
     tv_weight: float = 0.05  # step 5
     tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # step 5: v ~ U(2500, 3000) for B = 32 at 224 px
+    tv_scaling: Literal["sqrt", "linear"] = "sqrt"  # step 5: how v follows the batch size (tv_target explains)
     bandwidth: float = 0.01  # step 5: KDE bandwidth
     kde_points: int = 10  # step 5: KDE evaluation points
     entropy_offset: float = 1e-4  # step 5: -(p + 1e-4) log(p + 1e-4)
@@ -58,6 +62,8 @@ class PSAQOptions(ImageCountOptions):
             raise ValueError(f"roll_ranges needs one range >= 0 per round, got {self.roll_ranges}")
         if not 0 <= self.flip_probability <= 1:
             raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if self.tv_scaling not in TV_SCALINGS:
+            raise ValueError(f"tv_scaling must be one of {', '.join(TV_SCALINGS)}, got {self.tv_scaling!r}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive or None (by architecture), got {self.lr}")
 
@@ -93,14 +99,15 @@ class PatchSimilarityGenerator(Generator):
         images = torch.randn(size, channels, height, width, generator=generator).to(context.device)  # step 1
         # Step 2; a detection/segmentation backbone has no classes (README §4), so no labels and no L_OH.
         labels = torch.randint(prior.num_classes or 1, (size,), generator=generator)
-        target = tv_target(size, height, width, generator, *options.tv_target_range)  # step 5
+        target = tv_target((size, channels, height, width), generator, *options.tv_target_range,
+                           scaling=options.tv_scaling)  # step 5
         labels_on_device = labels.to(context.device)
         images.requires_grad_(True)
         optimizer = torch.optim.Adam([images], lr=lr, betas=options.betas, eps=options.eps)  # step 3
         bar = progress_bar(range(options.iterations * len(options.roll_ranges)), desc=description, leave=False)
         with attn_v_probes(model) as probes:
             if not probes:
-                raise HarnessError("psaq found no attention it can probe; supported: timm ViT/DeiT/Swin, mmdet/mmseg Swin and ViT")
+                raise HarnessError(f"psaq found no attention it can probe; supported: {SUPPORTED}")
             for step in bar:
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine_lr(step, lr, options.iterations, options.warmup)
@@ -108,7 +115,8 @@ class PatchSimilarityGenerator(Generator):
                 augmented = random_roll_flip(images, max_shift, options.flip_probability, generator)  # step 4
                 terms = self._loss_terms(model(augmented), augmented, probes, labels_on_device, target,
                                          one_hot=bool(prior.num_classes))
-                loss = terms["pse"] + options.oh_weight * terms.get("oh", 0) + options.tv_weight * terms["tv"]
+                loss = (options.pse_weight * terms["pse"] + options.oh_weight * terms.get("oh", 0)
+                        + options.tv_weight * terms["tv"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

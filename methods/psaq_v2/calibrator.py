@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationContext, Calibrator
 from harness.priors.patch_similarity import Probe, attn_v_probes
@@ -26,7 +27,7 @@ from harness.priors.synthesis import random_roll_flip, tv_target, warmup_cosine_
 from harness.progress import progress_bar
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.learnable import fix_scales, learnable_scales
-from harness.quant.modules import act_quantizers
+from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
@@ -58,10 +59,14 @@ class PSAQV2Options:
     temperature: float = 4.0  # *(unpublished)* KL softening, Hinton's T² scaling keeps D's size
     adv_weight: float = 1.0  # *(unpublished)* λ_adv, same weight as PSAQ-ViT's label term it replaces
     tv_weight: float = 0.05  # *(unpublished)* λ_tv, PSAQ-ViT step 5's weight
-    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # PSAQ-ViT step 5, scaled by B·H·W
+    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # PSAQ-ViT step 5, scaled as tv_target does
     max_shift: int = 15  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
     flip_probability: float = 0.5  # PSAQ-ViT step 4
     discrepancy: Literal["auto", "kl", "mse"] = "auto"  # auto: KL for classifiers, MSE of features for backbones
+    # spec: "weights through the straight-through estimator, quantizer scales learnable": `quantized`
+    # trains exactly those (the weights of quantized layers + scales); `all` also LayerNorms, biases,
+    # position embeddings and tokens, which fit the 32 samples rather than the quantization error.
+    student_params: Literal["quantized", "all"] = "quantized"
     bandwidth: float = 0.01  # PSAQ-ViT step 5: KDE of L_PSE
     kde_points: int = 10  # PSAQ-ViT step 5
     entropy_offset: float = 1e-4  # PSAQ-ViT step 5
@@ -76,6 +81,8 @@ class PSAQV2Options:
             raise ValueError("sample_share and flip_probability must be in [0, 1]")
         if min(self.image_lr, self.student_lr, self.temperature) <= 0 or self.max_shift < 0:
             raise ValueError("image_lr, student_lr and temperature must be > 0, max_shift >= 0")
+        if self.student_params not in ("quantized", "all"):
+            raise ValueError(f"student_params must be quantized or all, got {self.student_params!r}")
         if self.discrepancy not in DISCREPANCIES:
             raise ValueError(f"discrepancy must be one of {', '.join(DISCREPANCIES)}, got {self.discrepancy!r}")
 
@@ -103,14 +110,14 @@ class PSAQV2Calibrator(Calibrator):
         images = context.calibration.images.detach().to(device).clone()
         observe_and_freeze(qmodel, images, lambda q: MinMaxObserver(), device, options.batch_size)  # naive student
         qmodel.eval()  # no dropout / drop-path: the student's outputs are a function of its parameters
-        student = [p for p in qmodel.parameters() if p.is_floating_point()]
+        student = student_parameters(qmodel, options.student_params)
         for parameter in student:
             parameter.requires_grad_(True)  # the runner's FP model is frozen, and the student is its deep copy
         student_optimizer = torch.optim.Adam(student + learnable_scales(qmodel), lr=options.student_lr)
         loop = _Loop(options, teacher, qmodel, images, kind, generator)
         with attn_v_probes(teacher) as probes:
             if not probes:
-                raise HarnessError("psaq_v2 found no attention it can probe; supported: timm ViT/DeiT and Swin")
+                raise HarnessError(f"psaq_v2 found no attention it can probe; supported: {SUPPORTED}")
             rounds = loop.run(probes, student_optimizer, pixel_bounds(context))
         _finish(qmodel)
         sample_steps, student_steps = options.steps_per_round
@@ -126,9 +133,8 @@ class _Loop:
         self.options, self.teacher, self.student, self.kind, self.generator = options, teacher, student, kind, generator
         self.images = images.requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.images], lr=options.image_lr, betas=options.image_betas)
-        height, width = images.shape[-2:]
         self.slices = [slice(start, start + options.batch_size) for start in range(0, len(images), options.batch_size)]
-        self.targets = [tv_target(len(images[s]), height, width, generator, *options.tv_target_range)
+        self.targets = [tv_target(images[s].shape, generator, *options.tv_target_range)
                         for s in self.slices]
 
     def run(self, probes: list[Probe], student_optimizer: torch.optim.Optimizer,
@@ -193,6 +199,13 @@ class _Loop:
     def measure(self) -> float:
         return mean_discrepancy(self.teacher, self.student, self.images.detach(), self.kind,
                                 self.options.temperature, self.options.batch_size)
+
+
+def student_parameters(qmodel: nn.Module, which: Literal["quantized", "all"]) -> list[nn.Parameter]:
+    """The weights of the weight-quantized layers (trained through the STE), or every float parameter."""
+    if which == "all":
+        return [p for p in qmodel.parameters() if p.is_floating_point()]
+    return [module.weight for _, module in weight_quantized_layers(qmodel) if module.weight_bits]
 
 
 def pixel_bounds(context: CalibrationContext) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import attn_v_probes
@@ -37,7 +38,7 @@ class InitOptions(ImageCountOptions):
     max_shift: int = 15  # PSAQ-ViT step 4, round 1
     flip_probability: float = 0.5  # PSAQ-ViT step 4
     tv_weight: float = 0.05  # PSAQ-ViT step 5
-    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # PSAQ-ViT step 5, scaled by B·H·W
+    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # PSAQ-ViT step 5, scaled as tv_target does
     bandwidth: float = 0.01  # PSAQ-ViT step 5
     kde_points: int = 10  # PSAQ-ViT step 5
     entropy_offset: float = 1e-4  # PSAQ-ViT step 5
@@ -76,11 +77,11 @@ class PSAQV2InitGenerator(Generator):
         channels, height, width = prior.input_size
         noise = torch.randn(size, channels, height, width, generator=generator)
         images = clamp_pixels(noise, prior).to(context.device).requires_grad_(True)
-        target = tv_target(size, height, width, generator, *options.tv_target_range)
+        target = tv_target((size, channels, height, width), generator, *options.tv_target_range)
         optimizer = torch.optim.Adam([images], lr=options.lr, betas=options.betas)
         with attn_v_probes(context.model) as probes:
             if not probes:
-                raise HarnessError("psaq_v2_init found no attention it can probe; supported: timm ViT/DeiT and Swin")
+                raise HarnessError(f"psaq_v2_init found no attention it can probe; supported: {SUPPORTED}")
             bar = progress_bar(range(options.prior_iterations), desc="psaq_v2 init", leave=False)
             for step in bar:
                 for group in optimizer.param_groups:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.arch import is_window_attention
+from harness.arch import SUPPORTED, is_window_attention
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
@@ -105,14 +105,14 @@ class SPDFQGenerator(Generator):
         labels = torch.randint(classes, (size,), generator=generator)
         cell_labels = torch.randint(classes, (size, cells), generator=generator)  # MSR: one target per cell
         targets, cell_targets = (self._targets(y, classes, generator).to(device) for y in (labels, cell_labels))
-        tv_goal = tv_target(size, height, width, generator, *options.tv_target_range)
+        tv_goal = tv_target((size, channels, height, width), generator, *options.tv_target_range)
         images.requires_grad_(True)
         optimizer = torch.optim.Adam([images], lr=lr, betas=options.betas, eps=options.eps)
         priors: list[Tensor] | None = None
         bar = progress_bar(range(options.iterations), desc=description, leave=False)
         with attention_probes(model) as probes:
             if not probes:
-                raise HarnessError("spdfq found no attention it can probe; supported: timm ViT/DeiT and Swin")
+                raise HarnessError(f"spdfq found no attention it can probe; supported: {SUPPORTED}")
             blocks = aligned_blocks(len(probes))
             for step in bar:
                 for group in optimizer.param_groups:

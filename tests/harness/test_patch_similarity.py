@@ -179,10 +179,13 @@ def test_clamp_bounds_follow_the_models_mean_and_std():
 def test_total_variation_and_its_target():
     image = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
     assert float(total_variation(image)) == pytest.approx(math.sqrt(2) + math.sqrt(8) + 1 + 3)
-    reference = tv_target(32, 224, 224, torch.Generator().manual_seed(3))
-    digits = tv_target(32, 16, 16, torch.Generator().manual_seed(3))
+    reference = tv_target((32, 3, 224, 224), torch.Generator().manual_seed(3))
     assert 2500 <= reference <= 3000
-    assert digits == pytest.approx(reference / 196)
+    assert tv_target((32, 3, 224, 224), torch.Generator().manual_seed(3), scaling="linear") == reference
+    digits = tv_target((32, 1, 16, 16), torch.Generator().manual_seed(3))
+    assert digits == pytest.approx(reference / math.sqrt(3 * 196))  # Frobenius norms: sqrt of the element count
+    linear = tv_target((32, 1, 16, 16), torch.Generator().manual_seed(3), scaling="linear")
+    assert linear == pytest.approx(reference / 196)  # B·H·W
 
 
 def test_roll_flip_is_a_seeded_cyclic_shift_and_flip():

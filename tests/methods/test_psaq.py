@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -38,7 +39,8 @@ def test_registered_with_spec_defaults():
     assert (options.num_images, options.batch_size, options.iterations, options.warmup) == (32, 32, 500, 100)
     assert options.roll_ranges == (15, 30) and options.flip_probability == 0.5 and options.lr is None
     assert (options.betas, options.eps) == ((0.5, 0.9), 1e-8)
-    assert (options.oh_weight, options.tv_weight, options.tv_target_range) == (1.0, 0.05, (2500.0, 3000.0))
+    assert (options.pse_weight, options.oh_weight, options.tv_weight) == (1.0, 1.0, 0.05)
+    assert options.tv_target_range == (2500.0, 3000.0) and options.tv_scaling == "sqrt"
     assert (options.bandwidth, options.kde_points, options.entropy_offset) == (0.01, 10, 1e-4)
 
 
@@ -61,8 +63,8 @@ def test_generation_is_seeded_finite_clamped_and_shaped(tiny_vit):
     assert (first.images >= low - 1e-6).all() and (first.images <= high + 1e-6).all()
     assert first.labels.min() >= 0 and first.labels.max() < 10
     assert first.info["lr"] == pytest.approx(0.20) and len(first.info["batches"]) == 2  # batches of 2 and 1
-    scale = 32 * 32 / (32 * 224 * 224)  # v is scaled by B·H·W / (32·224·224)
-    assert 2500 * 2 * scale <= first.info["batches"][0]["tv_target"] <= 3000 * 2 * scale
+    scale = math.sqrt(3 * 32 * 32 / (32 * 3 * 224 * 224))  # v scaled by sqrt(B·C·H·W / (32·3·224·224))
+    assert 2500 * math.sqrt(2) * scale <= first.info["batches"][0]["tv_target"] <= 3000 * math.sqrt(2) * scale
     assert 2500 * scale <= first.info["batches"][1]["tv_target"] <= 3000 * scale
 
 
@@ -118,3 +120,14 @@ def test_runner_caches_psaq_images_and_export_writes_a_grid(tmp_path):
     assert export_main([str(entry), str(out), "--nrow", "2", "--scale", "2"]) == 0
     with Image.open(out) as image:  # 2 x 2 tiles of 32 px plus torchvision's 2 px padding
         assert image.size == (2 * (32 + 2) + 2, 2 * (32 + 2) + 2)
+
+
+def test_pse_weight_zero_ablates_the_prior(tiny_vit):
+    """With every term weighted 0 nothing moves the pixels; the PSE term alone moves them."""
+    still = _generate(_frozen(tiny_vit), 0, num_images=2, iterations=3, warmup=1, pse_weight=0.0, oh_weight=0.0,
+                      tv_weight=0.0)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    low, high = PRIOR.clamp_bounds()
+    assert torch.equal(still.images, noise.clamp(low, high))
+    moved = _generate(_frozen(tiny_vit), 0, num_images=2, iterations=3, warmup=1, oh_weight=0.0, tv_weight=0.0)
+    assert not torch.equal(moved.images, still.images)

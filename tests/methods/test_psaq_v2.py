@@ -104,9 +104,20 @@ def test_teacher_untouched_student_trained_and_frozen_no_labels(tiny_vit, monkey
     student = dict(qmodel.named_parameters())
     assert not torch.equal(student["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     assert not torch.equal(student["head.weight"], before["head.weight"])
+    for name in ("blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "pos_embed", "cls_token"):  # not quantized
+        assert torch.equal(student[name], before[name]), name
     assert not qmodel.training and not any(p.requires_grad for p in qmodel.parameters())
     assert not any(name.endswith(("scale", "weight_scale")) for name in student)  # scales back to buffers
     assert all(quantizer.frozen for _, quantizer in act_quantizers(qmodel))
+
+
+def test_student_params_all_also_trains_norms_biases_and_embeddings(tiny_vit):
+    teacher = _frozen(tiny_vit)
+    before = {key: value.clone() for key, value in teacher.state_dict().items()}
+    _, qmodel, _ = _run(teacher, iterations=6, rounds=2, student_params="all")
+    student = dict(qmodel.named_parameters())
+    assert not torch.equal(student["blocks.0.norm1.weight"], before["blocks.0.norm1.weight"])
+    assert not torch.equal(student["pos_embed"], before["pos_embed"])
 
 
 def test_deterministic_for_a_seed(tiny_vit):

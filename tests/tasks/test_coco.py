@@ -135,3 +135,15 @@ def test_mmengine_checkpoints_load_with_a_narrow_allowlist(tiny_coco, tmp_path):
     torch.save({**state, "meta": Sneaky()}, path)
     with pytest.raises(HarnessError, match="outside the allowlist"):
         _task(tiny_coco, checkpoint=str(path)).load_model(MODEL)
+
+
+def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
+    """Issue #4 on a detector: no classes, so D is the MSE of the backbone's multi-scale features."""
+    records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2", "--tasks", "coco", "--bits", "w4a4",
+                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--calib-opt", "iterations=4",
+                       "--calib-opt", "rounds=2")
+    record = records[0]
+    assert record["status"] == "ok" and record["calibrator_info"]["discrepancy"] == "mse"
+    rounds = record["calibrator_info"]["rounds"]
+    assert len(rounds) == 2 and all(r["d_after_student"] > 0 for r in rounds)
+    assert set(record["metrics"]) == {"box_ap", "mask_ap"}
