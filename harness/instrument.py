@@ -58,3 +58,9 @@ def apply_point(module: nn.Module, name: str, x: Tensor) -> Tensor:
     if points is None or name not in points._modules:
         return x
     return points._modules[name](x)
+
+
+def only_output_points(module: nn.Module, outputs: frozenset[str] = frozenset({"attn_v"})) -> bool:
+    """True when no point but those in ``outputs`` sits on ``module``: a fused kernel computes the rest."""
+    points = module._modules.get(POINTS)
+    return points is None or set(points._modules) <= outputs

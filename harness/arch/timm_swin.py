@@ -7,10 +7,11 @@ Same points as :mod:`harness.arch.timm_vit`, per window: ``attn_v`` has shape
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
 from harness.arch import register_swap
-from harness.instrument import apply_point
+from harness.instrument import apply_point, only_output_points
 
 
 class InstrumentedWindowAttention(WindowAttention):
@@ -21,6 +22,16 @@ class InstrumentedWindowAttention(WindowAttention):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn and only_output_points(self):  # e.g. a PSAQ probe on attn_v: timm's fused kernel
+            bias = self._get_rel_pos_bias()
+            if mask is not None:
+                num_windows = mask.shape[0]
+                mask = mask.view(1, num_windows, 1, N, N).expand(B_ // num_windows, -1, self.num_heads, -1, -1)
+                bias = bias + mask.reshape(-1, self.num_heads, N, N)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+            x = apply_point(self, "attn_v", x)
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, -1)))
         q = apply_point(self, "q", q * self.scale)
         k = apply_point(self, "k", k)
         scores = apply_point(self, "scores", q @ k.transpose(-2, -1))

@@ -3,16 +3,18 @@
 Points (spec README §3): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
 per-tensor uniform quantizer absorbs exactly), ``scores`` (pre-softmax), ``attn`` (post-softmax),
 ``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), and the
-block's ``residual1`` / ``residual2`` sums.
+block's ``residual1`` / ``residual2`` sums. When nothing but ``attn_v`` is read (a PSAQ-ViT probe on
+the FP model), timm's fused attention kernel computes it, as timm itself would.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import Block
 
 from harness.arch import register_swap
-from harness.instrument import apply_point
+from harness.instrument import apply_point, only_output_points
 
 
 class InstrumentedAttention(Attention):
@@ -24,13 +26,21 @@ class InstrumentedAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
+        if self.fused_attn and only_output_points(self):  # e.g. a PSAQ probe on attn_v: timm's fused kernel
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+            return self._merge(apply_point(self, "attn_v", x), gate)
         q = apply_point(self, "q", q * self.scale)
         k = apply_point(self, "k", k)
         scores = apply_point(self, "scores", q @ k.transpose(-2, -1))
         scores = maybe_add_mask(scores, resolve_self_attn_mask(N, scores, attn_mask, is_causal))
         attn = apply_point(self, "attn", self.attn_drop(scores.softmax(dim=-1)))
-        x = apply_point(self, "attn_v", attn @ apply_point(self, "v", v))
-        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        return self._merge(apply_point(self, "attn_v", attn @ apply_point(self, "v", v)), gate)
+
+    def _merge(self, attn_v: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        """Heads merged, then timm's norm, gate and projection."""
+        B, _, N, _ = attn_v.shape
+        x = self.norm(attn_v.transpose(1, 2).reshape(B, N, self.attn_dim))
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))

@@ -15,7 +15,6 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from harness.priors.probes import Probe, attention_point_probes
 
@@ -46,25 +45,46 @@ def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:
 
 
 def gaussian_kde(samples: Tensor, points: Tensor, bandwidth: float = BANDWIDTH) -> Tensor:
-    """Density of each row of ``samples`` (B, M) at ``points`` (K,): p(x) = mean_i N(x; s_i, h²) -> (B, K).
+    """Density of each row of ``samples`` (B, M) at ``points`` (K,): p(x) = mean_i N(x; s_i, h²) -> (B, K)."""
+    return kernel_sum(samples, points, bandwidth) / (samples.shape[1] * bandwidth * math.sqrt(2 * math.pi))
 
-    The (B, K, M) kernel is evaluated in blocks of at most ``KERNEL_ELEMENTS`` under activation
-    checkpointing, so memory stays bounded however many similarities an image has (Swin at 224 px:
-    64 windows x 48² per image).
+
+def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
+    """Σ_i exp(-(x_k - s_i)² / 2h²) for every row of ``samples`` and every point -> (B, K).
+
+    The points are constants (spec step 5: detached limits). The (B, K, M) kernel is never stored:
+    forward and backward walk it in blocks of at most ``KERNEL_ELEMENTS`` (Swin at 224 px has
+    64 windows x 48² similarities per image), the backward recomputing each block.
     """
-    chunk = max(1, KERNEL_ELEMENTS // (samples.shape[0] * points.numel()))
-    blocks = samples.split(chunk, dim=1)
-    if len(blocks) == 1:
-        kernel_sum = _kernel_sum(samples, points, bandwidth)
-    else:
-        kernel_sum = sum(checkpoint(_kernel_sum, block, points, bandwidth, use_reentrant=False) for block in blocks)
-    return kernel_sum / (samples.shape[1] * bandwidth * math.sqrt(2 * math.pi))
+    return _KernelSum.apply(samples, points.detach(), bandwidth)
 
 
-def _kernel_sum(samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
-    """Σ_i exp(-(x_k - s_i)² / 2h²) for every row and point -> (B, K)."""
+class _KernelSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(samples, points)
+        ctx.bandwidth = bandwidth
+        return sum(_kernel(block, points, bandwidth)[0].sum(dim=-1) for block in _blocks(samples, points))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        samples, points = ctx.saved_tensors
+        # d/ds exp(-(x - s)² / 2h²) = exp(-(x - s)² / 2h²) · (x - s) / h²
+        grads = []
+        for block in _blocks(samples, points):
+            kernel, distances = _kernel(block, points, ctx.bandwidth)
+            grads.append(torch.einsum("bk,bkm->bm", grad, kernel * distances))
+        return torch.cat(grads, dim=1) / ctx.bandwidth ** 2, None, None
+
+
+def _blocks(samples: Tensor, points: Tensor) -> tuple[Tensor, ...]:
+    return samples.split(max(1, KERNEL_ELEMENTS // (samples.shape[0] * points.numel())), dim=1)
+
+
+def _kernel(samples: Tensor, points: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+    """exp(-(x_k - s_i)² / 2h²) and x_k - s_i, both (B, K, M)."""
     distances = points.view(1, -1, 1) - samples.unsqueeze(1)
-    return torch.exp(-distances.square() / (2 * bandwidth ** 2)).sum(dim=-1)
+    return torch.exp(distances.square() / (-2 * bandwidth ** 2)), distances
 
 
 def differential_entropy(density: Tensor, points: Tensor, offset: float = ENTROPY_OFFSET) -> Tensor:
@@ -77,14 +97,23 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
                              num_points: int = NUM_POINTS, offset: float = ENTROPY_OFFSET) -> Tensor:
     """H_b of every image for one block -> (B,); one batched computation over all images.
 
-    Spec step 5: the KDE is evaluated at ``num_points`` points evenly spaced between the min and max
-    similarity of the whole batch; these limits are constants (detached).
+    Spec step 5: the KDE of all (n-1)² similarities of a window, diagonal included, evaluated at
+    ``num_points`` points evenly spaced between the min and max similarity of the whole batch; these
+    limits are constants (detached). The similarity matrix is symmetric, so the kernel is evaluated
+    on its strict upper triangle, counted twice, plus its diagonal: the same sum at half the cost.
     """
-    similarities = patch_similarities(attn_v, batch_size)
-    low, high = similarities.detach().aminmax()
+    tokens = F.normalize(attn_v.mean(dim=1)[:, 1:, :], dim=-1, eps=1e-8)
+    similarities = tokens @ tokens.transpose(1, 2)
+    rows, columns = torch.triu_indices(*similarities.shape[-2:], offset=1, device=similarities.device)
+    upper = similarities[:, rows, columns].reshape(batch_size, -1)
+    diagonal = similarities.diagonal(dim1=1, dim2=2).reshape(batch_size, -1)
+    low = torch.minimum(upper.detach().min(), diagonal.detach().min()) if upper.numel() else diagonal.detach().min()
+    high = torch.maximum(upper.detach().max(), diagonal.detach().max()) if upper.numel() else diagonal.detach().max()
     steps = torch.linspace(0, 1, num_points, device=similarities.device, dtype=similarities.dtype)
     points = low + (high - low) * steps
-    return differential_entropy(gaussian_kde(similarities, points, bandwidth), points, offset)
+    kernel = 2 * kernel_sum(upper, points, bandwidth) + kernel_sum(diagonal, points, bandwidth)
+    density = kernel / ((2 * upper.shape[1] + diagonal.shape[1]) * bandwidth * math.sqrt(2 * math.pi))
+    return differential_entropy(density, points, offset)
 
 
 def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, bandwidth: float = BANDWIDTH,

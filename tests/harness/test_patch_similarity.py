@@ -111,6 +111,32 @@ def test_chunked_kde_matches_whole_kde_in_value_and_gradient(monkeypatch):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
 
 
+def test_kernel_sum_gradient_is_exact():
+    samples = torch.rand(2, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64).requires_grad_(True)
+    points = torch.linspace(0.1, 0.9, 10, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: patch_similarity.kernel_sum(s, points, 0.05), (samples,))
+
+
+@pytest.mark.parametrize("shape, batch_size", [((3, 2, 9, 8), 3), ((2 * 4, 2, 16, 8), 2)], ids=["vit", "swin"])
+def test_symmetric_evaluation_matches_the_full_matrix_in_value_and_gradient(shape, batch_size):
+    """Upper triangle twice plus diagonal = every (n-1)² entry, for the entropy and its gradient."""
+    attn_v = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    results = []
+    for full in (False, True):
+        leaf = attn_v.clone().requires_grad_(True)
+        if full:
+            similarities = patch_similarities(leaf, batch_size)
+            low, high = similarities.detach().aminmax()
+            points = low + (high - low) * torch.linspace(0, 1, 10, dtype=torch.float64)
+            entropy = differential_entropy(gaussian_kde(similarities, points), points)
+        else:
+            entropy = patch_similarity_entropy(leaf, batch_size)
+        entropy.sum().backward()
+        results.append((entropy.detach(), leaf.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-10)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-8)
+
+
 def _structure(model):
     return ([(name, type(module)) for name, module in model.named_modules()],
             {key: value.clone() for key, value in model.state_dict().items()})

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from harness.arch import instrumented
+from harness.priors.patch_similarity import attn_v_probes
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCalibrator
 from harness.errors import HarnessError
@@ -29,6 +30,26 @@ def test_instrumented_forward_equals_timm_forward(fixture, request):
             swapped = model(x)
     assert torch.allclose(reference, swapped, atol=1e-5)
     assert not any(getattr(type(m), "is_dfq_attention", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_swin"])
+def test_attn_v_probes_read_the_same_values_through_timms_fused_kernel(fixture, request, monkeypatch):
+    """Only attn_v probed: the fused kernel computes it; with fused attention off the explicit path does."""
+    model = request.getfixturevalue(fixture)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    values = []
+    for fused in (True, False):
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused
+        with attn_v_probes(model) as probes, torch.no_grad():
+            model(images)
+            values.append([probe.value for probe in probes])
+        assert bool(calls) == fused
+        calls.clear()
+    assert len(values[0]) >= 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*values))
 
 
 def test_standard_profile_placement_on_vit(tiny_vit):
