@@ -15,11 +15,12 @@ import numpy as np
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.mm.stack import require
 from harness.weights import read_state_dict
 
 
 def _allowlist() -> list[Any]:
-    from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer = require("mmengine.logging").HistoryBuffer
 
     def history_buffer_method(owner: Any, name: str) -> Any:
         """The one ``getattr`` such checkpoints pickle: a HistoryBuffer's statistics methods, by name."""

@@ -24,11 +24,9 @@ def config_path(reference: str) -> Path:
 
 def load_config(reference: str):
     """The parsed mmengine ``Config`` (``_base_`` files resolved, ``mmdet::`` bases included)."""
-    from mmengine.config import Config
-
     path = config_path(reference)
     try:
-        return Config.fromfile(str(path))
+        return require("mmengine.config").Config.fromfile(str(path))
     except Exception as error:
         raise HarnessError(f"model config {path} could not be parsed: {type(error).__name__}: {error}") from None
 

@@ -15,12 +15,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from harness.conformance import TaskSetup
 from harness.errors import HarnessError
 from harness.io import file_sha256
 from harness.mm.checkpoint import load_weights
 from harness.mm.config import cached_weights, load_config
 from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
+from harness.mm.stack import skip_without_stack
 from harness.task import ImagePrior, Task, TaskOptions
 
 SCOPES = ("backbone", "all")
@@ -90,6 +92,17 @@ class OpenMMLabTask(Task):
     @abstractmethod
     def harness_metrics(self, raw: dict[str, float]) -> dict[str, float]:
         """The library metric's values as the task's ``metric_names``, in percent."""
+
+    @classmethod
+    @abstractmethod
+    def tiny_instance(cls, workdir: Path) -> TaskSetup:
+        """A tiny offline instance in the dataset's layout, scored against the FP model's own predictions."""
+
+    @classmethod
+    def conformance_setup(cls, workdir: Path) -> TaskSetup:
+        """The conformance kit's instance; the kit skips (with the install hint) without the `detseg` extra."""
+        skip_without_stack()
+        return cls.tiny_instance(workdir)
 
     def tensor_samples(self, images: torch.Tensor) -> list | None:
         """Data samples ``mode='tensor'`` needs for ``images`` (a two-stage detector reads image shapes)."""

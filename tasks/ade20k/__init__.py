@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.conformance import TaskSetup
-from harness.mm.stack import skip_without_stack
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
 from harness.task import register_models
@@ -45,11 +44,9 @@ class ADE20KTask(OpenMMLabTask):
     model_names = register_models("ade20k", {name: model.description for name, model in models.items()})
 
     @classmethod
-    def conformance_setup(cls, workdir: Path) -> TaskSetup:
-        """A tiny UperNet scored against its own predictions (skipped without the `detseg` extra)."""
+    def tiny_instance(cls, workdir: Path) -> TaskSetup:
         from tasks.ade20k.tiny import write_tiny_ade20k
 
-        skip_without_stack()
         return write_tiny_ade20k(workdir)
 
     def required_paths(self, root: Path, dataset_config: Any) -> dict[str, Path]:

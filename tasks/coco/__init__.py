@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from harness.conformance import TaskSetup
-from harness.mm.stack import skip_without_stack
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
 from harness.task import register_models
@@ -43,11 +42,9 @@ class CocoTask(OpenMMLabTask):
     model_names = register_models("coco", {name: model.description for name, model in models.items()})
 
     @classmethod
-    def conformance_setup(cls, workdir: Path) -> TaskSetup:
-        """A tiny Mask R-CNN scored against its own predictions (skipped without the `detseg` extra)."""
+    def tiny_instance(cls, workdir: Path) -> TaskSetup:
         from tasks.coco.tiny import write_tiny_coco
 
-        skip_without_stack()
         return write_tiny_coco(workdir)
 
     def required_paths(self, root: Path, dataset_config: Any) -> dict[str, Path]:

@@ -19,6 +19,12 @@ def _require_detseg() -> None:
 
 
 @pytest.fixture(scope="session")
+def detseg() -> None:
+    """Skips a test without the `detseg` extra."""
+    _require_detseg()
+
+
+@pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory) -> TaskSetup:
     _require_detseg()
     from tasks.coco.tiny import write_tiny_coco

@@ -9,6 +9,7 @@ import torch
 
 from harness.arch import instrumented, is_instrumented_attention
 from harness.errors import HarnessError
+from harness.mm.registry import build_model
 from tasks.ade20k import ADE20KTask
 
 
@@ -48,3 +49,13 @@ def test_layout_errors_name_the_path(tiny_ade20k, tmp_path):
     with pytest.raises(HarnessError, match=re.escape(f"label-map folder not found: {root}/annotations/validation")) as error:
         _task(tiny_ade20k, data_root=str(root)).evaluate(model, tiny_ade20k.model_name)
     assert "ADEChallengeData2016" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, blocks", [("upernet_swin_t", 12), ("upernet_swin_s", 24), ("upernet_deit_s", 12),
+                                          ("upernet_deit_b", 12), ("upernet_vit_b", 12)])
+def test_every_registered_config_builds_and_its_backbone_is_instrumented(detseg, name, blocks):
+    task = ADE20KTask()
+    model = build_model("mmseg", task.config(name).model)
+    with instrumented(model.backbone) as backbone:
+        assert sum(map(is_instrumented_attention, backbone.modules())) == blocks
+    assert task.prior(name).input_size == (3, 224, 224)

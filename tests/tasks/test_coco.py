@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.arch import instrumented
+from harness.arch import instrumented, is_instrumented_attention
 from harness.errors import HarnessError
+from harness.mm.registry import build_model
 from harness.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from tasks.coco import CocoTask
@@ -147,3 +148,13 @@ def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
     rounds = record["calibrator_info"]["rounds"]
     assert len(rounds) == 2 and all(r["d_after_student"] > 0 for r in rounds)
     assert set(record["metrics"]) == {"box_ap", "mask_ap"}
+
+
+@pytest.mark.parametrize("name, blocks", [("mask_rcnn_swin_t", 12), ("mask_rcnn_swin_s", 24),
+                                          ("cascade_mask_rcnn_swin_t", 12), ("cascade_mask_rcnn_swin_s", 24)])
+def test_every_registered_config_builds_and_its_backbone_is_instrumented(detseg, name, blocks):
+    task = CocoTask()
+    model = build_model("mmdet", task.config(name).model)
+    with instrumented(model.backbone) as backbone:
+        assert sum(map(is_instrumented_attention, backbone.modules())) == blocks
+    assert task.prior(name).input_size == (3, 224, 224) and task.prior(name).num_classes is None
