@@ -11,7 +11,6 @@ prints from the records and the generator cache:
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.priors.patch_similarity import block_entropies  # noqa: E402
+from harness.records import ResultStore  # noqa: E402
 from harness.registry import TASKS  # noqa: E402
 
 
@@ -55,8 +55,7 @@ def entropy_table(out: Path) -> pd.DataFrame:
 
 def records(out: Path, seeds: list[int]) -> pd.DataFrame:
     rows = []
-    for path in sorted((out / "records").glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in ResultStore(out).records():
         if record.get("status") == "ok" and record["seed"] in seeds and record["bits"] == "w4a3":
             rows.append({"model": record["model"], "seed": record["seed"],
                          "generator": variant(record["generator"], record["options"]["generator"]),

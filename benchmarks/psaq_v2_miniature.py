@@ -13,7 +13,6 @@ seconds it took when it was made, so both methods pay their synthesis in every c
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.records import ResultStore  # noqa: E402
+
 BITS = ("w4a3", "w4a4")
 METHODS = ("psaq", "psaq_v2")
 
@@ -35,8 +38,7 @@ def run_seed(out: Path, seed: int) -> None:
 
 def records(out: Path, seeds: list[int]) -> pd.DataFrame:
     rows = []
-    for path in sorted((out / "records").glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in ResultStore(out).records():
         if record.get("status") == "ok" and record["seed"] in seeds and record["method"] in METHODS:
             timing = record["timing_s"]
             rows.append({"model": record["model"], "bits": record["bits"], "method": record["method"],

@@ -16,7 +16,6 @@ over seeds per model, the paired block_recon gain, and generation seconds per se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.records import ResultStore  # noqa: E402
+
 ABLATION = {  # label -> (apa, msr, sl)
     "none": (False, False, False), "APA": (True, False, False), "MSR": (False, True, False),
     "SL": (False, False, True), "all": (True, True, True),
@@ -64,8 +67,7 @@ def reuse_psaq(source: Path, out: Path) -> None:
 
 def records(out: Path, seeds: list[int]) -> pd.DataFrame:
     rows = []
-    for path in sorted((out / "records").glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in ResultStore(out).records():
         if record.get("status") != "ok" or record["seed"] not in seeds:
             continue
         options = record["options"]["generator"]

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # image files the tasks read from dataset folders
+
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary sibling, fsync, then rename over ``path``."""

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.registry import MODELS
 
 
@@ -95,6 +96,16 @@ class Task(ABC):
     def quantization_scope(self) -> str:
         """What :meth:`quantized_part` covers, in words, for the result record."""
         return "whole model"
+
+
+def calibration_indices(available: int, num_images: int, seed: int, source: str) -> list[int]:
+    """Which of ``available`` training images ``seed`` picks for `real` calibration (spec: a fixed seed).
+
+    Asking for more than there are is an error naming ``source``.
+    """
+    if num_images > available:
+        raise HarnessError(f"{source} has {available} images; asked for {num_images}")
+    return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
 
 
 def register_models(task_name: str, descriptions: dict[str, str]) -> tuple[str, ...]:

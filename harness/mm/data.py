@@ -13,10 +13,8 @@ from torch.utils.data import DataLoader
 from harness.errors import HarnessError
 from harness.mm.stack import quiet
 from harness.progress import progress_bar
-from harness.task import ImagePrior
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
+from harness.io import IMAGE_SUFFIXES
+from harness.task import ImagePrior, calibration_indices
 
 def folder_images(folder: Path, num_images: int, seed: int, prior: ImagePrior) -> torch.Tensor:
     """``num_images`` images drawn with ``seed`` from ``folder``, resized and center-cropped to the prior's size.
@@ -27,12 +25,10 @@ def folder_images(folder: Path, num_images: int, seed: int, prior: ImagePrior) -
     if not folder.is_dir():
         raise HarnessError(f"no training images for `real` calibration: {folder} does not exist")
     paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-    if num_images > len(paths):
-        raise HarnessError(f"{folder} has {len(paths)} images; asked for {num_images}")
-    chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images]
+    chosen = calibration_indices(len(paths), num_images, seed, str(folder))
     transform = create_transform(input_size=prior.input_size, crop_pct=1.0, interpolation="bilinear",
                                  mean=prior.mean, std=prior.std)
-    return torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in chosen.tolist()])
+    return torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in chosen])
 
 
 def predictions(model: nn.Module, dataset: Any, batch_size: int, num_workers: int,

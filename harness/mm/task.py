@@ -23,7 +23,7 @@ from harness.mm.config import cached_weights, load_config
 from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
 from harness.mm.stack import skip_without_stack
-from harness.task import ImagePrior, Task, TaskOptions
+from harness.task import ImagePrior, Task, TaskOptions, register_models
 
 SCOPES = ("backbone", "all")
 
@@ -74,6 +74,12 @@ class OpenMMLabTask(Task):
     train_images: ClassVar[str]  # folder under the data root that `real` draws calibration images from
     layout_hint: ClassVar[str]  # the expected layout, in words, for error messages
     Options = OpenMMLabOptions
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's ``models`` registers them: ``model_names`` is derived, never written twice."""
+        super().__init_subclass__(**kwargs)
+        if "models" in cls.__dict__:
+            cls.model_names = register_models(cls.name, {name: model.description for name, model in cls.models.items()})
 
     def __init__(self, options: OpenMMLabOptions | None = None) -> None:
         super().__init__(options)

@@ -11,7 +11,6 @@ from typing import Any
 from harness.conformance import TaskSetup
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
-from harness.task import register_models
 
 
 @TASKS.register("ade20k")
@@ -41,7 +40,6 @@ class ADE20KTask(OpenMMLabTask):
             "mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py",
             "mmseg UperNet, ViT-B/16 backbone (ImageNet-21k, 224 px), multi-level neck, 512x512, 80k"),
     }
-    model_names = register_models("ade20k", {name: model.description for name, model in models.items()})
 
     @classmethod
     def tiny_instance(cls, workdir: Path) -> TaskSetup:

@@ -15,7 +15,6 @@ import torch
 from harness.conformance import TaskSetup
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
-from harness.task import register_models
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -39,7 +38,6 @@ class CocoTask(OpenMMLabTask):
         "cascade_mask_rcnn_swin_s": OpenMMLabModel(str(CONFIGS / "cascade-mask-rcnn_swin-s-p4-w7_fpn_coco.py"),
                                                    "mmdet Cascade Mask R-CNN, Swin-S backbone, FPN (--checkpoint)"),
     }
-    model_names = register_models("coco", {name: model.description for name, model in models.items()})
 
     @classmethod
     def tiny_instance(cls, workdir: Path) -> TaskSetup:

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
 from harness.io import file_sha256
 from harness.registry import TASKS
-from harness.task import ImagePrior, Task, register_models
+from harness.task import ImagePrior, Task, calibration_indices, register_models
 from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from tasks.digits.train import build_model, trained_checkpoint
 
@@ -55,10 +55,7 @@ class DigitsTask(Task):
 
     def calibration_images(self, model_name: str, num_images: int, seed: int) -> torch.Tensor:
         train = load_splits()[0]
-        if num_images > len(train.labels):
-            raise HarnessError(f"digits has {len(train.labels)} training images; asked for {num_images}")
-        generator = torch.Generator().manual_seed(seed)
-        index = torch.randperm(len(train.labels), generator=generator)[:num_images]
+        index = calibration_indices(len(train.labels), num_images, seed, "the digits training split")
         return normalize(train.pixels[index])
 
     def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:

@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.evaluation import topk_accuracy
 from harness.io import file_sha256
 from harness.registry import TASKS
-from harness.task import ImagePrior, Task, TaskOptions, register_models
+from harness.task import ImagePrior, Task, TaskOptions, calibration_indices, register_models
 from tasks.imagenet.data import LabelledImages, data_config, eval_transform, labelled_images
 from tasks.imagenet.weights import hub_checkpoint, load_weights
 
@@ -69,10 +69,8 @@ class ImageNetTask(Task):
 
     def calibration_images(self, model_name: str, num_images: int, seed: int) -> torch.Tensor:
         samples = labelled_images(self._root() / "train")
-        if num_images > len(samples):
-            raise HarnessError(f"{self._root() / 'train'} has {len(samples)} images; asked for {num_images}")
-        chosen = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:num_images]
-        loader = self._loader([samples[i] for i in chosen.tolist()], model_name)
+        chosen = calibration_indices(len(samples), num_images, seed, str(self._root() / "train"))
+        loader = self._loader([samples[i] for i in chosen], model_name)
         return torch.cat([images for images, _ in loader])
 
     def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:

@@ -12,9 +12,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.data import Dataset
 
 from harness.errors import HarnessError
-
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
+from harness.io import IMAGE_SUFFIXES
 
 def data_config(model_name: str) -> dict:
     """Input size, mean/std, interpolation and crop pct of the model's default pretrained weights."""

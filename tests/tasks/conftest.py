@@ -25,6 +25,18 @@ def detseg() -> None:
 
 
 @pytest.fixture(scope="session")
+def instrumented_blocks(detseg) -> Callable[[Any, str], int]:
+    """Builds a registered model from its config; returns how many attention modules of its backbone the quantizer instruments."""
+    from harness.arch import instrumented, is_instrumented_attention
+    from harness.mm.registry import build_model
+
+    def count(task: Any, name: str) -> int:
+        with instrumented(build_model(task.scope, task.config(name).model).backbone) as backbone:
+            return sum(map(is_instrumented_attention, backbone.modules()))
+    return count
+
+
+@pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory) -> TaskSetup:
     _require_detseg()
     from tasks.coco.tiny import write_tiny_coco

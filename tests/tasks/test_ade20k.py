@@ -9,7 +9,6 @@ import torch
 
 from harness.arch import instrumented, is_instrumented_attention
 from harness.errors import HarnessError
-from harness.mm.registry import build_model
 from tasks.ade20k import ADE20KTask
 
 
@@ -53,9 +52,7 @@ def test_layout_errors_name_the_path(tiny_ade20k, tmp_path):
 
 @pytest.mark.parametrize("name, blocks", [("upernet_swin_t", 12), ("upernet_swin_s", 24), ("upernet_deit_s", 12),
                                           ("upernet_deit_b", 12), ("upernet_vit_b", 12)])
-def test_every_registered_config_builds_and_its_backbone_is_instrumented(detseg, name, blocks):
+def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrumented_blocks, name, blocks):
     task = ADE20KTask()
-    model = build_model("mmseg", task.config(name).model)
-    with instrumented(model.backbone) as backbone:
-        assert sum(map(is_instrumented_attention, backbone.modules())) == blocks
+    assert instrumented_blocks(task, name) == blocks
     assert task.prior(name).input_size == (3, 224, 224)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.arch import instrumented, is_instrumented_attention
+from harness.arch import instrumented
 from harness.errors import HarnessError
-from harness.mm.registry import build_model
 from harness.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from tasks.coco import CocoTask
@@ -152,9 +151,7 @@ def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
 
 @pytest.mark.parametrize("name, blocks", [("mask_rcnn_swin_t", 12), ("mask_rcnn_swin_s", 24),
                                           ("cascade_mask_rcnn_swin_t", 12), ("cascade_mask_rcnn_swin_s", 24)])
-def test_every_registered_config_builds_and_its_backbone_is_instrumented(detseg, name, blocks):
+def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrumented_blocks, name, blocks):
     task = CocoTask()
-    model = build_model("mmdet", task.config(name).model)
-    with instrumented(model.backbone) as backbone:
-        assert sum(map(is_instrumented_attention, backbone.modules())) == blocks
+    assert instrumented_blocks(task, name) == blocks
     assert task.prior(name).input_size == (3, 224, 224) and task.prior(name).num_classes is None
