@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from harness.fused import ENVIRONMENT_SWITCH
 from harness.instrument import POINTS
 from harness.priors import patch_similarity
 from harness.priors.patch_similarity import (
@@ -98,6 +99,7 @@ def test_vectorized_entropy_matches_float64_loop(shape, batch_size):
 
 
 def test_chunked_kde_matches_whole_kde_in_value_and_gradient(monkeypatch):
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "0")  # the eager kernels are the ones walked in blocks
     samples = torch.rand(3, 500, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     points = torch.linspace(0, 1, 10, dtype=torch.float64)
     results = []
@@ -109,6 +111,41 @@ def test_chunked_kde_matches_whole_kde_in_value_and_gradient(monkeypatch):
         results.append((entropy.detach(), leaf.grad))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_fused_kernels_match_the_eager_ones_in_value_and_gradient(monkeypatch, dtype, tolerance):
+    """Fusion may reorder the sums, nothing else: the entropy and its gradient agree with eager torch."""
+    attn_v = torch.randn(6, 2, 33, 8, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    results = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
+        leaf = attn_v.clone().requires_grad_(True)
+        entropy = patch_similarity_entropy(leaf, 3)
+        entropy.sum().backward()
+        results[switch] = (entropy.detach(), leaf.grad)
+    assert patch_similarity._KERNELS.enabled  # the fused run really ran compiled kernels
+    assert torch.allclose(results["0"][0], results["1"][0], atol=tolerance, rtol=0)
+    scale = results["0"][1].abs().max()
+    assert torch.allclose(results["0"][1], results["1"][1], atol=tolerance * scale, rtol=0)
+
+
+def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
+    from harness.fused import FusedKernels
+
+    def broken(function, dynamic):
+        def call(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler found"), None)
+        return call
+
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(torch, "compile", broken)
+    kernels = FusedKernels("a test")
+    double = kernels.pick(lambda x: 2 * x)
+    with pytest.warns(RuntimeWarning, match="fused kernels for a test unavailable.*no C\\+\\+ compiler found"):
+        assert double(torch.tensor(3.0)) == 6.0
+    assert not kernels.enabled and "no C++ compiler found" in kernels.failure
+    assert kernels.pick(abs)(-1) == 1  # later picks are the eager functions themselves
 
 
 def test_kernel_sum_gradient_is_exact():

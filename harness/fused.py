@@ -1,0 +1,51 @@
+"""Elementwise-then-reduce kernels fused by ``torch.compile``, with the eager function as fallback.
+
+Eager torch makes one memory pass per operation; a kernel such as the patch-similarity KDE
+(subtract, square, scale, clamp, exp, sum over a (B, K, M) block) spends its time there. Inductor
+fuses the chain into one loop that never stores the block (spec PSAQ-ViT allows fusion, not
+approximation: the functions compiled are the eager ones). Compiling needs a C++ compiler on CPU
+(Triton on GPU); where it fails, the eager function runs and one warning says why.
+``DFQ_HARNESS_FUSED=0`` turns fusion off.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+
+ENVIRONMENT_SWITCH = "DFQ_HARNESS_FUSED"
+
+
+class FusedKernels:
+    """The compiled versions of a plugin's kernels, made on first use and shared by every call."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self.failure: str | None = None
+        self._compiled: dict[Callable, Callable] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls go to compiled kernels (not switched off, no compilation has failed)."""
+        return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0" and self.failure is None
+
+    def pick(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` compiled (shapes dynamic, so new sizes do not recompile), or itself if disabled."""
+        if not self.enabled:
+            return function
+        if function not in self._compiled:
+            self._compiled[function] = torch.compile(function, dynamic=True)
+        return functools.partial(self._call, function, self._compiled[function])
+
+    def _call(self, function: Callable[..., Any], compiled: Callable[..., Any], *args: Any) -> Any:
+        if self.failure is None:
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                self.failure = str(error).strip().splitlines()[-1][:200]
+                warnings.warn(f"fused kernels for {self.purpose} unavailable, running eager torch (slower): "
+                              f"{self.failure}", RuntimeWarning, stacklevel=2)
+        return function(*args)
