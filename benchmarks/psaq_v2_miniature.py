@@ -1,6 +1,6 @@
 """PSAQ-ViT V2 vs PSAQ-ViT on the digits miniature (issue #4): top-1 and cost.
 
-    python benchmarks/psaq_v2_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_v2_miniature]
+    python benchmarks/psaq_v2_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_v2_miniature] [--threads N]
 
 Runs ``psaq`` (its default calibrator, min-max) and ``psaq_v2`` (generator ``psaq_v2_init`` +
 calibrator ``psaq_v2``) through the harness CLI on digits, both models, `standard` profile, W4A3
@@ -28,9 +28,11 @@ BITS = ("w4a3", "w4a4")
 METHODS = ("psaq", "psaq_v2")
 
 
-def run_seed(out: Path, seed: int) -> None:
+def run_seed(out: Path, seed: int, threads: int | None) -> None:
     command = [sys.executable, "-m", "harness", "run", "--methods", ",".join(METHODS), "--tasks", "digits",
                "--bits", ",".join(BITS), "--seeds", str(seed), "--out", str(out), "--no-progress", "--no-report"]
+    if threads:
+        command += ["--threads", str(threads)]
     returncode = subprocess.run(command, cwd=REPO).returncode
     if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
         raise SystemExit(f"harness run exited with {returncode}")
@@ -52,12 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "psaq_v2_miniature")
+    parser.add_argument("--threads", type=int, help="torch threads per run (two instances: 1 each)")
     parser.add_argument("--skip-run", action="store_true", help="only summarize existing records")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.skip_run:
         for seed in seeds:
-            run_seed(args.out, seed)
+            run_seed(args.out, seed, args.threads)
     frame = records(args.out, seeds)
     keys = ["model", "bits", "method"]
     print("\n(1) digits, standard profile: top-1 mean ± std over seeds (n); calibrators: "

@@ -4,9 +4,15 @@
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import torch
 from torch import nn
 
 from harness.quant.modules import ActQuantizer, act_quantizers, weight_quantized_layers
+
+
+MIN_SCALE = 1e-8  # the floor fake_quant applies to scales (harness.quant.fake_quant)
 
 
 def learnable_scales(model: nn.Module, activations: bool = True, weights: bool = True) -> list[nn.Parameter]:
@@ -23,14 +29,32 @@ def learnable_scales(model: nn.Module, activations: bool = True, weights: bool =
     return parameters
 
 
+@torch.no_grad()
+def keep_scales_positive(scales: Iterable[nn.Parameter]) -> None:
+    """Project learned scales back to >= ``MIN_SCALE`` after an optimizer step.
+
+    A gradient step can carry a small scale through zero; a negative scale mirrors the quantizer,
+    and clamping only at the end would evaluate a model other than the one trained.
+    """
+    for scale in scales:
+        scale.clamp_(min=MIN_SCALE)
+
+
 def fix_scales(model: nn.Module) -> None:
-    """Back to buffers once learning is over: the calibrated model has no trainable quantizer state."""
+    """Back to buffers once learning is over: the calibrated model has no trainable quantizer state.
+
+    An activation quantizer's ``low``/``high`` record is rewritten to the range its learned scale and
+    zero-point cover, so the saved state describes the quantizer that is evaluated.
+    """
     for module in model.modules():
         for name in ("scale", "weight_scale"):
             value = module._parameters.get(name)
             if value is not None and (isinstance(module, ActQuantizer) or name == "weight_scale"):
                 del module._parameters[name]
-                module.register_buffer(name, value.detach().clamp_min(1e-8).clone())
+                module.register_buffer(name, value.detach().clamp_min(MIN_SCALE).clone())
+                if isinstance(module, ActQuantizer):
+                    module.low.copy_(-module.zero_point * module.scale)
+                    module.high.copy_((2 ** module.bits - 1 - module.zero_point) * module.scale)
 
 
 def _to_parameter(module: nn.Module, name: str) -> nn.Parameter:

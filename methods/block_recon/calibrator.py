@@ -28,7 +28,7 @@ from harness.method import CalibrationContext, Calibrator
 from harness.progress import progress_bar
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
-from harness.quant.learnable import fix_scales, learnable_scales
+from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
 
@@ -92,6 +92,7 @@ class BlockReconstruction(Calibrator):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                keep_scales_positive(scales)
                 schedule.step()
         return {"before": before, "after": _mse(block, inputs, targets), "learned_tensors": len(scales)}
 

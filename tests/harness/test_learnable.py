@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.quant.learnable import fix_scales, learnable_scales
+from harness.quant.learnable import MIN_SCALE, fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.modules import act_quantizers
 
 
@@ -31,3 +32,23 @@ def test_scales_learn_and_fix_back_to_buffers(tiny_vit):
     assert "blocks.0.attn.qkv.weight_scale" in dict(qmodel.named_buffers())
     with torch.no_grad():
         assert (qmodel(images) - target).pow(2).mean() < loss_before
+
+
+def test_scales_pushed_through_zero_are_projected_back_and_ranges_follow_the_learned_scale(tiny_vit):
+    images = torch.randn(8, 3, 32, 32)
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig())
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=tiny_vit, calibration=CalibrationSet(images), bits=parse_bits("w4a4"), seed=0,
+        device=torch.device("cpu")))
+    uniform = [quantizer for _, quantizer in act_quantizers(qmodel) if quantizer.kind == "uniform"]
+    width_before = float(uniform[1].high - uniform[1].low)
+    parameters = learnable_scales(qmodel)  # activation scales first, in module order
+    with torch.no_grad():
+        parameters[0].fill_(-0.5)  # as a large step would leave it
+        parameters[1].mul_(3.0)
+    keep_scales_positive(parameters)
+    assert float(parameters[0]) == pytest.approx(MIN_SCALE) and all(float(p.min()) > 0 for p in parameters)
+    fix_scales(qmodel)
+    assert float(uniform[1].high - uniform[1].low) == pytest.approx(3 * width_before, rel=1e-5)
+    assert float(uniform[1].low) == pytest.approx(-float(uniform[1].zero_point * uniform[1].scale))
+    assert float(uniform[0].scale) == pytest.approx(MIN_SCALE)
