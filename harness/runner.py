@@ -7,6 +7,7 @@ a runner first does the cells nobody holds, then waits for the ones another runn
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -272,7 +273,22 @@ def _label(cell: Cell) -> str:
         label += f" ({cell.generator}+{cell.calibrator})"
     if cell.quant.profile != "standard":
         label += f" [{cell.quant.profile}]"
-    return label
+    changed = [f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options)
+               for key, value in _changed_options(options).items()]
+    return label + (f" {{{', '.join(changed)}}}" if changed else "")
+
+
+def _changed_options(options: Any) -> dict[str, Any]:
+    """The fields of a plugin's options that differ from the plugin's defaults."""
+    changed = {}
+    for field_ in dataclasses.fields(options) if dataclasses.is_dataclass(options) else ():
+        default = field_.default
+        if default is dataclasses.MISSING and field_.default_factory is not dataclasses.MISSING:
+            default = field_.default_factory()
+        value = getattr(options, field_.name)
+        if default is dataclasses.MISSING or value != default:
+            changed[field_.name] = value
+    return changed
 
 
 def error_line(error: BaseException) -> str:

@@ -59,6 +59,8 @@ def test_cell_identity_ignores_execution_settings_but_not_options(tmp_path):
                            generator_options={"num_images": 8})
     summary = GridRunner(tmp_path).run(more_images)
     assert summary.computed == 1 and summary.records[0]["num_calibration_images"] == 8
+    labels = {record["options"]["generator"]["num_images"]: record["label"] for record in _records(tmp_path).values()}
+    assert labels == {32: "noise", 8: "noise {num_images=8}"}  # a leaderboard row per option setting
 
 
 class _FailingGenerator(Generator):
