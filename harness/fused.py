@@ -10,6 +10,7 @@ approximation: the functions compiled are the eager ones). Compiling needs a C++
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 from typing import Any, Callable
@@ -37,6 +38,8 @@ class FusedKernels:
         if not self.enabled:
             return function
         if function not in self._compiled:
+            # inductor imports torch's C++ extension helper, which warns that a CPU machine has no CUDA
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self._compiled[function] = torch.compile(function, dynamic=True)
         return functools.partial(self._call, function, self._compiled[function])
 

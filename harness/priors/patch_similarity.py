@@ -133,7 +133,7 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
     similarities = tokens @ tokens.transpose(1, 2)
     rows, columns = torch.triu_indices(*similarities.shape[-2:], offset=1, device=similarities.device)
     upper = similarities[:, rows, columns].reshape(batch_size, -1)
-    diagonal = similarities.diagonal(dim1=1, dim2=2).reshape(batch_size, -1)
+    diagonal = similarities.diagonal(dim1=1, dim2=2).reshape(batch_size, -1).contiguous()  # one kernel layout
     low = torch.minimum(upper.detach().min(), diagonal.detach().min()) if upper.numel() else diagonal.detach().min()
     high = torch.maximum(upper.detach().max(), diagonal.detach().max()) if upper.numel() else diagonal.detach().max()
     steps = torch.linspace(0, 1, num_points, device=similarities.device, dtype=similarities.dtype)
