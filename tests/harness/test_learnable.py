@@ -9,12 +9,17 @@ from harness.quant.learnable import MIN_SCALE, fix_scales, keep_scales_positive,
 from harness.quant.modules import act_quantizers
 
 
+def _min_max_student(model, images):
+    qmodel = quantize_model(model, parse_bits("w4a4"), QuantConfig())
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(images), bits=parse_bits("w4a4"), seed=0,
+        device=torch.device("cpu")))
+    return qmodel
+
+
 def test_scales_learn_and_fix_back_to_buffers(tiny_vit):
     images = torch.randn(8, 3, 32, 32)
-    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig())
-    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
-        fp_model=tiny_vit, calibration=CalibrationSet(images), bits=parse_bits("w4a4"), seed=0,
-        device=torch.device("cpu")))
+    qmodel = _min_max_student(tiny_vit, images)
     parameters = learnable_scales(qmodel)
     assert len(parameters) == len(act_quantizers(qmodel)) + sum(1 for m in qmodel.modules() if hasattr(m, "weight_bits"))
     with torch.no_grad():
@@ -36,10 +41,7 @@ def test_scales_learn_and_fix_back_to_buffers(tiny_vit):
 
 def test_scales_pushed_through_zero_are_projected_back_and_ranges_follow_the_learned_scale(tiny_vit):
     images = torch.randn(8, 3, 32, 32)
-    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), QuantConfig())
-    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
-        fp_model=tiny_vit, calibration=CalibrationSet(images), bits=parse_bits("w4a4"), seed=0,
-        device=torch.device("cpu")))
+    qmodel = _min_max_student(tiny_vit, images)
     uniform = [quantizer for _, quantizer in act_quantizers(qmodel) if quantizer.kind == "uniform"]
     width_before = float(uniform[1].high - uniform[1].low)
     parameters = learnable_scales(qmodel)  # activation scales first, in module order
@@ -47,7 +49,7 @@ def test_scales_pushed_through_zero_are_projected_back_and_ranges_follow_the_lea
         parameters[0].fill_(-0.5)  # as a large step would leave it
         parameters[1].mul_(3.0)
     keep_scales_positive(parameters)
-    assert float(parameters[0]) == pytest.approx(MIN_SCALE) and all(float(p.min()) > 0 for p in parameters)
+    assert float(parameters[0].detach()) == pytest.approx(MIN_SCALE) and all(float(p.detach().min()) > 0 for p in parameters)
     fix_scales(qmodel)
     assert float(uniform[1].high - uniform[1].low) == pytest.approx(3 * width_before, rel=1e-5)
     assert float(uniform[1].low) == pytest.approx(-float(uniform[1].zero_point * uniform[1].scale))

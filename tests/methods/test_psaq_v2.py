@@ -157,5 +157,5 @@ def test_image_schedule_restarts_every_round_and_scales_stay_positive(tiny_vit, 
     assert calls == [(step, 0.2, 5, 2) for step in range(5)] * 2  # PSAQ-ViT step 3's form, restarted
     assert [schedule(*args) for args in calls[:5]] == pytest.approx([0.1, 0.2, 0.2, 0.15, 0.05])
     assert len(projected) == 10  # after every student step, over every learned scale
-    assert all(len(scales) == len(projected[0]) > 0 and min(float(s.min()) for s in scales) >= torch.tensor(MIN_SCALE).item()
+    assert all(len(scales) == len(projected[0]) > 0 and min(float(s.detach().min()) for s in scales) >= torch.tensor(MIN_SCALE).item()
                for scales in projected)
