@@ -6,7 +6,8 @@ Both on the same random-init timm model and batch (224 px): the plain step is cr
 forward and backward w.r.t. the input pixels; the synthesis iteration is the generator's own loop
 (roll/flip, probes, L_PSE + L_OH + L_TV, backward, Adam, clamp), timed as the difference between
 two runs of different length so set-up costs cancel, after a warm-up run that compiles the fused
-KDE kernels (``DFQ_HARNESS_FUSED=0`` measures the eager ones). Target: ratio <= 1.15.
+KDE kernels (``DFQ_HARNESS_FUSED=0`` measures the eager ones). Target: ratio <= 1.15. Also printed:
+L_PSE alone (forward + backward on one batch's attn·v outputs), the part the fused kernels speed up.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.method import GenerationContext  # noqa: E402
 from harness.task import ImagePrior  # noqa: E402
+from harness.priors.patch_similarity import attn_v_probes, patch_similarity_loss  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 
 
@@ -37,6 +39,19 @@ def plain_step_seconds(model: torch.nn.Module, batch: int, repeats: int) -> floa
         F.cross_entropy(model(images), labels).backward()
         times.append(time.perf_counter() - start)
         images.grad = None
+    return statistics.median(times[1:])
+
+
+def pse_seconds(model: torch.nn.Module, batch: int, repeats: int) -> float:
+    """L_PSE alone, forward and backward, on the attn·v outputs of one forward of random images."""
+    with torch.no_grad(), attn_v_probes(model) as probes:
+        model(torch.randn(batch, 3, 224, 224))
+        outputs = [probe.value.clone().requires_grad_(True) for probe in probes]
+    times = []
+    for _ in range(repeats + 1):  # the first is warm-up (and compiles the fused kernels)
+        start = time.perf_counter()
+        patch_similarity_loss(outputs, batch).backward()
+        times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
@@ -65,11 +80,13 @@ def main() -> None:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     plain = plain_step_seconds(model, args.batch, repeats=5)
+    pse = pse_seconds(model, args.batch, repeats=5)
     synthesis_seconds(model, args.batch, 1)  # warm-up: compiles the fused KDE kernels (harness.fused)
     short, long = (synthesis_seconds(model, args.batch, n) for n in (args.short, args.long))
     iteration = (long - short) / (args.long - args.short)
     print(f"{args.model}, batch {args.batch}, 224 px, {args.threads} threads")
     print(f"plain forward+backward (CE): {plain:.3f} s (median of 5)")
+    print(f"L_PSE alone, forward+backward over all blocks: {pse:.3f} s (median of 5)")
     print(f"synthesis iteration: {iteration:.3f} s ((run of {args.long} - run of {args.short}) / {args.long - args.short})")
     print(f"ratio: {iteration / plain:.2f} (target <= 1.15)")
 

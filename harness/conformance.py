@@ -182,12 +182,17 @@ class _Snapshot:
         return f"state dict changed: {', '.join(changed[:3])}" if changed else ""
 
 
+def _smoke_plugin(registry: Registry, kind: str, name: str, hooks: Hooks) -> tuple[Any, str]:
+    """The registered plugin, its options checked, built with its smoke options; and its name for messages."""
+    plugin_class, plugin = registry.get(name), f"{kind} {name!r}"
+    check_options(plugin_class.Options, plugin)
+    return plugin_class(_smoke_instance(plugin_class, name, plugin, hooks)), plugin
+
+
 @_one_thread
 def check_generator(name: str, hooks: Hooks = Hooks()) -> None:
     """Shape, finiteness, clamp range, JSON info, FP model untouched, same seed same images, other seed not."""
-    generator_class, plugin = GENERATORS.get(name), f"generator {name!r}"
-    check_options(generator_class.Options, plugin)
-    generator = generator_class(_smoke_instance(generator_class, name, plugin, hooks))
+    generator, plugin = _smoke_plugin(GENERATORS, "generator", name, hooks)
     task, model = _host()
     prior = task.prior(HOST_MODEL)
     before = _Snapshot.of(model)
@@ -237,9 +242,7 @@ def _check_calibration_set(calibration: CalibrationSet, generator: Generator, pr
 @_one_thread
 def check_calibrator(name: str, hooks: Hooks = Hooks()) -> None:
     """FP model untouched, every activation quantizer frozen, finite outputs, JSON info."""
-    calibrator_class, plugin = CALIBRATORS.get(name), f"calibrator {name!r}"
-    check_options(calibrator_class.Options, plugin)
-    calibrator = calibrator_class(_smoke_instance(calibrator_class, name, plugin, hooks))
+    calibrator, plugin = _smoke_plugin(CALIBRATORS, "calibrator", name, hooks)
     task, model = _host()
     bits = parse_bits(HOST_BITS)
     qmodel = quantize_model(model, bits, QuantConfig())
