@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ class CalibrationContext:
     seed: int
     device: torch.device
     batch_size: int = 32
+    # the backbone within a quantized part (teacher's or student's): what feature-matching calibrators
+    # compare (PSAQ-ViT V2); the part itself for classifiers and backbone-only quantization
+    backbone: Callable[[nn.Module], nn.Module] = lambda part: part
 
 
 @dataclass

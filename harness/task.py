@@ -93,6 +93,10 @@ class Task(ABC):
         """
         return self.backbone(model)
 
+    def part_backbone(self, part: nn.Module) -> nn.Module:
+        """The backbone inside a :meth:`quantized_part` (the part itself when only the backbone is quantized)."""
+        return part
+
     def quantization_scope(self) -> str:
         """What :meth:`quantized_part` covers, in words, for the result record."""
         return "whole model"

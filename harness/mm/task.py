@@ -160,6 +160,9 @@ class OpenMMLabTask(Task):
     def quantized_part(self, model: nn.Module) -> nn.Module:
         return model.backbone if self.options.quantize == "backbone" else TensorForward(model, self)
 
+    def part_backbone(self, part: nn.Module) -> nn.Module:
+        return part.model.backbone if isinstance(part, TensorForward) else part
+
     def quantization_scope(self) -> str:
         return "backbone" if self.options.quantize == "backbone" else "backbone, neck and heads"
 

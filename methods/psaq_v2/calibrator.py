@@ -109,7 +109,11 @@ class PSAQV2Calibrator(Calibrator):
     smoke_options: ClassVar[dict] = {"iterations": 4, "rounds": 2}
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
-        options, teacher, device = self.options, context.fp_model, context.device
+        options, device = self.options, context.device
+        # Spec: D on the classifier's outputs, or on the backbone's features, also when the task
+        # quantizes neck and heads too (those keep their min-max ranges; a detector's head outputs
+        # vary in size between teacher and student)
+        teacher, student_backbone = context.backbone(context.fp_model), context.backbone(qmodel)
         torch.manual_seed(context.seed)
         generator = torch.Generator().manual_seed(context.seed)  # every random draw comes from it
         started = time.perf_counter()
@@ -117,12 +121,12 @@ class PSAQV2Calibrator(Calibrator):
         images = context.calibration.images.detach().to(device).clone()
         observe_and_freeze(qmodel, images, lambda q: MinMaxObserver(), device, options.batch_size)  # naive student
         qmodel.eval()  # no dropout / drop-path: the student's outputs are a function of its parameters
-        student = student_parameters(qmodel, options.student_params)
+        student = student_parameters(student_backbone, options.student_params)
         for parameter in student:
             parameter.requires_grad_(True)  # the runner's FP model is frozen, and the student is its deep copy
-        scales = learnable_scales(qmodel)
+        scales = learnable_scales(student_backbone)
         student_optimizer = torch.optim.Adam(student + scales, lr=options.student_lr)
-        loop = _Loop(options, teacher, qmodel, images, kind, generator)
+        loop = _Loop(options, teacher, student_backbone, images, kind, generator)
         with attn_v_probes(teacher) as probes:
             if not probes:
                 raise HarnessError(f"psaq_v2 found no attention it can probe; supported: {SUPPORTED}")

@@ -149,6 +149,18 @@ def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
     assert set(record["metrics"]) == {"box_ap", "mask_ap"}
 
 
+def test_psaq_v2_with_neck_and_heads_quantized_still_distills_the_backbone(tiny_coco, run_grid, tmp_path):
+    """The heads' raw outputs differ in size between teacher and student; D stays on the backbone."""
+    records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2", "--tasks", "coco", "--bits", "w4a4",
+                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--calib-opt", "iterations=4",
+                       "--calib-opt", "rounds=2", "--task-opt", "quantize=all")
+    record = records[0]
+    assert record["status"] == "ok", record.get("error")
+    assert record["quantizer"]["scope"] == "backbone, neck and heads"
+    assert record["calibrator_info"]["discrepancy"] == "mse"
+    assert all(r["d_after_samples"] > 0 for r in record["calibrator_info"]["rounds"])
+
+
 @pytest.mark.parametrize("name, blocks", [("mask_rcnn_swin_t", 12), ("mask_rcnn_swin_s", 24),
                                           ("cascade_mask_rcnn_swin_t", 12), ("cascade_mask_rcnn_swin_s", 24)])
 def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrumented_blocks, name, blocks):
