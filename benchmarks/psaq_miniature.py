@@ -1,6 +1,6 @@
 """PSAQ-ViT on the digits miniature (issue #3): patch-similarity entropy and W4A3 top-1.
 
-    python benchmarks/psaq_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_miniature]
+    python benchmarks/psaq_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_miniature] [--threads N]
 
 Runs psaq, psaq without its PSE term (``pse_weight=0``), noise and real through the harness CLI
 (digits, standard profile, W4A3, OMSE; resumable, so a rerun computes only missing cells), then
@@ -26,9 +26,11 @@ from harness.records import ResultStore  # noqa: E402
 from harness.registry import TASKS  # noqa: E402
 
 
-def run_grid(out: Path, seeds: str) -> None:
+def run_grid(out: Path, seeds: str, threads: int | None) -> None:
     base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--bits", "w4a3", "--seeds", seeds,
             "--calib", "omse", "--out", str(out), "--no-progress", "--no-report"]
+    if threads:
+        base += ["--threads", str(threads)]
     for extra in (["--methods", "psaq,noise,real"], ["--methods", "psaq", "--gen-opt", "psaq.pse_weight=0"]):
         returncode = subprocess.run(base + extra, cwd=REPO).returncode
         if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
@@ -68,11 +70,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "psaq_miniature")
+    parser.add_argument("--threads", type=int, help="torch threads of the harness runs")
     parser.add_argument("--skip-run", action="store_true", help="only summarize existing records")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.skip_run:
-        run_grid(args.out, args.seeds)
+        run_grid(args.out, args.seeds, args.threads)
     torch.set_num_threads(2)
     entropies = entropy_table(args.out)
     entropies = entropies[entropies.seed.isin(seeds)]
