@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from harness.errors import HarnessError
+from harness.io import IMAGE_SUFFIXES
 from harness.mm.stack import quiet
 from harness.progress import progress_bar
-from harness.io import IMAGE_SUFFIXES
 from harness.task import ImagePrior, calibration_indices
+
 
 def folder_images(folder: Path, num_images: int, seed: int, prior: ImagePrior) -> torch.Tensor:
     """``num_images`` images drawn with ``seed`` from ``folder``, resized and center-cropped to the prior's size.

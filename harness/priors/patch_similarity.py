@@ -37,13 +37,20 @@ def attn_v_probes(model: nn.Module) -> Iterator[list[Probe]]:
 def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:
     """(B·nW, heads, n, d) attn·v outputs -> (B, nW·(n-1)²) cosine similarities, pooled per image.
 
+    The windows of an image are pooled into one sample (timm's window partition is image-major).
+    """
+    return similarity_matrices(attn_v).reshape(batch_size, -1)
+
+
+def similarity_matrices(attn_v: Tensor) -> Tensor:
+    """(B·nW, heads, n, d) attn·v outputs -> (B·nW, n-1, n-1) cosine similarities of every window.
+
     Spec step 5: heads averaged, the first token of every window dropped (ViT/DeiT: nW = 1 and it is
     the class token; Swin: the first token of each window, as the spec and the reference do), all
-    pairs of rows compared (diagonal included), and the windows of an image pooled into one sample
-    (timm's window partition is image-major).
+    pairs of rows compared (diagonal included).
     """
     tokens = F.normalize(attn_v.mean(dim=1)[:, 1:, :], dim=-1, eps=1e-8)
-    return (tokens @ tokens.transpose(1, 2)).reshape(batch_size, -1)
+    return tokens @ tokens.transpose(1, 2)
 
 
 def gaussian_kde(samples: Tensor, points: Tensor, bandwidth: float = BANDWIDTH) -> Tensor:
@@ -129,13 +136,12 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
     limits are constants (detached). The similarity matrix is symmetric, so the kernel is evaluated
     on its strict upper triangle, counted twice, plus its diagonal: the same sum at half the cost.
     """
-    tokens = F.normalize(attn_v.mean(dim=1)[:, 1:, :], dim=-1, eps=1e-8)
-    similarities = tokens @ tokens.transpose(1, 2)
+    similarities = similarity_matrices(attn_v)
     rows, columns = torch.triu_indices(*similarities.shape[-2:], offset=1, device=similarities.device)
     upper = similarities[:, rows, columns].reshape(batch_size, -1)
     diagonal = similarities.diagonal(dim1=1, dim2=2).reshape(batch_size, -1).contiguous()  # one kernel layout
-    low = torch.minimum(upper.detach().min(), diagonal.detach().min()) if upper.numel() else diagonal.detach().min()
-    high = torch.maximum(upper.detach().max(), diagonal.detach().max()) if upper.numel() else diagonal.detach().max()
+    extremes = [part.detach().aminmax() for part in (upper, diagonal) if part.numel()]  # one window token: no upper
+    low, high = min(least for least, _ in extremes), max(most for _, most in extremes)
     steps = torch.linspace(0, 1, num_points, device=similarities.device, dtype=similarities.dtype)
     points = low + (high - low) * steps
     kernel = 2 * kernel_sum(upper, points, bandwidth) + kernel_sum(diagonal, points, bandwidth)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 
 
+MIN_SCALE = 1e-8  # the smallest scale a quantizer uses; learned scales are projected back to it
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity gradient in the backward pass."""
     return (x.round() - x).detach() + x
@@ -17,7 +20,7 @@ def symmetric_weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel scale max|w_c| / (2^(b-1) - 0.5), as in PSAQ-ViT's code (README §3)."""
     max_abs = weight.detach().flatten(1).abs().amax(dim=1)
     scale = max_abs / (2 ** (bits - 1) - 0.5)
-    return scale.clamp_min(1e-8).view(-1, *([1] * (weight.dim() - 1)))
+    return scale.clamp_min(MIN_SCALE).view(-1, *([1] * (weight.dim() - 1)))
 
 
 def fake_quant_symmetric(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -29,7 +32,7 @@ def fake_quant_symmetric(weight: torch.Tensor, scale: torch.Tensor, bits: int) -
 def asymmetric_params(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (max - min) / (2^b - 1) and zero-point round(-min / scale) in [0, 2^b - 1] (README §3)."""
     levels = 2 ** bits - 1
-    scale = ((high - low) / levels).clamp_min(1e-8)
+    scale = ((high - low) / levels).clamp_min(MIN_SCALE)
     zero_point = torch.clamp(torch.round(-low / scale), 0, levels)
     return scale, zero_point
 

@@ -9,10 +9,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from harness.quant.fake_quant import MIN_SCALE
 from harness.quant.modules import ActQuantizer, act_quantizers, weight_quantized_layers
-
-
-MIN_SCALE = 1e-8  # the floor fake_quant applies to scales (harness.quant.fake_quant)
 
 
 def learnable_scales(model: nn.Module, activations: bool = True, weights: bool = True) -> list[nn.Parameter]:

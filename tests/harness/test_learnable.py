@@ -5,7 +5,8 @@ from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.quant.learnable import MIN_SCALE, fix_scales, keep_scales_positive, learnable_scales
+from harness.quant.fake_quant import MIN_SCALE
+from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.modules import act_quantizers
 
 

@@ -10,7 +10,7 @@ from harness.errors import HarnessError
 from harness.method import CalibrationContext, GenerationContext
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.quant.learnable import MIN_SCALE
+from harness.quant.fake_quant import MIN_SCALE
 from harness.quant.modules import act_quantizers
 from harness.registry import CALIBRATORS, GENERATORS, METHODS
 from harness.task import ImagePrior
