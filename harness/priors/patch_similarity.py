@@ -9,6 +9,7 @@ attention (per window for Swin).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Iterable, Iterator
 
@@ -24,7 +25,6 @@ BANDWIDTH = 0.01  # spec step 5: KDE bandwidth
 NUM_POINTS = 10  # spec step 5: evaluation points between the batch's min and max similarity
 ENTROPY_OFFSET = 1e-4  # spec step 5: -(p + 1e-4) log(p + 1e-4)
 NEGLIGIBLE_EXPONENT = -50.0  # kernel terms below e^-50 are dropped (see _kernel)
-KERNEL_ELEMENTS = 1 << 22  # largest (images x points x similarities) kernel block evaluated at once
 
 
 @contextlib.contextmanager
@@ -49,51 +49,115 @@ def similarity_matrices(attn_v: Tensor) -> Tensor:
     the class token; Swin: the first token of each window, as the spec and the reference do), all
     pairs of rows compared (diagonal included).
     """
-    tokens = F.normalize(attn_v.mean(dim=1)[:, 1:, :], dim=-1, eps=1e-8)
+    tokens = unit_tokens(attn_v)
     return tokens @ tokens.transpose(1, 2)
 
 
-def gaussian_kde(samples: Tensor, points: Tensor, bandwidth: float = BANDWIDTH) -> Tensor:
-    """Density of each row of ``samples`` (B, M) at ``points`` (K,): p(x) = mean_i N(x; s_i, h²) -> (B, K)."""
-    return kernel_sum(samples, points, bandwidth) / (samples.shape[1] * bandwidth * math.sqrt(2 * math.pi))
+def unit_tokens(attn_v: Tensor) -> Tensor:
+    """(B·nW, heads, n, d) -> (B·nW, n-1, d): heads averaged, first token dropped, rows of unit length.
+
+    The heads are summed, not averaged: the average's direction is the sum's, so the similarities
+    are the same (the norm floor scales with them), and a sum's backward broadcasts where a mean's
+    divides a full copy of every head's gradient.
+    """
+    return F.normalize(attn_v.sum(dim=1)[:, 1:, :], dim=-1, eps=1e-8 * attn_v.shape[1])
 
 
-def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
-    """Σ_i exp(-(x_k - s_i)² / 2h²) for every row of ``samples`` (B, M) and every point -> (B, K).
+def packed_similarities(attn_v: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The similarities of :func:`patch_similarities` once each, with how often each occurs.
+
+    Off the diagonal, Γ holds every value twice ((i, j) and (j, i)). Returns every window's strict
+    upper triangle, then every window's diagonal, pooled per image, (B, nW·(n(n-1)/2 + n)), and
+    their multiplicities in Γ (2, then 1), a weighted sample equal to the full one at half the size.
+    """
+    tokens = unit_tokens(attn_v)
+    _, _, multiplicities = _layout(tokens.shape[0] // batch_size, tokens.shape[1], str(tokens.device))
+    return _PackedSimilarities.apply(tokens, batch_size), multiplicities.to(tokens.dtype)
+
+
+class _PackedSimilarities(torch.autograd.Function):
+    """Unit tokens (B·nW, n, d) -> Γ's entries in the packed layout of :func:`_layout`.
+
+    Written out because autograd's gather backward scatters into a zero-filled copy of Γ and then
+    multiplies by the tokens twice; the symmetric gradient matrix is instead gathered directly
+    (every entry written once) and multiplied once: d(t_i·t_j) reaches both rows, and t_i·t_i twice.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens: Tensor, batch_size: int) -> Tensor:
+        positions, symmetric, _ = _layout(tokens.shape[0] // batch_size, tokens.shape[1], str(tokens.device))
+        ctx.save_for_backward(tokens, symmetric)
+        return (tokens @ tokens.transpose(1, 2)).view(batch_size, -1).index_select(1, positions)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        tokens, symmetric = ctx.saved_tensors
+        n = tokens.shape[1]
+        matrices = grad.contiguous().index_select(1, symmetric).view(-1, n, n)
+        matrices.diagonal(dim1=1, dim2=2).mul_(2)
+        return matrices @ tokens, None
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(windows: int, n: int, device: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Index maps between an image's ``windows`` flattened n x n matrices and the packed layout.
+
+    ``positions``: where each packed entry lies in the matrices (uppers of every window, then
+    diagonals); ``symmetric``: for each matrix entry, its packed slot ((i, j) and (j, i) share one);
+    ``multiplicities``: how many matrix entries each packed slot stands for.
+    """
+    rows, columns = torch.triu_indices(n, n, offset=1)
+    diagonal = torch.arange(n)
+    starts = torch.arange(windows).unsqueeze(1) * n * n
+    positions = torch.cat([(starts + rows * n + columns).flatten(), (starts + diagonal * (n + 1)).flatten()])
+    upper_slots = torch.arange(windows * rows.numel()).view(windows, -1)
+    symmetric = torch.empty(windows, n, n, dtype=torch.long)
+    symmetric[:, rows, columns] = upper_slots
+    symmetric[:, columns, rows] = upper_slots
+    symmetric[:, diagonal, diagonal] = upper_slots.numel() + torch.arange(windows * n).view(windows, n)
+    multiplicities = torch.ones(positions.numel())
+    multiplicities[:upper_slots.numel()] = 2
+    return positions.to(device), symmetric.flatten().to(device), multiplicities.to(device)
+
+
+def gaussian_kde(samples: Tensor, points: Tensor, bandwidth: float = BANDWIDTH,
+                 weights: Tensor | None = None) -> Tensor:
+    """Density of each row of ``samples`` (B, M) at ``points`` (K,) -> (B, K).
+
+    p(x) = Σ_i w_i N(x; s_i, h²) / Σ_i w_i; without ``weights`` (M,), every sample counts once.
+    """
+    total = samples.shape[1] if weights is None else weights.sum()
+    return kernel_sum(samples, points, bandwidth, weights) / (total * bandwidth * math.sqrt(2 * math.pi))
+
+
+def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float, weights: Tensor | None = None) -> Tensor:
+    """Σ_i w_i exp(-(x_k - s_i)² / 2h²) for every row of ``samples`` (B, M) and every point -> (B, K).
 
     The points are constants (spec step 5: detached limits). The (B, K, M) kernel is never stored:
-    the fused kernels (:mod:`harness.fused`) stream it in one pass each for forward and backward;
-    the eager fallback walks it in blocks of at most ``KERNEL_ELEMENTS`` (Swin at 224 px has 64
-    windows x 48² similarities per image), the backward recomputing each block.
+    forward and backward each walk the points one at a time over the (B, M) samples, so memory
+    stays that of the samples whatever K is; the fused kernels (:mod:`harness.fused`) make each
+    walk one pass over the samples, the backward recomputing the kernel.
     """
-    return _KernelSum.apply(samples, points.detach(), bandwidth)
+    weights = samples.new_ones(samples.shape[1]) if weights is None else weights
+    return _KernelSum.apply(samples, points.detach(), weights, bandwidth)
 
 
 class _KernelSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(samples, points)
+    def forward(ctx, samples: Tensor, points: Tensor, weights: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(samples, points, weights)
         ctx.bandwidth = bandwidth
-        sums = _KERNELS.pick(_kernel_sums)
-        return sum(sums(block, points, -0.5 / bandwidth ** 2) for block in _blocks(samples, points))
+        return _KERNELS.pick(_kernel_sums)(samples, points, weights, -0.5 / bandwidth ** 2)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        samples, points = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        samples, points, weights = ctx.saved_tensors
         gradients = _KERNELS.pick(_kernel_gradients)
-        scale = -0.5 / ctx.bandwidth ** 2
-        return torch.cat([gradients(block, points, grad.contiguous(), scale)
-                          for block in _blocks(samples, points)], dim=1), None, None
+        return gradients(samples, points, weights, grad.contiguous(), -0.5 / ctx.bandwidth ** 2), None, None, None
 
 
-def _blocks(samples: Tensor, points: Tensor) -> tuple[Tensor, ...]:
-    if _KERNELS.enabled:
-        return (samples,)  # the fused kernels never materialize the (B, K, M) block
-    return samples.split(max(1, KERNEL_ELEMENTS // (samples.shape[0] * points.numel())), dim=1)
-
-
-def _kernel(samples: Tensor, points: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """exp(scale·(x_k - s_i)²) and x_k - s_i, both (B, K, M); scale = -1/2h².
+def _kernel(samples: Tensor, point: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """exp(scale·(x - s_i)²) and x - s_i for one point x, both (B, M); scale = -1/2h².
 
     Terms with an exponent below ``NEGLIGIBLE_EXPONENT`` are exact zeros. Their sum adds at most
     M·2e-22 to a kernel sum, under 1e-20 to the density, which float32 resolves to ~1e-11 beside its
@@ -102,20 +166,24 @@ def _kernel(samples: Tensor, points: Tensor, scale: float) -> tuple[Tensor, Tens
     with the incoming gradient are subnormal numbers, slow on x86 (the fused backward of DeiT-T's
     12 blocks took 574 ms with terms down to e^-80 kept, 61 ms with this cut).
     """
-    distances = points.view(1, -1, 1) - samples.unsqueeze(1)
+    distances = point - samples
     exponents = distances.square().mul_(scale)
     negligible = exponents < NEGLIGIBLE_EXPONENT
     return exponents.clamp_(min=NEGLIGIBLE_EXPONENT).exp_().masked_fill_(negligible, 0.0), distances
 
 
-def _kernel_sums(samples: Tensor, points: Tensor, scale: float) -> Tensor:
-    return _kernel(samples, points, scale)[0].sum(dim=-1)
+def _kernel_sums(samples: Tensor, points: Tensor, weights: Tensor, scale: float) -> Tensor:
+    return torch.stack([(_kernel(samples, point, scale)[0] * weights).sum(dim=-1) for point in points.unbind()],
+                       dim=-1)
 
 
-def _kernel_gradients(samples: Tensor, points: Tensor, grad: Tensor, scale: float) -> Tensor:
+def _kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, grad: Tensor, scale: float) -> Tensor:
     # d/ds exp(-(x - s)² / 2h²) = exp(-(x - s)² / 2h²) · (x - s) / h², and 1/h² = -2·scale
-    kernel, distances = _kernel(samples, points, scale)
-    return (grad.unsqueeze(-1) * kernel * distances).sum(dim=1) * (-2 * scale)
+    total = torch.zeros_like(samples)
+    for point, point_grad in zip(points.unbind(), grad.unbind(dim=1)):
+        kernel, distances = _kernel(samples, point, scale)
+        total += point_grad.unsqueeze(1) * kernel * distances
+    return total.mul_(weights * (-2 * scale))
 
 
 _KERNELS = FusedKernels("the patch-similarity KDE")
@@ -134,19 +202,13 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
     Spec step 5: the KDE of all (n-1)² similarities of a window, diagonal included, evaluated at
     ``num_points`` points evenly spaced between the min and max similarity of the whole batch; these
     limits are constants (detached). The similarity matrix is symmetric, so the kernel is evaluated
-    on its strict upper triangle, counted twice, plus its diagonal: the same sum at half the cost.
+    once per distinct entry, weighted by how often it occurs (:func:`packed_similarities`): the same
+    density at half the cost.
     """
-    similarities = similarity_matrices(attn_v)
-    rows, columns = torch.triu_indices(*similarities.shape[-2:], offset=1, device=similarities.device)
-    upper = similarities[:, rows, columns].reshape(batch_size, -1)
-    diagonal = similarities.diagonal(dim1=1, dim2=2).reshape(batch_size, -1).contiguous()  # one kernel layout
-    extremes = [part.detach().aminmax() for part in (upper, diagonal) if part.numel()]  # one window token: no upper
-    low, high = min(least for least, _ in extremes), max(most for _, most in extremes)
-    steps = torch.linspace(0, 1, num_points, device=similarities.device, dtype=similarities.dtype)
-    points = low + (high - low) * steps
-    kernel = 2 * kernel_sum(upper, points, bandwidth) + kernel_sum(diagonal, points, bandwidth)
-    density = kernel / ((2 * upper.shape[1] + diagonal.shape[1]) * bandwidth * math.sqrt(2 * math.pi))
-    return differential_entropy(density, points, offset)
+    similarities, multiplicities = packed_similarities(attn_v, batch_size)
+    low, high = similarities.detach().aminmax()
+    points = low + (high - low) * torch.linspace(0, 1, num_points, device=low.device, dtype=low.dtype)
+    return differential_entropy(gaussian_kde(similarities, points, bandwidth, multiplicities), points, offset)
 
 
 def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, bandwidth: float = BANDWIDTH,

@@ -22,8 +22,8 @@ from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import Probe, attn_v_probes, patch_similarity_loss
-from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, random_roll_flip, synthesis_lr, total_variation, tv_target,
-                                      warmup_cosine_lr)
+from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_optimizer, random_roll_flip, synthesis_lr,
+                                      total_variation, tv_target, warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
 
@@ -103,7 +103,7 @@ class PatchSimilarityGenerator(Generator):
                            scaling=options.tv_scaling)  # step 5
         labels_on_device = labels.to(context.device)
         images.requires_grad_(True)
-        optimizer = torch.optim.Adam([images], lr=lr, betas=options.betas, eps=options.eps)  # step 3
+        optimizer = pixel_optimizer(images, lr, options.betas, options.eps)  # step 3
         bar = progress_bar(range(options.iterations * len(options.roll_ranges)), desc=description, leave=False)
         with attn_v_probes(model) as probes:
             if not probes:

@@ -23,7 +23,7 @@ from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationContext, Calibrator
 from harness.priors.patch_similarity import Probe, attn_v_probes
-from harness.priors.synthesis import random_roll_flip, tv_target, warmup_cosine_lr
+from harness.priors.synthesis import pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
 from harness.progress import progress_bar
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
@@ -144,7 +144,7 @@ class _Loop:
                  kind: Literal["kl", "mse"], generator: torch.Generator) -> None:
         self.options, self.teacher, self.student, self.kind, self.generator = options, teacher, student, kind, generator
         self.images = images.requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.images], lr=options.image_lr, betas=options.image_betas)
+        self.optimizer = pixel_optimizer(self.images, options.image_lr, options.image_betas)
         self.slices = [slice(start, start + options.batch_size) for start in range(0, len(images), options.batch_size)]
         self.targets = [tv_target(images[s].shape, generator, *options.tv_target_range)
                         for s in self.slices]

@@ -20,7 +20,7 @@ from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import attn_v_probes
-from harness.priors.synthesis import clamp_pixels, random_roll_flip, tv_target, warmup_cosine_lr
+from harness.priors.synthesis import clamp_pixels, pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
 from methods.psaq_v2.losses import prior_terms
@@ -78,7 +78,7 @@ class PSAQV2InitGenerator(Generator):
         noise = torch.randn(size, channels, height, width, generator=generator)
         images = clamp_pixels(noise, prior).to(context.device).requires_grad_(True)
         target = tv_target((size, channels, height, width), generator, *options.tv_target_range)
-        optimizer = torch.optim.Adam([images], lr=options.lr, betas=options.betas)
+        optimizer = pixel_optimizer(images, options.lr, options.betas)
         with attn_v_probes(context.model) as probes:
             if not probes:
                 raise HarnessError(f"psaq_v2_init found no attention it can probe; supported: {SUPPORTED}")

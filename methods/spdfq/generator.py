@@ -28,7 +28,8 @@ from harness.method import CalibrationSet, GenerationContext, Generator, ImageCo
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
 from harness.priors.patch_similarity import Probe
-from harness.priors.synthesis import clamp_pixels, synthesis_lr, total_variation, tv_target, warmup_cosine_lr
+from harness.priors.synthesis import (clamp_pixels, pixel_optimizer, synthesis_lr, total_variation, tv_target,
+                                      warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
@@ -109,7 +110,7 @@ class SPDFQGenerator(Generator):
         targets, cell_targets = (self._targets(y, classes, generator).to(device) for y in (labels, cell_labels))
         tv_goal = tv_target((size, channels, height, width), generator, *options.tv_target_range)
         images.requires_grad_(True)
-        optimizer = torch.optim.Adam([images], lr=lr, betas=options.betas, eps=options.eps)
+        optimizer = pixel_optimizer(images, lr, options.betas, options.eps)
         priors: list[Tensor] | None = None
         bar = progress_bar(range(options.iterations), desc=description, leave=False)
         with attention_probes(model) as probes:

@@ -6,13 +6,13 @@ import torch
 
 from harness.fused import ENVIRONMENT_SWITCH
 from harness.instrument import POINTS
-from harness.priors import patch_similarity
+from harness.priors import patch_similarity, synthesis
 from harness.priors.patch_similarity import (
     attn_v_probes, block_entropies, differential_entropy, gaussian_kde, patch_similarities,
     patch_similarity_entropy, patch_similarity_loss,
 )
 from harness.priors.synthesis import (
-    clamp_pixels, random_roll_flip, total_variation, tv_target, warmup_cosine_lr,
+    clamp_pixels, pixel_optimizer, random_roll_flip, total_variation, tv_target, warmup_cosine_lr,
 )
 from harness.task import ImagePrior
 
@@ -98,19 +98,33 @@ def test_vectorized_entropy_matches_float64_loop(shape, batch_size):
     assert torch.allclose(patch_similarity_entropy(attn_v, batch_size), expected, atol=1e-5, rtol=0)
 
 
-def test_chunked_kde_matches_whole_kde_in_value_and_gradient(monkeypatch):
-    monkeypatch.setenv(ENVIRONMENT_SWITCH, "0")  # the eager kernels are the ones walked in blocks
-    samples = torch.rand(3, 500, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+def test_packed_similarities_hold_each_windows_upper_triangle_then_its_diagonal_with_multiplicities():
+    batch, windows, n = 2, 3, 5
+    attn_v = torch.randn(batch * windows, 2, n + 1, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    packed, multiplicities = patch_similarity.packed_similarities(attn_v, batch)
+    matrices = patch_similarity.similarity_matrices(attn_v).view(batch, windows, n, n)
+    rows, columns = torch.triu_indices(n, n, offset=1)
+    uppers = windows * n * (n - 1) // 2
+    assert packed.shape == (batch, uppers + windows * n)
+    assert torch.equal(packed[:, :uppers], matrices[:, :, rows, columns].reshape(batch, -1))
+    assert torch.equal(packed[:, uppers:], matrices.diagonal(dim1=2, dim2=3).reshape(batch, -1))
+    assert multiplicities.tolist() == [2.0] * uppers + [1.0] * windows * n  # every entry of Γ once: n² per window
+
+
+def test_weighted_kde_equals_the_kde_of_repeated_samples():
+    samples = torch.rand(2, 7, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = torch.tensor([2.0, 1, 1, 3, 1, 2, 1], dtype=torch.float64)
+    repeated = samples.repeat_interleave(weights.long(), dim=1)
     points = torch.linspace(0, 1, 10, dtype=torch.float64)
-    results = []
-    for limit in (1 << 22, 3 * 10 * 64):  # one block; eight checkpointed blocks
-        monkeypatch.setattr(patch_similarity, "KERNEL_ELEMENTS", limit)
-        leaf = samples.clone().requires_grad_(True)
-        entropy = differential_entropy(gaussian_kde(leaf, points), points).sum()
-        entropy.backward()
-        results.append((entropy.detach(), leaf.grad))
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+    assert torch.allclose(gaussian_kde(samples, points, 0.05, weights), gaussian_kde(repeated, points, 0.05),
+                          atol=1e-12, rtol=0)
+
+
+def test_packed_similarities_gradient_is_exact():
+    """The hand-written backward (symmetric gather, one product) against numerical differences."""
+    tokens = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tokens = torch.nn.functional.normalize(tokens, dim=-1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: patch_similarity._PackedSimilarities.apply(t, 2), (tokens,))
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -237,6 +251,37 @@ def test_clamp_bounds_follow_the_models_mean_and_std():
         assert clamped[:, c].min() == pytest.approx(-m / s) and clamped[:, c].max() == pytest.approx((1 - m) / s)
     inside = (images >= clamped.amin(dim=(2, 3), keepdim=True)) & (images <= clamped.amax(dim=(2, 3), keepdim=True))
     assert torch.equal(clamped[inside], images[inside])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_fused_total_variation_matches_the_eager_one_in_value_and_gradient(monkeypatch, dtype, tolerance):
+    images = torch.randn(3, 2, 9, 11, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    results = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
+        leaf = images.clone().requires_grad_(True)
+        value = (total_variation(leaf) - 50).abs()
+        value.backward()
+        results[switch] = (value.detach(), leaf.grad)
+    assert synthesis._KERNELS.enabled  # the fused run really ran compiled kernels
+    assert torch.allclose(results["0"][0], results["1"][0], atol=0, rtol=tolerance)
+    assert torch.allclose(results["0"][1], results["1"][1], atol=tolerance, rtol=0)
+
+
+def test_pixel_optimizer_takes_the_loop_adams_steps():
+    start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    grads = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10 + step)) for step in range(3)]
+    results = []
+    for make in (lambda x: pixel_optimizer(x, 0.2, (0.5, 0.9)),
+                 lambda x: torch.optim.Adam([x], lr=0.2, betas=(0.5, 0.9), eps=1e-8)):
+        images = start.clone().requires_grad_(True)
+        optimizer = make(images)
+        for grad in grads:
+            images.grad = grad.clone()
+            optimizer.step()
+        results.append(images.detach())
+    assert not torch.equal(results[0], start)
+    assert torch.allclose(results[0], results[1], atol=1e-6, rtol=0)
 
 
 def test_total_variation_and_its_target():
