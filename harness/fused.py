@@ -1,10 +1,10 @@
 """Elementwise-then-reduce kernels fused by ``torch.compile``, with the eager function as fallback.
 
 Eager torch makes one memory pass per operation; a kernel such as the patch-similarity KDE
-(subtract, square, scale, clamp, exp, sum over a (B, K, M) block) spends its time there. Inductor
-fuses the chain into one loop that never stores the block; no formula changes, since the functions
-compiled are the eager ones. Compiling needs a C++ compiler on CPU (Triton on GPU); where it fails,
-the eager function runs (unchunked, that once) and one warning says why.
+(subtract, square, scale, clamp, exp, sum, for each of 10 points) spends its time there. Inductor
+fuses the chain into one loop over the samples; no formula changes, since the functions compiled
+are the eager ones (differentiable ones get a fused backward too). Compiling needs a C++ compiler
+on CPU (Triton on GPU); where it fails, the eager function runs and one warning says why.
 ``DFQ_HARNESS_FUSED=0`` turns fusion off.
 """
 from __future__ import annotations

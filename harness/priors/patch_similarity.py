@@ -58,8 +58,13 @@ def unit_tokens(attn_v: Tensor) -> Tensor:
 
     The heads are summed, not averaged: the average's direction is the sum's, so the similarities
     are the same (the norm floor scales with them), and a sum's backward broadcasts where a mean's
-    divides a full copy of every head's gradient.
+    divides a full copy of every head's gradient. Fused (:mod:`harness.fused`), forward and backward
+    are one pass each.
     """
+    return _KERNELS.pick(_unit_tokens)(attn_v)
+
+
+def _unit_tokens(attn_v: Tensor) -> Tensor:
     return F.normalize(attn_v.sum(dim=1)[:, 1:, :], dim=-1, eps=1e-8 * attn_v.shape[1])
 
 
@@ -186,7 +191,7 @@ def _kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, grad: Te
     return total.mul_(weights * (-2 * scale))
 
 
-_KERNELS = FusedKernels("the patch-similarity KDE")
+_KERNELS = FusedKernels("the patch-similarity prior")
 
 
 def differential_entropy(density: Tensor, points: Tensor, offset: float = ENTROPY_OFFSET) -> Tensor:
