@@ -131,17 +131,23 @@ def test_packed_similarities_gradient_is_exact():
 def test_fused_kernels_match_the_eager_ones_in_value_and_gradient(monkeypatch, dtype, tolerance):
     """Fusion may reorder the sums, nothing else: the entropy and its gradient agree with eager torch."""
     attn_v = torch.randn(6, 2, 33, 8, generator=torch.Generator().manual_seed(6), dtype=dtype)
-    results = {}
+    entropy = lambda a: patch_similarity_entropy(a, 3)  # noqa: E731
+    (eager, eager_grad), (fused, fused_grad) = _eager_and_fused(monkeypatch, entropy, attn_v)
+    assert patch_similarity._KERNELS.enabled  # the fused run really ran compiled kernels
+    assert torch.allclose(eager, fused, atol=tolerance, rtol=0)
+    assert torch.allclose(eager_grad, fused_grad, atol=tolerance * eager_grad.abs().max(), rtol=0)
+
+
+def _eager_and_fused(monkeypatch, function, inputs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(value, gradient of its sum) of ``function(inputs)`` with fusion off, then on."""
+    results = []
     for switch in ("0", "1"):
         monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
-        leaf = attn_v.clone().requires_grad_(True)
-        entropy = patch_similarity_entropy(leaf, 3)
-        entropy.sum().backward()
-        results[switch] = (entropy.detach(), leaf.grad)
-    assert patch_similarity._KERNELS.enabled  # the fused run really ran compiled kernels
-    assert torch.allclose(results["0"][0], results["1"][0], atol=tolerance, rtol=0)
-    scale = results["0"][1].abs().max()
-    assert torch.allclose(results["0"][1], results["1"][1], atol=tolerance * scale, rtol=0)
+        leaf = inputs.clone().requires_grad_(True)
+        value = function(leaf)
+        value.sum().backward()
+        results.append((value.detach(), leaf.grad))
+    return results
 
 
 def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
@@ -256,16 +262,11 @@ def test_clamp_bounds_follow_the_models_mean_and_std():
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_fused_total_variation_matches_the_eager_one_in_value_and_gradient(monkeypatch, dtype, tolerance):
     images = torch.randn(3, 2, 9, 11, generator=torch.Generator().manual_seed(8), dtype=dtype)
-    results = {}
-    for switch in ("0", "1"):
-        monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
-        leaf = images.clone().requires_grad_(True)
-        value = (total_variation(leaf) - 50).abs()
-        value.backward()
-        results[switch] = (value.detach(), leaf.grad)
+    (eager, eager_grad), (fused, fused_grad) = _eager_and_fused(monkeypatch, lambda x: (total_variation(x) - 50).abs(),
+                                                                images)
     assert synthesis._KERNELS.enabled  # the fused run really ran compiled kernels
-    assert torch.allclose(results["0"][0], results["1"][0], atol=0, rtol=tolerance)
-    assert torch.allclose(results["0"][1], results["1"][1], atol=tolerance, rtol=0)
+    assert torch.allclose(eager, fused, atol=0, rtol=tolerance)
+    assert torch.allclose(eager_grad, fused_grad, atol=tolerance, rtol=0)
 
 
 def test_pixel_optimizer_takes_the_loop_adams_steps():
