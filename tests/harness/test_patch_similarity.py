@@ -1,4 +1,5 @@
 import copy
+import functools
 import math
 
 import pytest
@@ -131,7 +132,7 @@ def test_packed_similarities_gradient_is_exact():
 def test_fused_kernels_match_the_eager_ones_in_value_and_gradient(monkeypatch, dtype, tolerance):
     """Fusion may reorder the sums, nothing else: the entropy and its gradient agree with eager torch."""
     attn_v = torch.randn(6, 2, 33, 8, generator=torch.Generator().manual_seed(6), dtype=dtype)
-    entropy = lambda a: patch_similarity_entropy(a, 3)  # noqa: E731
+    entropy = functools.partial(patch_similarity_entropy, batch_size=3)
     (eager, eager_grad), (fused, fused_grad) = _eager_and_fused(monkeypatch, entropy, attn_v)
     assert patch_similarity._KERNELS.enabled  # the fused run really ran compiled kernels
     assert torch.allclose(eager, fused, atol=tolerance, rtol=0)
