@@ -39,8 +39,8 @@ def warmup_cosine_lr(iteration: int, base_lr: float, round_length: int, warmup: 
 
 
 def pixel_optimizer(images: Tensor, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam over synthetic pixels (spec PSAQ-ViT step 3), fused: one pass over the images per step
-    where the loop form makes about ten (the same update up to rounding)."""
+    """Adam over synthetic pixels (spec PSAQ-ViT step 3), torch's fused form: the same update up to
+    rounding, 2-3 ms a step on 32 x 3 x 224 x 224 where the loop form takes 9 ms."""
     return torch.optim.Adam([images], lr=lr, betas=betas, eps=eps, fused=True)
 
 
@@ -68,7 +68,8 @@ def total_variation(images: Tensor) -> Tensor:
     both diagonal pixel differences.
 
     Fused (:mod:`harness.fused`): eager torch stores the four differences and, backward, fills and
-    copies four zero-padded gradients, about forty passes over the batch; fused it is two.
+    copies four zero-padded gradients; on 32 x 3 x 224 x 224, forward and backward took 82 ms eager
+    and 14-18 ms fused.
     """
     return _KERNELS.pick(_total_variation)(images)
 
