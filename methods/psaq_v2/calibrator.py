@@ -124,13 +124,11 @@ class PSAQV2Calibrator(Calibrator):
         student = student_parameters(student_backbone, options.student_params)
         for parameter in student:
             parameter.requires_grad_(True)  # the runner's FP model is frozen, and the student is its deep copy
-        scales = learnable_scales(student_backbone)
-        student_optimizer = torch.optim.Adam(student + scales, lr=options.student_lr)
-        loop = _Loop(options, teacher, student_backbone, images, kind, generator)
+        loop = _Loop(options, teacher, student_backbone, student, images, kind, generator)
         with attn_v_probes(teacher) as probes:
             if not probes:
                 raise HarnessError(f"psaq_v2 found no attention it can probe; supported: {SUPPORTED}")
-            rounds = loop.run(probes, student_optimizer, scales, pixel_bounds(context))
+            rounds = loop.run(probes, pixel_bounds(context))
         _finish(qmodel)
         sample_steps, student_steps = options.steps_per_round
         return {"discrepancy": kind, "rounds": rounds, "seconds": round(time.perf_counter() - started, 3),
@@ -138,19 +136,21 @@ class PSAQV2Calibrator(Calibrator):
 
 
 class _Loop:
-    """The R rounds; holds the samples, their optimizer and the per-batch TV targets."""
+    """The R rounds; holds the samples and their optimizer, the per-batch TV targets, and the
+    student's optimizer over ``trainable`` and the student's learnable quantizer scales."""
 
-    def __init__(self, options: PSAQV2Options, teacher: nn.Module, student: nn.Module, images: Tensor,
-                 kind: Literal["kl", "mse"], generator: torch.Generator) -> None:
+    def __init__(self, options: PSAQV2Options, teacher: nn.Module, student: nn.Module, trainable: list[nn.Parameter],
+                 images: Tensor, kind: Literal["kl", "mse"], generator: torch.Generator) -> None:
         self.options, self.teacher, self.student, self.kind, self.generator = options, teacher, student, kind, generator
+        self.scales = learnable_scales(student)
+        self.student_optimizer = torch.optim.Adam(trainable + self.scales, lr=options.student_lr)
         self.images = images.requires_grad_(True)
         self.optimizer = pixel_optimizer(self.images, options.image_lr, options.image_betas)
         self.slices = [slice(start, start + options.batch_size) for start in range(0, len(images), options.batch_size)]
         self.targets = [tv_target(images[s].shape, generator, *options.tv_target_range)
                         for s in self.slices]
 
-    def run(self, probes: list[Probe], student_optimizer: torch.optim.Optimizer, scales: list[nn.Parameter],
-            bounds: tuple[Tensor, Tensor]) -> list[dict]:
+    def run(self, probes: list[Probe], bounds: tuple[Tensor, Tensor]) -> list[dict]:
         options = self.options
         sample_steps, student_steps = options.steps_per_round
         bar = progress_bar(total=options.iterations, desc="psaq_v2", leave=False)
@@ -167,7 +167,7 @@ class _Loop:
             with torch.no_grad():
                 teacher_outputs = [self.teacher(chunk) for chunk in clean]
             for _ in range(student_steps):
-                postfix["D_student"] = f"{self.student_step(clean, teacher_outputs, student_optimizer, scales):.4f}"
+                postfix["D_student"] = f"{self.student_step(clean, teacher_outputs):.4f}"
                 bar.update()
                 bar.set_postfix(postfix, refresh=False)
             log["d_after_student"] = self.measure()
@@ -193,20 +193,19 @@ class _Loop:
         self.optimizer.step()
         with torch.no_grad():
             low, high = (bound.to(self.images) for bound in bounds)
-            self.images.copy_(torch.maximum(torch.minimum(self.images, high), low))
+            self.images.copy_(torch.clamp(self.images, low, high))
         return {"L_x": f"{loss_sum:.3f}"}
 
-    def student_step(self, clean: list[Tensor], teacher_outputs: list[Any], optimizer: torch.optim.Optimizer,
-                     scales: list[nn.Parameter]) -> float:
+    def student_step(self, clean: list[Tensor], teacher_outputs: list[Any]) -> float:
         """One Adam step on the student's weights and scales for D on the unjittered samples."""
         total, value = len(self.images), 0.0
-        optimizer.zero_grad(set_to_none=True)
+        self.student_optimizer.zero_grad(set_to_none=True)
         for chunk, teacher_output in zip(clean, teacher_outputs):
             loss = discrepancy(teacher_output, self.student(chunk), self.kind, self.options.temperature)
             (loss * len(chunk) / total).backward()
             value += loss.item() * len(chunk) / total
-        optimizer.step()
-        keep_scales_positive(scales)
+        self.student_optimizer.step()
+        keep_scales_positive(self.scales)
         return value
 
     def measure(self) -> float:
