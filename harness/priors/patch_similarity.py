@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -147,23 +147,29 @@ def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float, weights: Tenso
     the samples, the backward recomputing the kernel.
 
     ``grid_spans_samples`` says the points are evenly spaced from the samples' min to their max
-    (spec step 5's grid). Where that grid is also narrow, every kernel term is above e^-50
-    (:func:`_factorizes`) and the Gaussian factorizes along the grid (:func:`_grid_kernel_sums`):
-    2 exponentials per sample instead of K, the same sums to float32 rounding.
+    (spec step 5's grid). Such a grid allows a cheaper form with the same terms (:func:`_kernel_form`),
+    two exponentials per sample instead of K, the same sums to float32 rounding.
     """
     weights = samples.new_ones(samples.shape[1]) if weights is None else weights
     points = points.detach()
-    forms = _GRID_FORMS if grid_spans_samples and _factorizes(points, bandwidth) else _DIRECT_FORMS
-    return _KernelSum.apply(samples, points, weights, bandwidth, forms)
+    form = _kernel_form(points, bandwidth) if grid_spans_samples else DIRECT
+    return _KernelSum.apply(samples, points, weights, bandwidth, form)
+
+
+class KernelForm(NamedTuple):
+    """One exact way to evaluate the kernel sums and their gradient w.r.t. the samples."""
+
+    name: str
+    sums: Callable[[Tensor, Tensor, Tensor, float], Tensor]
+    gradients: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
 
 
 class _KernelSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, samples: Tensor, points: Tensor, weights: Tensor, bandwidth: float,
-                forms: tuple[Callable, Callable]) -> Tensor:
+    def forward(ctx, samples: Tensor, points: Tensor, weights: Tensor, bandwidth: float, form: KernelForm) -> Tensor:
         ctx.save_for_backward(samples, points, weights)
-        ctx.bandwidth, ctx.gradients = bandwidth, forms[1]
-        return _KERNELS.pick(forms[0])(samples, points, weights, -0.5 / bandwidth ** 2)
+        ctx.bandwidth, ctx.gradients = bandwidth, form.gradients
+        return _KERNELS.pick(form.sums)(samples, points, weights, -0.5 / bandwidth ** 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
@@ -202,16 +208,19 @@ def _kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, grad: Te
     return total.mul_(weights * (-2 * scale))
 
 
-def _factorizes(points: Tensor, bandwidth: float) -> bool:
-    """Whether a grid of ``points`` spanning the samples is narrow enough for the factorized kernel.
+def _kernel_form(points: Tensor, bandwidth: float) -> KernelForm:
+    """The cheapest exact form for a grid of ``points`` that spans the samples.
 
-    On such a grid no sample is farther than its width from any point, so when -(width)²/2h² is
-    above ``NEGLIGIBLE_EXPONENT`` (width ≤ 10h) every term is one that :func:`_kernel` keeps, and
-    none of the factors of :func:`_grid_terms` leaves float32's normal range. Random-init DeiT-T's
-    grids are 1.6-4.4h wide; wider grids keep the direct kernel (there most terms are negligible).
+    On a grid at most 10h wide no sample is farther than 10h from any point, so every term is
+    above e^-50 and kept by :func:`_kernel` too (``NEGLIGIBLE_EXPONENT``), and none of the factors
+    of :func:`_grid_terms` leaves float32's normal range: the Gaussian factorizes along the grid.
+    Random-init DeiT-T's grids are 1.6-4.4h wide; the trained digits ViTs' are 116-187h wide, and
+    there the direct form runs.
     """
-    width = float(points[-1] - points[0]) if points.numel() > 1 else math.inf
-    return -0.5 * (width / bandwidth) ** 2 >= NEGLIGIBLE_EXPONENT
+    if points.numel() < 2:
+        return DIRECT
+    width = float(points[-1] - points[0]) / bandwidth
+    return FACTORIZED if -0.5 * width ** 2 >= NEGLIGIBLE_EXPONENT else DIRECT
 
 
 def _grid_terms(samples: Tensor, points: Tensor, weights: Tensor, scale: float) -> Iterator[tuple[int, Tensor]]:
@@ -248,8 +257,8 @@ def _grid_kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, gra
     return total * (-2 * scale)
 
 
-_DIRECT_FORMS = (_kernel_sums, _kernel_gradients)
-_GRID_FORMS = (_grid_kernel_sums, _grid_kernel_gradients)
+DIRECT = KernelForm("direct", _kernel_sums, _kernel_gradients)
+FACTORIZED = KernelForm("factorized", _grid_kernel_sums, _grid_kernel_gradients)
 _KERNELS = FusedKernels("the patch-similarity prior")
 
 
