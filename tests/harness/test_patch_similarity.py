@@ -350,6 +350,17 @@ def test_fused_total_variation_matches_the_eager_one_in_value_and_gradient(monke
     assert torch.allclose(eager_grad, fused_grad, atol=tolerance, rtol=0)
 
 
+def test_total_variation_backward_is_autograds_of_the_formula():
+    """The hand-written backward (recomputed differences) against autograd through the four slices."""
+    images = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert torch.autograd.gradcheck(total_variation, (images.clone().requires_grad_(True),))
+    leaf = images.clone().requires_grad_(True)
+    sum(torch.linalg.vector_norm(difference) for difference in synthesis._differences(leaf)).backward()
+    mine = images.clone().requires_grad_(True)
+    total_variation(mine).backward()
+    assert torch.allclose(mine.grad, leaf.grad, atol=1e-12, rtol=0)
+
+
 def test_pixel_optimizer_takes_the_loop_adams_steps():
     start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
     grads = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10 + step)) for step in range(3)]
