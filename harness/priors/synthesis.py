@@ -70,7 +70,8 @@ def total_variation(images: Tensor) -> Tensor:
 
     Fused (:mod:`harness.fused`), forward and backward each one pass over the pixels: the backward
     recomputes the differences rather than keeping them. On 32 x 3 x 224 x 224, forward and backward
-    took 82 ms eager, 16 ms fused by autograd (which kept the four differences) and 9 ms so.
+    took 82 ms eager, 16 ms with autograd's backward of the fused forward (which kept the four
+    differences) and 9 ms with this one. A zero norm has gradient 0, as torch's norm has.
     """
     return _TotalVariation.apply(images)
 
@@ -85,7 +86,8 @@ class _TotalVariation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         images, norms = ctx.saved_tensors
-        return _KERNELS.pick(_total_variation_gradient)(images, grad / norms)
+        scales = torch.where(norms > 0, grad / norms, 0.0)
+        return _KERNELS.pick(_total_variation_gradient)(images, scales)
 
 
 # the pixel pairs of each difference, as (rows, columns) of the first and the second pixel

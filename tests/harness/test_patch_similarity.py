@@ -359,6 +359,10 @@ def test_total_variation_backward_is_autograds_of_the_formula():
     mine = images.clone().requires_grad_(True)
     total_variation(mine).backward()
     assert torch.allclose(mine.grad, leaf.grad, atol=1e-12, rtol=0)
+    flat = torch.ones(2, 3, 7, 6, requires_grad=True)  # every norm 0: gradient 0, as torch's norm gives
+    value = total_variation(flat)
+    value.backward()
+    assert float(value.detach()) == 0.0 and torch.equal(flat.grad, torch.zeros_like(flat))
 
 
 def test_pixel_optimizer_takes_the_loop_adams_steps():
