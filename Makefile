@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 DETSEG_STAMP := $(VENV)/.detseg-$(shell cat pyproject.toml scripts/install_detseg.sh | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-detseg run test bench
+# Tests whose values depend on floating-point rounding, run on torch's generic CPU kernels in CI:
+# what another CPU's rounding gives (ATEN_CPU_CAPABILITY switches the kernels, as a different CPU does).
+NUMERICS_TESTS := tests/harness/test_fake_quant.py tests/harness/test_learnable.py tests/harness/test_quantizer.py \
+                  tests/harness/test_fused.py tests/tasks/test_digits.py tests/methods/test_psaq.py
+
+.PHONY: setup setup-detseg run test test-generic-cpu bench
 
 setup: $(STAMP)
 
@@ -27,6 +32,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-generic-cpu: setup
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICS_TESTS)
 
 bench: setup
 	$(PY) benchmarks/quantizer_overhead.py

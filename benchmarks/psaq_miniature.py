@@ -44,13 +44,13 @@ def variant(generator: str, options: dict) -> str:
 def entropy_table(out: Path) -> pd.DataFrame:
     """Rows (model, generator, seed), one column per block: what the psaq prior optimizes."""
     task, models, rows = TASKS.get("digits")(), {}, []
-    for path in sorted((out / "cache" / "generators").glob("*/*.pt")):
-        entry = torch.load(path, map_location="cpu", weights_only=False)
-        if entry["model"] not in models:
-            models[entry["model"]] = task.load_model(entry["model"]).eval()
-        values = block_entropies(models[entry["model"]], entry["calibration"].images)
-        rows.append({"model": entry["model"], "generator": variant(path.parent.name, entry.get("options", {})),
-                     "seed": entry["seed"],
+    for entry in ResultStore(out).calibration_entries():
+        meta = entry.meta
+        if meta["model"] not in models:
+            models[meta["model"]] = task.load_model(meta["model"]).eval()
+        values = block_entropies(models[meta["model"]], entry.calibration.images)
+        rows.append({"model": meta["model"], "generator": variant(meta["generator"], meta["options"]),
+                     "seed": meta["seed"],
                      **{f"block {i}": v for i, v in enumerate(values)}})
     return pd.DataFrame(rows)
 

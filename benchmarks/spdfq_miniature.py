@@ -60,9 +60,9 @@ def run_part(part: str, out: Path, seeds: str) -> None:
 def reuse_psaq(source: Path, out: Path) -> None:
     target = out / "cache" / "generators" / "psaq"
     target.mkdir(parents=True, exist_ok=True)
-    for entry in (source / "cache" / "generators" / "psaq").glob("*.pt"):
-        if not (target / entry.name).exists():
-            shutil.copy2(entry, target / entry.name)
+    for entry in ResultStore(source).calibration_entries():
+        if entry.meta["generator"] == "psaq" and not (target / entry.path.name).exists():
+            shutil.copy2(entry.path, target / entry.path.name)
 
 
 def records(out: Path, seeds: list[int]) -> pd.DataFrame:

@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where cells run: here (local), one process per cell (isolated), Ray, Slurm via submitit")
     run.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                      help="backend option, e.g. slurm_partition=gpu (submitit) or address=auto (ray); repeatable")
-    run.add_argument("--force", action="store_true", help="recompute cells that already have a record")
+    run.add_argument("--force", action="store_true",
+                     help="recompute cells that already have a record, with their calibration sets and FP metrics")
+    run.add_argument("--recompute-stale", action="store_true",
+                     help="recompute records, calibration sets and FP metrics made by other code than this checkout")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-report", action="store_true", help="do not rewrite OUT/report at the end of the grid")
 
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return {"run": command_run, "list": command_list, "report": command_report,
                 "new-method": command_new_method, "new-task": command_new_task}[args.command](args)
     except HarnessError as error:
@@ -132,11 +136,12 @@ def command_run(args: argparse.Namespace) -> int:
     spec = spec_from_settings(settings)
     _check_device(args.device)
     set_progress(not args.no_progress)
-    runner = GridRunner(args.out, device=args.device, force=args.force)
+    runner = GridRunner(args.out, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
     summary = runner.run(spec, executor=args.executor,
                          executor_options=parse_assignments(args.executor_opt, "executor"))
     print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
           f"records in {runner.store.records_dir}")
+    _warn_stale(summary.stale, args.argv)
     for record in summary.records:
         if record["status"] != "ok":
             print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}")
@@ -149,6 +154,18 @@ def command_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _report_after_run(args.out)
     return 1 if summary.failed else 0
+
+
+def _warn_stale(stale: list, argv: list[str]) -> None:
+    """Name what other code made and was reused, and the command that recomputes it."""
+    import shlex
+
+    if not stale:
+        return
+    print(f"warning: reused {len(stale)} result(s) made by other code than this checkout:", file=sys.stderr)
+    for entry in stale:
+        print(f"  {entry.kind} {entry.path} ({entry.what}): {'; '.join(entry.differences)}", file=sys.stderr)
+    print(f"to recompute them: python -m harness {shlex.join(argv)} --recompute-stale", file=sys.stderr)
 
 
 def _report_after_run(results: Path) -> None:

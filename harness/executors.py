@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 EXECUTORS = ("local", "isolated", "ray", "slurm", "submitit-local")
 
 
-def execute_cell(out: str, device: str, force: bool, cell: Cell) -> "Outcome":
+def execute_cell(out: str, device: str, force: bool, recompute_stale: bool, cell: Cell) -> "Outcome":
     """Compute (or reuse) one cell in whatever process this runs in: the unit of remote work."""
     from harness.runner import GridRunner
 
-    return GridRunner(Path(out), device=device, force=force).settle(cell, blocking=True)
+    return GridRunner(Path(out), device=device, force=force, recompute_stale=recompute_stale).settle(cell, blocking=True)
 
 
 def map_cells(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
@@ -38,8 +38,8 @@ def map_cells(executor: str, runner: "GridRunner", cells: list[Cell], options: d
     return backends[executor](executor, runner, cells, options)
 
 
-def _arguments(runner: "GridRunner") -> tuple[str, str, bool]:
-    return str(runner.store.root), str(runner.device), runner.force
+def _arguments(runner: "GridRunner") -> tuple[str, str, bool, bool]:
+    return str(runner.store.root), str(runner.device), runner.force, runner.recompute_stale
 
 
 def _isolated(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:

@@ -21,17 +21,25 @@ ENVIRONMENT_SWITCH = "DFQ_HARNESS_FUSED"
 
 
 class FusedKernels:
-    """The compiled versions of a plugin's kernels, made on first use and shared by every call."""
+    """The compiled versions of a plugin's kernels, made on first use and shared by every call.
+
+    A compilation failure anywhere turns every ``FusedKernels`` to eager torch for the rest of the
+    process, with one warning naming the compiler's first error.
+    """
 
     def __init__(self, purpose: str) -> None:
         self.purpose = purpose
-        self.failure: str | None = None
         self._compiled: dict[Callable, Callable] = {}
+
+    @property
+    def failure(self) -> str | None:
+        """Why compilation failed in this process (None while it has not)."""
+        return _failure
 
     @property
     def enabled(self) -> bool:
         """Whether calls go to compiled kernels (not switched off, no compilation has failed)."""
-        return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0" and self.failure is None
+        return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0" and _failure is None
 
     def pick(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` compiled (shapes dynamic, so new sizes do not recompile), or itself if disabled."""
@@ -44,11 +52,32 @@ class FusedKernels:
         return functools.partial(self._call, function, self._compiled[function])
 
     def _call(self, function: Callable[..., Any], compiled: Callable[..., Any], *args: Any) -> Any:
-        if self.failure is None:
+        global _failure
+        if _failure is None:
             try:
                 return compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as error:
-                self.failure = str(error).strip().splitlines()[-1][:200]
-                warnings.warn(f"fused kernels for {self.purpose} unavailable, running eager torch (slower): "
-                              f"{self.failure}", RuntimeWarning, stacklevel=2)
+                _failure = compiler_error(error)
+                warnings.warn(f"fused kernels unavailable (first needed for {self.purpose}), running eager torch "
+                              f"(slower, same formulas): {_failure}", RuntimeWarning, stacklevel=2)
         return function(*args)
+
+
+_failure: str | None = None
+
+
+def compiler_error(error: BaseException, limit: int = 300) -> str:
+    """The cause in one line: torch's headline (``CppCompileError: C++ compile error``) and the compiler's
+    first ``error:`` line, not the advice torch appends last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    headline = next((line for line in lines if not line.startswith(("Set TORCHDYNAMO", "Command:", "backend="))),
+                    type(error).__name__)
+    first_error = next((line.partition("error:")[2].strip() for line in lines if "error:" in line), "")
+    text = f"{headline}: {first_error}" if first_error and first_error not in headline else headline
+    return text[:limit]
+
+
+def reset_failure() -> None:
+    """Forget a compilation failure (tests that simulate one)."""
+    global _failure
+    _failure = None

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.bits import BitSpec, parse_bits
+from harness.code_version import describe_difference, plugin_code, quantizer_code
 from harness.errors import HarnessError
 from harness.io import config_hash
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
 
 DEFAULT_METHODS = ("real", "noise")
@@ -75,17 +76,47 @@ class Cell:
             },
         }
 
+    def code(self) -> dict[str, dict[str, str]]:
+        """Version and source digest of each component the result depends on (harness.code_version)."""
+        return component_code(self.task, *(() if self.bits.is_fp else (self.generator, self.calibrator)))
+
     def identity(self, weights_id: str) -> dict[str, Any]:
+        """What makes two cells the same computation: the config, the weights and the code versions.
+
+        Source digests stay out: an edit without a version bump keeps the cell's id, and the runner
+        names the records such code made instead of silently recomputing or reusing them.
+        """
         config = self.config()
         for key in EXECUTION_ONLY_TASK_OPTIONS:
             config["options"]["task"].pop(key, None)
         if self.bits.is_fp:  # an FP cell does not depend on how a quantizer would be set up
             config["generator"] = config["calibrator"] = None
             config["options"] = {"task": config["options"]["task"], "limit": self.limit}
-        return {"schema": RECORD_SCHEMA, "weights_id": weights_id, **config}
+        versions = {component: code["version"] for component, code in self.code().items()}
+        return {"schema": RECORD_SCHEMA, "weights_id": weights_id, "versions": versions, **config}
 
     def cell_id(self, weights_id: str) -> str:
         return config_hash(self.identity(weights_id))
+
+
+def component_code(task: str, generator: str | None = None, calibrator: str | None = None) -> dict[str, dict[str, str]]:
+    """The checkout's code of a result's components; a quantized result adds generator, calibrator, quantizer."""
+    code = {"task": plugin_code(TASKS.get(task)).as_dict()}
+    if generator is not None:
+        code.update(generator=plugin_code(GENERATORS.get(generator)).as_dict(),
+                    calibrator=plugin_code(CALIBRATORS.get(calibrator)).as_dict(),
+                    quantizer=quantizer_code().as_dict())
+    return code
+
+
+def code_differences(record: dict[str, Any]) -> list[str]:
+    """How the code that made ``record`` differs from the checkout's (empty: the same code)."""
+    quantized = record.get("bits") != "fp"
+    try:
+        current = component_code(record["task"], *((record["generator"], record["calibrator"]) if quantized else ()))
+    except (HarnessError, KeyError) as error:
+        return [f"a component is no longer available ({error})"]
+    return describe_difference(record.get("code"), current)
 
 
 def expand(spec: GridSpec) -> list[Cell]:

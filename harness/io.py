@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # image files the tasks read from dataset folders
 
@@ -20,6 +19,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs the user's umask
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -31,12 +31,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True), mode="w")
-
-
-def save_torch(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def file_sha256(path: Path, length: int = 16) -> str:

@@ -57,6 +57,7 @@ class Generator(ABC):
     """Produces calibration images. ``bit_independent`` generators are cached across bit widths."""
 
     Options: ClassVar[type] = NoOptions
+    version: ClassVar[str] = "1"  # bump when a change moves the images (docs/results.md: code versions)
     bit_independent: ClassVar[bool] = True
     in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
     smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
@@ -77,6 +78,7 @@ class Calibrator(ABC):
     """
 
     Options: ClassVar[type] = NoOptions
+    version: ClassVar[str] = "1"  # bump when a change moves the calibrated model (docs/results.md)
     supports_mixed_precision: ClassVar[bool] = False
     smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
 

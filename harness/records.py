@@ -1,6 +1,12 @@
-"""The result store: one JSON record per cell, written atomically, named by the cell id (spec §5)."""
+"""The result store: one JSON record per cell, written atomically, named by the cell id (docs/results.md).
+
+It also holds the cached calibration sets of bit-independent generators, as safetensors files
+(tensors) with their metadata as JSON inside: reading a cache never unpickles anything, so a shared
+results folder cannot run code.
+"""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,9 +19,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from harness.errors import HarnessError
-from harness.io import write_json
+from harness.io import atomic_write, write_json
+from harness.method import CalibrationSet
+from harness.task import ImagePrior
 
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "mmdet", "mmsegmentation", "mmengine")
 
@@ -52,6 +62,59 @@ class ResultStore:
             record = read_record(path)
             if record is not None:
                 yield record
+
+    def calibration_path(self, generator: str, key: str) -> Path:
+        return self.root / "cache" / "generators" / generator / f"{key}{CALIBRATION_SUFFIX}"
+
+    def calibration_entries(self) -> Iterator["CachedCalibration"]:
+        """Every readable cached calibration set, in path order (torn or foreign files are skipped)."""
+        for path in sorted((self.root / "cache" / "generators").glob(f"*/*{CALIBRATION_SUFFIX}")):
+            entry = read_calibration(path)
+            if entry is not None:
+                yield entry
+
+
+CALIBRATION_SUFFIX = ".safetensors"
+CALIBRATION_META = {"generator", "model", "seed", "options", "prior", "code", "generate_seconds"}
+
+
+@dataclasses.dataclass
+class CachedCalibration:
+    """A cached calibration set and what made it: generator, model, seed, options, prior, code, seconds."""
+
+    path: Path
+    calibration: CalibrationSet
+    meta: dict[str, Any]
+
+    @property
+    def prior(self) -> ImagePrior:
+        prior = self.meta["prior"]
+        return ImagePrior(input_size=tuple(prior["input_size"]), mean=tuple(prior["mean"]), std=tuple(prior["std"]),
+                          num_classes=prior["num_classes"])
+
+
+def write_calibration(path: Path, calibration: CalibrationSet, meta: dict[str, Any]) -> None:
+    """Images (and labels) as safetensors; ``meta`` and the set's info as JSON in the file's header."""
+    tensors = {"images": calibration.images.detach().cpu().contiguous()}
+    if calibration.labels is not None:
+        tensors["labels"] = calibration.labels.detach().cpu().contiguous()
+    header = {"meta": json.dumps(meta, sort_keys=True), "info": json.dumps(calibration.info, sort_keys=True)}
+    atomic_write(path, lambda handle: handle.write(save(tensors, metadata=header)))
+
+
+def read_calibration(path: Path) -> CachedCalibration | None:
+    """A cache entry, or None when absent, torn, tampered or not written by :func:`write_calibration`."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            header = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        meta, info = json.loads(header["meta"]), json.loads(header["info"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError):
+        return None
+    if "images" not in tensors or not isinstance(meta, dict) or not CALIBRATION_META <= meta.keys() or not isinstance(info, dict):
+        return None
+    return CachedCalibration(path, CalibrationSet(images=tensors["images"], labels=tensors.get("labels"), info=info),
+                             meta)
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

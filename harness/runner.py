@@ -4,6 +4,9 @@ Resumable: a cell whose ``ok`` record exists is skipped, so a killed grid starte
 nothing and redoes nothing that finished. A failing cell becomes an error record; the grid goes on.
 Several runners may share one results directory: a per-cell lock makes each cell computed once,
 a runner first does the cells nobody holds, then waits for the ones another runner is computing.
+Every record, cached calibration set and cached FP metric carries the code versions and source
+digests that made it (harness.code_version): what other code made is named (``stale``) and
+recomputed only on request (``recompute_stale``), never reused without a word.
 """
 from __future__ import annotations
 
@@ -19,19 +22,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.code_version import describe_difference
 from harness.errors import HarnessError
 from harness.grid import RECORD_SCHEMA, Cell, GridSpec, expand
-from harness.io import config_hash, file_lock, save_torch, write_json
+from harness.io import config_hash, file_lock, write_json
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.progress import progress_bar
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.records import PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_record
+from harness.records import (PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_calibration,
+                             read_record, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
 from harness.task import ImagePrior, Task
 
 
 Outcome = tuple[dict[str, Any], bool]  # a cell's record, and whether this call computed it
+
+
+@dataclass(frozen=True)
+class StaleEntry:
+    """A finished record, cached calibration set or FP metric made by other code than the checkout's."""
+
+    kind: str  # "record", "calibration set", "FP metric"
+    path: Path
+    what: str  # which cell or set, in words
+    differences: tuple[str, ...]
 
 
 @dataclass
@@ -40,6 +55,7 @@ class RunSummary:
     computed: int = 0
     skipped: int = 0
     failed: int = 0
+    stale: list[StaleEntry] = field(default_factory=list)  # reused as they are; see recompute_stale
 
     def add(self, outcome: Outcome) -> None:
         record, computed = outcome
@@ -52,10 +68,12 @@ class RunSummary:
 class GridRunner:
     """Runs cells in order, sharing task instances, the FP model and cached calibration sets."""
 
-    def __init__(self, out: Path, device: str = "cpu", force: bool = False) -> None:
+    def __init__(self, out: Path, device: str = "cpu", force: bool = False, recompute_stale: bool = False) -> None:
         self.store = ResultStore(out)
         self.device = torch.device(device)
-        self.force = force
+        self.force = force  # redo records, calibration sets and FP metrics older than this run
+        self.recompute_stale = recompute_stale  # redo those made by other code than the checkout's
+        self.stale: dict[Path, StaleEntry] = {}
         self._tasks: dict[tuple, Task] = {}
         self._fp_model: tuple[tuple, nn.Module] | None = None
         self._commit = harness_commit()
@@ -85,7 +103,7 @@ class GridRunner:
         else:
             pending = []
             for cell in cells:
-                existing = self._reusable(cell.cell_id(self._weights_id(cell)))
+                existing = self._reusable(cell, cell.cell_id(self._weights_id(cell)))
                 if existing is None:
                     pending.append(cell)
                 else:
@@ -95,18 +113,24 @@ class GridRunner:
                 summary.add(outcome)
                 bar.update()
         bar.close()
+        by_id = {cell.cell_id(self._weights_id(cell)): cell for cell in cells}
+        for record in summary.records:  # also those computed by other processes (executors) from stale sets
+            path, cell = self.store.path(record["cell_id"]), by_id[record["cell_id"]]
+            if record.get("status") == "ok" and path not in self.stale:
+                self._current(path, "record", _what(cell, record), record.get("code"), cell.code())
+        summary.stale = list(self.stale.values())
         return summary
 
     def settle(self, cell: Cell, blocking: bool = True) -> Outcome | None:
         """Reuse the cell's finished record or compute it under its lock; None if held elsewhere."""
         weights_id = self._weights_id(cell)
         cell_id = cell.cell_id(weights_id)
-        if (existing := self._reusable(cell_id)) is not None:
+        if (existing := self._reusable(cell, cell_id)) is not None:
             return existing, False
         with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder) as acquired:
             if not acquired:
                 return None
-            if (existing := self._reusable(cell_id)) is not None:  # finished while we were not looking
+            if (existing := self._reusable(cell, cell_id)) is not None:  # finished while we were not looking
                 return existing, False
             record = self.run_cell(cell, cell_id, weights_id)
             self.store.write(record)
@@ -117,18 +141,33 @@ class GridRunner:
         weights_id = self._weights_id(cell)
         cell_id = cell.cell_id(weights_id)
         with file_lock(self.store.lock_path(cell_id), holder=self._holder):
-            if (existing := self._reusable(cell_id)) is not None:
+            if (existing := self._reusable(cell, cell_id)) is not None:
                 return existing, False
             record = {**self._base_record(cell, cell_id, weights_id), "status": "error", "error": message}
             self.store.write(record)
         return record, True
 
-    def _reusable(self, cell_id: str) -> dict[str, Any] | None:
-        """A finished record, unless --force asks to redo records older than this run."""
+    def _reusable(self, cell: Cell, cell_id: str) -> dict[str, Any] | None:
+        """A finished record, unless --force asks to redo records older than this run (or it is stale)."""
         record = self.store.finished(cell_id)
-        if record is not None and self.force and self.store.path(cell_id).stat().st_mtime < self._started:
+        if record is None or self._forced(self.store.path(cell_id)):
             return None
-        return record
+        path = self.store.path(cell_id)
+        return record if self._current(path, "record", _what(cell, record), record.get("code"), cell.code()) else None
+
+    def _forced(self, path: Path) -> bool:
+        """Whether --force asks to redo ``path`` (made before this run started)."""
+        return self.force and path.stat().st_mtime < self._started
+
+    def _current(self, path: Path, kind: str, what: str, stored: dict | None, current: dict) -> bool:
+        """Whether an artefact may be reused: made by the checkout's code, or stale and not to be recomputed."""
+        differences = describe_difference(stored, current)
+        if not differences:
+            return True
+        if self.recompute_stale:
+            return False
+        self.stale[path] = StaleEntry(kind, path, what, tuple(differences))
+        return True
 
     def _task(self, cell: Cell) -> Task:
         key = (cell.task, config_hash(cell.config()["options"]["task"]))
@@ -152,7 +191,7 @@ class GridRunner:
     def _base_record(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
         return {
             "schema": RECORD_SCHEMA, "cell_id": cell_id, "weights_id": weights_id, **cell.config(),
-            "label": _label(cell), "harness_commit": self._commit, "versions": library_versions(),
+            "label": _label(cell), "code": cell.code(), "harness_commit": self._commit, "versions": library_versions(),
             **provenance(),
         }
 
@@ -178,7 +217,7 @@ class GridRunner:
         fp_metrics = self._fp_metrics(cell, task, fp_model, weights_id)
         if cell.bits.is_fp:
             return {"metrics": fp_metrics, "fp_metrics": fp_metrics, "num_calibration_images": 0}
-        calibration, cache_hit = self._calibration_set(cell, task, fp_model, weights_id, timing)
+        calibration, cache_hit, generator_code = self._calibration_set(cell, task, fp_model, weights_id, timing)
         start = time.perf_counter()
         qmodel = quantize_model(fp_model, cell.bits, cell.quant, part=task.quantized_part)
         calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
@@ -194,7 +233,7 @@ class GridRunner:
         metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
         timing["evaluate"] = time.perf_counter() - start
         return {
-            "metrics": metrics, "fp_metrics": fp_metrics,
+            "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
             "generator_cache_hit": cache_hit, "calibration_info": calibration.info,
             "calibrator_info": calibrator_info or {},
@@ -207,48 +246,48 @@ class GridRunner:
         }
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
-        """Computed once per (task, model, weights, task options, limit) and cached beside the records."""
+        """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""
         task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
-        path = self.store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}.json"
+        task_code = {"task": cell.code()["task"]}
+        path = (self.store.root / "fp" /
+                f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{task_code['task']['version']}.json")
         with file_lock(path.with_suffix(".lock"), holder=self._holder):
             cached = read_record(path)
-            if cached is not None:
+            if (cached is not None and not self._forced(path)
+                    and self._current(path, "FP metric", f"{cell.task} {cell.model}", cached.get("code"), task_code)):
                 return cached["metrics"]
             metrics = task.evaluate(fp_model, cell.model, limit=cell.limit)
-            write_json(path, {"cell_id": path.stem, "metrics": metrics})
+            write_json(path, {"cell_id": path.stem, "metrics": metrics, "code": task_code})
         return metrics
 
     def _calibration_set(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str,
-                         timing: dict[str, float]) -> tuple[CalibrationSet, bool]:
-        """Bit-independent generator outputs are cached on disk, keyed by (generator, options, weights, seed)."""
+                         timing: dict[str, float]) -> tuple[CalibrationSet, bool, dict[str, str]]:
+        """Bit-independent generator outputs are cached on disk, keyed by (generator, options, weights, seed, versions).
+
+        Returns the set, whether it came from the cache, and the generator code that made it.
+        """
         generator = GENERATORS.get(cell.generator)(cell.generator_options)
         prior = task.prior(cell.model)
+        code = {component: cell.code()[component] for component in ("generator", "task")}
         key = config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
                            "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                           "prior": str(prior)})
-        path = self.store.root / "cache" / "generators" / cell.generator / f"{key}.pt"
+                           "prior": str(prior), "versions": {name: c["version"] for name, c in code.items()}})
         if not generator.bit_independent:
-            return self._generate(cell, generator, task, fp_model, prior, timing), False
+            return self._generate(cell, generator, task, fp_model, prior, timing), False, code["generator"]
+        path = self.store.calibration_path(cell.generator, key)
         with file_lock(path.with_suffix(".lock"), holder=self._holder):  # one worker generates a set
-            cached = self._cached_calibration(path, timing)
-            if cached is not None:
-                return cached, True
+            entry = read_calibration(path) if path.exists() and not self._forced(path) else None
+            what = f"{cell.generator} {cell.model} seed {cell.seed}"
+            if entry is not None and self._current(path, "calibration set", what, entry.meta.get("code"), code):
+                timing["generate"] = entry.meta["generate_seconds"]
+                return entry.calibration, True, entry.meta["code"]["generator"]
             calibration = self._generate(cell, generator, task, fp_model, prior, timing)
-            save_torch(path, {"calibration": calibration, "generate_seconds": timing["generate"],
-                              "prior": prior, "model": cell.model, "seed": cell.seed,
-                              "options": cell.config()["options"]["generator"]})
-        return calibration, False
-
-    @staticmethod
-    def _cached_calibration(path: Path, timing: dict[str, float]) -> CalibrationSet | None:
-        if path.exists():
-            try:
-                entry = torch.load(path, map_location="cpu", weights_only=False)
-                timing["generate"] = entry["generate_seconds"]
-                return entry["calibration"]
-            except Exception:  # a torn or corrupt cache entry is regenerated, never trusted
-                path.unlink(missing_ok=True)
-        return None
+            write_calibration(path, calibration, {
+                "generator": cell.generator, "model": cell.model, "seed": cell.seed, "task": cell.task,
+                "options": cell.config()["options"]["generator"], "prior": dataclasses.asdict(prior),
+                "code": code, "generate_seconds": timing["generate"], "weights_id": weights_id,
+            })
+        return calibration, False, code["generator"]
 
     def _generate(self, cell: Cell, generator: Generator, task: Task, fp_model: nn.Module, prior: ImagePrior,
                   timing: dict[str, float]) -> CalibrationSet:
@@ -263,6 +302,10 @@ class GridRunner:
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
         return calibration
+
+
+def _what(cell: Cell, record: dict[str, Any]) -> str:
+    return f"{record.get('label', cell.method)} {cell.model} {cell.bits} seed {cell.seed}"
 
 
 def _label(cell: Cell) -> str:

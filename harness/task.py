@@ -58,6 +58,7 @@ class Task(ABC):
     model_names: ClassVar[tuple[str, ...]]
     metric_names: ClassVar[tuple[str, ...]]
     Options: ClassVar[type] = TaskOptions
+    version: ClassVar[str] = "1"  # bump when models, data or metric change a result (docs/results.md)
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or self.Options()

@@ -1,13 +1,16 @@
 """Read a checkpoint file into a state dict with torch's safe unpickler, whatever wraps the tensors."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
+from torch import nn
 
 from harness.errors import HarnessError
+from harness.io import atomic_write
 
 
 def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tensor]:
@@ -31,6 +34,13 @@ def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tens
     if not content or not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise HarnessError(f"checkpoint {path} holds no state dict (name -> tensor, possibly under 'model' or 'state_dict')")
     return content
+
+
+def write_state_dict(path: Path, model: nn.Module) -> str:
+    """``model``'s state dict as a safetensors file (atomically; no pickle); returns the file's sha256."""
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write(path, lambda handle: handle.write(save(state)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _one_line(error: Exception, limit: int = 200) -> str:

@@ -6,18 +6,29 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from harness.grid import code_differences
+from harness.io import config_hash
+
+STALE_MARK = "†"
 IDENTITY = ("cell_id", "label", "method", "generator", "calibrator", "task", "model", "bits", "seed")
 # A leaderboard entry: one method (label) at one bit width on one model and evaluation subset.
 ENTRY = ["task", "model", "subset", "label", "method", "bits"]
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten ``ok`` records: identity columns plus ``metric.*``, ``fp.*``, ``time.*`` and ``memory.*``."""
+    """Flatten ``ok`` records: identity columns plus ``metric.*``, ``fp.*``, ``time.*`` and ``memory.*``.
+
+    ``stale`` says how the code that made a record differs from the checkout's (empty when it does not).
+    """
     rows = []
     for record in records:
         if record.get("status") != "ok":
             continue
         row = {key: record.get(key) for key in IDENTITY}
+        # a result made by other code than the checkout's is its own row, marked with a code fingerprint
+        row["stale"] = "; ".join(code_differences(record))
+        if row["stale"]:
+            row["label"] = f"{row['label']} {STALE_MARK} code {config_hash(record.get('code') or {}, 6)}"
         options = record.get("options", {})
         row["profile"] = options.get("quant", {}).get("profile")
         # Cells evaluated on different subsets (--limit) have different FP values: never average them.

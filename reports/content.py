@@ -98,6 +98,14 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class StaleRow:
+    """A leaderboard row made by other code than the checkout's, and how that code differs."""
+
+    label: str
+    differences: str
+
+
+@dataclass(frozen=True)
 class TaskReport:
     task: str
     slug: str
@@ -105,6 +113,7 @@ class TaskReport:
     sections: list[ModelSection]
     galleries: list[Figure]
     sources: list[Source]
+    stale: list[StaleRow]
 
 
 @dataclass(frozen=True)
@@ -169,8 +178,9 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
                        "de-normalized with the task's image prior")
         for generator, rows in cached_galleries(results, set(frame["model"])).items()
     ]
+    stale = frame.loc[frame["stale"] != "", ["label", "stale"]].drop_duplicates().sort_values("label")
     return TaskReport(task=task, slug=slug(task), metrics=metrics, sections=sections, galleries=galleries,
-                      sources=_cited(sections))
+                      sources=_cited(sections), stale=[StaleRow(row.label, row.stale) for row in stale.itertuples()])
 
 
 def _by_section(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:

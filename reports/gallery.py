@@ -1,8 +1,8 @@
 """Calibration images for the report's gallery, read back from the generator cache of a results folder.
 
-The cache (``RESULTS/cache/generators/<generator>/<key>.pt``, written by ``harness.runner``) holds
-each bit-independent generator's images with the image prior that de-normalizes them, so the
-gallery shows exactly what the calibrators saw, at no cost of regenerating.
+The cache (read through ``ResultStore.calibration_entries``) holds each bit-independent generator's
+images with the image prior that de-normalizes them, so the gallery shows exactly what the
+calibrators saw, at no cost of regenerating.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from harness.records import CachedCalibration, ResultStore
 
 IMAGES_PER_ROW = 8
 
@@ -26,26 +27,16 @@ class GalleryRow:
 
 def cached_galleries(results: Path, models: set[str]) -> dict[str, list[GalleryRow]]:
     """Generator name -> one row per model in ``models`` that has a cache entry, sorted by model."""
-    chosen: dict[tuple[str, str], dict] = {}
-    for path in sorted((Path(results) / "cache" / "generators").glob("*/*.pt")):
-        entry = _load(path)
-        if entry is None or entry.get("model") not in models:
+    chosen: dict[tuple[str, str], CachedCalibration] = {}
+    for entry in ResultStore(Path(results)).calibration_entries():
+        if entry.meta["model"] not in models:
             continue
-        key = (path.parent.name, entry["model"])
-        if key not in chosen or entry["seed"] < chosen[key]["seed"]:
+        key = (entry.meta["generator"], entry.meta["model"])
+        if key not in chosen or entry.meta["seed"] < chosen[key].meta["seed"]:
             chosen[key] = entry
     galleries: dict[str, list[GalleryRow]] = {}
     for (generator, model), entry in sorted(chosen.items(), key=lambda item: item[0]):
-        images = entry["prior"].denormalize(entry["calibration"].images[:IMAGES_PER_ROW].float())
+        images = entry.prior.denormalize(entry.calibration.images[:IMAGES_PER_ROW].float())
         galleries.setdefault(generator, []).append(
-            GalleryRow(model=model, seed=entry["seed"], images=images.permute(0, 2, 3, 1).numpy()))
+            GalleryRow(model=model, seed=entry.meta["seed"], images=images.permute(0, 2, 3, 1).numpy()))
     return galleries
-
-
-def _load(path: Path) -> dict | None:
-    """A cache entry, or None when torn or unreadable (the runner regenerates those; the gallery skips them)."""
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:
-        return None
-    return entry if isinstance(entry, dict) and {"calibration", "prior", "model", "seed"} <= entry.keys() else None

@@ -1,6 +1,6 @@
 """``python -m methods.psaq.export CACHE_FILE OUT.png``: a cached calibration set as a PNG grid.
 
-CACHE_FILE is a generator cache entry of the runner (``results/cache/generators/psaq/<key>.pt``);
+CACHE_FILE is a generator cache entry of the runner (``results/cache/generators/psaq/<key>.safetensors``);
 its images are de-normalized with the mean/std of the prior stored beside them.
 """
 from __future__ import annotations
@@ -8,20 +8,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from harness.errors import HarnessError
 from harness.priors.gallery import save_image_grid
+from harness.records import read_calibration
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m methods.psaq.export", description=__doc__.splitlines()[0])
-    parser.add_argument("cache_file", type=Path, help="a .pt entry of results/cache/generators/<generator>/")
+    parser.add_argument("cache_file", type=Path, help="a .safetensors entry of results/cache/generators/<generator>/")
     parser.add_argument("out", type=Path, help="PNG file to write")
     parser.add_argument("--nrow", type=int, default=8, help="images per row")
     parser.add_argument("--scale", type=int, default=1, help="enlarge every image by this factor")
     args = parser.parse_args(argv)
-    entry = torch.load(args.cache_file, map_location="cpu", weights_only=False)
-    path = save_image_grid(entry["calibration"].images, entry["prior"], args.out, args.nrow, args.scale)
+    entry = read_calibration(args.cache_file)
+    if entry is None:
+        raise HarnessError(f"{args.cache_file} is not a calibration-set cache entry written by the harness")
+    path = save_image_grid(entry.calibration.images, entry.prior, args.out, args.nrow, args.scale)
     print(f"written: {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Offline task ``digits``: scikit-learn's digits at 16x16 with two ViTs the harness trains and caches.
+"""Offline task ``digits``: scikit-learn's digits at 16x16 with two small ViTs shipped with the package.
 
 A smoke-level benchmark (16 patches): it separates methods only at very low activation bits, and
 orderings must be read over several calibration seeds and both models.
@@ -12,13 +12,12 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
-from harness.io import file_sha256
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, calibration_indices, register_models
 from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
-from tasks.digits.train import build_model, trained_checkpoint
-
-MODEL_SEEDS = {"digits_vit_seed0": 0, "digits_vit_seed1": 1}
+from harness.weights import read_state_dict
+from tasks.digits.shipped import MODEL_SEEDS, shipped_weights
+from tasks.digits.model import build_model
 
 
 @TASKS.register("digits")
@@ -28,26 +27,24 @@ class DigitsTask(Task):
     name = "digits"
     metric_names = ("top1",)
     model_names = register_models("digits", {
-        name: f"timm ViT 16px/patch 4, dim 64, depth 4, trained here (seed {seed})"
+        name: f"timm ViT 16px/patch 4, dim 64, depth 4, shipped (trained with seed {seed})"
         for name, seed in MODEL_SEEDS.items()
     })
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self._weights_ids: dict[str, str] = {}
+        self._weights: dict[str, tuple] = {}
 
-    def _checkpoint(self, model_name: str):
+    def _shipped(self, model_name: str) -> tuple:
         if model_name not in MODEL_SEEDS:
             raise HarnessError(f"model {model_name!r} is not a digits model; accepted: {', '.join(MODEL_SEEDS)}")
-        return trained_checkpoint(MODEL_SEEDS[model_name])
+        if model_name not in self._weights:
+            self._weights[model_name] = shipped_weights(model_name)
+        return self._weights[model_name]
 
     def load_model(self, model_name: str) -> nn.Module:
-        path = self._checkpoint(model_name)
         model = build_model()
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-        except Exception as error:
-            raise HarnessError(f"cached digits checkpoint {path} is unreadable ({error}); delete it to retrain") from error
+        model.load_state_dict(read_state_dict(self._shipped(model_name)[0]))
         return model.eval()
 
     def prior(self, model_name: str) -> ImagePrior:
@@ -66,6 +63,4 @@ class DigitsTask(Task):
                              total=math.ceil(len(labels) / batch_size))
 
     def weights_id(self, model_name: str) -> str:
-        if model_name not in self._weights_ids:
-            self._weights_ids[model_name] = file_sha256(self._checkpoint(model_name))
-        return self._weights_ids[model_name]
+        return self._shipped(model_name)[1][:16]

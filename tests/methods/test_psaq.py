@@ -115,7 +115,7 @@ def test_runner_caches_psaq_images_and_export_writes_a_grid(tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
     assert sorted(r["generator_cache_hit"] for r in records) == [False, True]
     assert all(r["calibration_info"]["lr"] == pytest.approx(0.20) for r in records)
-    (entry,) = (tmp_path / "cache" / "generators" / "psaq").glob("*.pt")
+    (entry,) = (tmp_path / "cache" / "generators" / "psaq").glob("*.safetensors")
     out = tmp_path / "grid.png"
     assert export_main([str(entry), str(out), "--nrow", "2", "--scale", "2"]) == 0
     with Image.open(out) as image:  # 2 x 2 tiles of 32 px plus torchvision's 2 px padding

@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 import pytest
 
+from harness.errors import HarnessError
+from harness.grid import component_code
+
 FP_TOP1 = 72.30  # deit_tiny's published FP is 72.21, so the FP gap is +0.09
 
 # (label, method, generator, calibrator, bits, seed, top1, limit): the grid the report tests read back.
@@ -28,7 +31,8 @@ CELLS = [
 def make_record(label: str = "psaq", method: str = "psaq", generator: str = "psaq", calibrator: str = "minmax",
                 task: str = "imagenet", model: str = "deit_tiny_patch16_224", bits: str = "w8a8", seed: int = 0,
                 top1: float = 70.0, fp: float = FP_TOP1, limit: int | None = None, status: str = "ok",
-                ) -> dict[str, Any]:
+                code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record as the runner writes it; ``code`` defaults to the checkout's code of its components."""
     identity = {"method": method, "generator": generator, "calibrator": calibrator, "task": task, "model": model,
                 "bits": bits, "seed": seed, "label": label, "limit": limit}
     record = {
@@ -38,6 +42,7 @@ def make_record(label: str = "psaq", method: str = "psaq", generator: str = "psa
                     "quant": {"profile": "standard", "attn_quantizer": "uniform", "keep_first_last_fp": False},
                     "task": {"batch_size": 64, "checkpoint": None, "data_root": None}},
         "harness_commit": "abc123", "versions": {"python": "3.11.7", "torch": "2.14.1"},
+        "code": code if code is not None else _current_code(task, generator, calibrator, bits),
         "date": f"2026-01-0{seed + 1}T12:00:00+00:00", "host": "testhost", "pid": 1,
         "machine": "Linux x86_64, 2 cpus, torch threads 2",
         "timing_s": {"generate": 10.0 + seed, "calibrate": 0.5, "evaluate": 2.0},
@@ -49,6 +54,13 @@ def make_record(label: str = "psaq", method: str = "psaq", generator: str = "psa
     else:
         record.update(error="RuntimeError: out of memory", traceback="...")
     return record
+
+
+def _current_code(task: str, generator: str, calibrator: str, bits: str) -> dict[str, Any]:
+    try:
+        return component_code(task, *(() if bits == "fp" else (generator, calibrator)))
+    except HarnessError:  # a plugin name made up for a test (markup, a removed plugin): no current code
+        return {}
 
 
 def write_records(results: Path, records: list[dict[str, Any]]) -> Path:

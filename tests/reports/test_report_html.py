@@ -1,6 +1,7 @@
 """The HTML page: escaped, self-contained, with the gallery, and clean in a real browser."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from harness.method import CalibrationSet
+from harness.records import ResultStore, write_calibration
 from harness.task import ImagePrior
 from reports.gallery import cached_galleries
 from reports.render import write_report
@@ -19,13 +21,13 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def write_cache_entry(results: Path, generator: str, model: str, seed: int) -> Path:
-    """A generator cache entry laid out as ``harness.runner`` writes it."""
+    """A generator cache entry as ``harness.runner`` writes it."""
     prior = ImagePrior(input_size=(3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=10)
     images = torch.linspace(-2, 2, 10 * 3 * 8 * 8).reshape(10, 3, 8, 8)
-    path = results / "cache" / "generators" / generator / f"{model}-{seed}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"calibration": CalibrationSet(images=images), "generate_seconds": 1.0, "prior": prior,
-                "model": model, "seed": seed}, path)
+    path = ResultStore(results).calibration_path(generator, f"{model}-{seed}")
+    write_calibration(path, CalibrationSet(images=images), {
+        "generator": generator, "model": model, "seed": seed, "options": {}, "prior": dataclasses.asdict(prior),
+        "code": {}, "generate_seconds": 1.0})
     return path
 
 
@@ -36,7 +38,7 @@ def evil_results(tmp_path_factory, grid_records, make_record, write_records) -> 
     results = write_records(tmp_path_factory.mktemp("results"), [*grid_records, evil])
     write_cache_entry(results, "psaq", "deit_tiny_patch16_224", seed=1)
     write_cache_entry(results, "psaq", "deit_tiny_patch16_224", seed=0)
-    (results / "cache" / "generators" / "psaq" / "torn.pt").write_bytes(b"not a torch file")
+    (results / "cache" / "generators" / "psaq" / "torn.safetensors").write_bytes(b"not a safetensors file")
     write_report(results, results / "report")
     return results
 

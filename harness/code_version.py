@@ -1,0 +1,150 @@
+"""Which code made a result: each component's declared version and a digest of its source.
+
+A component is a generator, a calibrator, a task (the plugin classes) or the quantizer. Its
+``version`` is a promise its author bumps when results change: it enters the cell identity and the
+generator-cache key, so a new version recomputes. Its *digest* is a safety net for edits made
+without a bump: a hash of the code of the module that defines it and of every project module that
+module imports (transitively, read from the import statements), taken over the syntax tree without
+docstrings, so comments, layout and docs never count as a change. Records and cache entries store
+both; ``run`` and ``report`` name what was made by other code than the checkout's (docs/results.md).
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUANTIZER_VERSION = "1"  # bump when the quantizer's arithmetic or placement changes a result
+QUANTIZER_MODULE = "harness.quant.convert"
+PROJECT_PACKAGES = ("harness", "methods", "tasks")
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """A component's declared version and the digest of the source behind it."""
+
+    version: str
+    digest: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"version": self.version, "digest": self.digest}
+
+
+def plugin_code(plugin: type) -> CodeVersion:
+    """The version (class attribute ``version``) and source digest of a plugin class."""
+    return CodeVersion(str(getattr(plugin, "version", "1")), module_digest(plugin.__module__))
+
+
+def quantizer_code() -> CodeVersion:
+    return CodeVersion(QUANTIZER_VERSION, module_digest(QUANTIZER_MODULE))
+
+
+@functools.lru_cache(maxsize=None)
+def module_digest(module_name: str) -> str:
+    """sha256 (16 hex digits) over the docstring-free syntax trees of ``module_name`` and its project imports.
+
+    Modules outside the project's packages (installed libraries, outside plugins' dependencies)
+    are not followed; an outside plugin's own module is.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(_project_closure(module_name)):
+        digest.update(name.encode() + b"\0" + _normalized_source(name).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _project_closure(root: str) -> set[str]:
+    seen, pending = set(), [root]
+    while pending:
+        name = pending.pop()
+        if name in seen or _source_path(name) is None:
+            continue
+        seen.add(name)
+        pending.extend(imported for imported in _imports(name)
+                       if imported.split(".")[0] in PROJECT_PACKAGES and imported not in seen)
+    return seen
+
+
+@functools.lru_cache(maxsize=None)
+def _source_path(module_name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(module_name: str) -> ast.Module:
+    return ast.parse(_source_path(module_name).read_text())
+
+
+def _imports(module_name: str) -> set[str]:
+    """Modules named by the import statements of ``module_name`` (anywhere in it), made absolute.
+
+    ``from package import name`` adds ``package.name`` too, in case the name is a submodule.
+    """
+    path = _source_path(module_name)
+    package = module_name if path.name == "__init__.py" else module_name.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(_tree(module_name)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                parent = parent[:len(parent) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    # a package's modules run its __init__ first
+    for name in list(names):
+        parts = name.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {name for name in names if name}
+
+
+def _normalized_source(module_name: str) -> str:
+    """The module's syntax tree without docstrings: comments, formatting and docs do not count."""
+    tree = ast.parse(_source_path(module_name).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
+
+def source_file(plugin: type) -> str:
+    """Where a plugin is defined, for messages."""
+    return inspect.getsourcefile(plugin) or plugin.__module__
+
+
+def clear_digests() -> None:
+    """Forget cached digests (a long-lived process whose sources were edited, and the tests)."""
+    for cached in (module_digest, _source_path, _tree):
+        cached.cache_clear()
+
+
+def describe_difference(stored: dict[str, Any] | None, current: dict[str, dict[str, str]]) -> list[str]:
+    """Components whose stored code differs from the checkout's, e.g. ``generator psaq: source changed``."""
+    if not stored:
+        return ["no code versions recorded (made before they were)"]
+    differences = []
+    for component, now in current.items():
+        before = stored.get(component)
+        if before is None:
+            differences.append(f"{component}: not recorded")
+        elif before.get("version") != now["version"]:
+            differences.append(f"{component}: version {before.get('version')} -> {now['version']}")
+        elif before.get("digest") != now["digest"]:
+            differences.append(f"{component}: source changed")
+    return differences

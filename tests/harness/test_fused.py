@@ -1,0 +1,101 @@
+"""The fused-kernel fallback: a compilation failure runs eager torch and says why, once."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import fused
+from harness.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
+    def broken(function, dynamic):
+        def call(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler found"), None)
+        return call
+
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    kernels, others = FusedKernels("a test"), FusedKernels("another test")
+    double = kernels.pick(lambda x: 2 * x)
+    with pytest.warns(RuntimeWarning, match="fused kernels unavailable .*a test.*no C\\+\\+ compiler found") as caught:
+        assert double(torch.tensor(3.0)) == 6.0
+    assert len(caught) == 1
+    assert not kernels.enabled and not others.enabled and "no C++ compiler found" in kernels.failure
+    assert kernels.pick(abs)(-1) == 1  # later picks, of every instance, are the eager functions themselves
+    assert others.pick(abs) is abs
+
+
+def test_compiler_error_is_the_headline_and_the_first_error_line():
+    message = textwrap.dedent("""\
+        CppCompileError: C++ compile error
+
+        Command:
+        g++ /tmp/k.cpp -O3 -o /tmp/k.so
+
+        Output:
+        In file included from /tmp/k.cpp:1:
+        /tmp/k.cpp:12:5: error: 'at::vec' has not been declared
+        /tmp/k.cpp:13:5: error: a later one
+
+        Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace""")
+    assert compiler_error(RuntimeError(message)) == "CppCompileError: C++ compile error: 'at::vec' has not been declared"
+    no_compiler = "InvalidCxxCompiler: No working C++ compiler found\n\nSet TORCHDYNAMO_VERBOSE=1 for the trace"
+    assert compiler_error(RuntimeError(no_compiler)) == "InvalidCxxCompiler: No working C++ compiler found"
+
+
+FAILING_COMPILER = """#!/bin/sh
+# g++ for inductor's compiler check; inductor's generated kernels fail the way a broken header path does
+for argument in "$@"; do
+  case "$argument" in
+    *.cpp) if grep -q kernel "$argument" 2>/dev/null; then
+        echo "$argument:12:5: error: 'at::vec' has not been declared" >&2
+        echo "$argument:13:5: error: a later one" >&2
+        exit 1
+      fi;;
+  esac
+done
+exec g++ "$@"
+"""
+
+PROGRAM = """
+import json, warnings, torch
+from harness.priors.patch_similarity import patch_similarity_entropy
+from harness.priors.synthesis import total_variation
+attn_v = torch.randn(6, 2, 33, 8, generator=torch.Generator().manual_seed(6))
+images = torch.randn(3, 2, 9, 11, generator=torch.Generator().manual_seed(8))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    values = [patch_similarity_entropy(attn_v, batch_size=3), total_variation(images)]
+print(json.dumps({"warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+                  "values": [v.flatten().tolist() for v in values]}))
+"""
+
+
+def _run(tmp_path: Path, fused_switch: str, compiler: Path) -> dict:
+    env = {**os.environ, ENVIRONMENT_SWITCH: fused_switch, "CXX": str(compiler),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"}
+    result = subprocess.run([sys.executable, "-c", PROGRAM], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the stand-in compiler passes inductor's check through g++")
+def test_a_real_compiler_failure_names_its_first_error_once_and_gives_the_eager_values(tmp_path):
+    compiler = tmp_path / "cc"
+    compiler.write_text(FAILING_COMPILER)
+    compiler.chmod(0o755)
+    broken, eager = _run(tmp_path, "1", compiler), _run(tmp_path, "0", compiler)
+    assert len(broken["warnings"]) == 1, broken["warnings"]
+    assert "'at::vec' has not been declared" in broken["warnings"][0]
+    assert "TORCHDYNAMO_VERBOSE" not in broken["warnings"][0]
+    assert eager["warnings"] == [] and broken["values"] == eager["values"]
