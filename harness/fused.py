@@ -5,7 +5,8 @@ Eager torch makes one memory pass per operation; a kernel such as the patch-simi
 fuses the chain into one loop over the samples; no formula changes, since the functions compiled
 are the eager ones (differentiable ones get a fused backward too). Compiling needs a C++ compiler
 on CPU (Triton on GPU); where it fails, the eager function runs and one warning says why.
-``DFQ_HARNESS_FUSED=0`` turns fusion off.
+``DFQ_HARNESS_FUSED=0`` turns fusion off. :func:`fused_kernel_states` says, for every set of kernels,
+on which devices compiled kernels ran or why they fell back (``benchmarks/gpu_check.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import functools
 import logging
 import os
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -30,6 +32,8 @@ class FusedKernels:
     def __init__(self, purpose: str) -> None:
         self.purpose = purpose
         self._compiled: dict[Callable, Callable] = {}
+        self.devices: set[str] = set()  # device types (cpu, cuda) the compiled kernels have run on
+        _ALL_KERNELS.add(self)
 
     @property
     def failure(self) -> str | None:
@@ -55,15 +59,19 @@ class FusedKernels:
         global _failure
         if _failure is None:
             try:
-                return compiled(*args)
+                result = compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 _failure = compiler_error(error)
                 warnings.warn(f"fused kernels unavailable (first needed for {self.purpose}), running eager torch "
                               f"(slower, same formulas): {_failure}", RuntimeWarning, stacklevel=2)
+            else:
+                self.devices.update(arg.device.type for arg in args if isinstance(arg, torch.Tensor))
+                return result
         return function(*args)
 
 
 _failure: str | None = None
+_ALL_KERNELS: weakref.WeakSet[FusedKernels] = weakref.WeakSet()
 
 
 def compiler_error(error: BaseException, limit: int = 300) -> str:
@@ -77,7 +85,7 @@ def compiler_error(error: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
-def reset_failure() -> None:
-    """Forget a compilation failure (tests that simulate one)."""
-    global _failure
-    _failure = None
+def fused_kernel_states() -> dict[str, dict[str, Any]]:
+    """For each purpose: whether fusion is on, the device types compiled kernels ran on, why it fell back."""
+    return {kernels.purpose: {"enabled": kernels.enabled, "ran_on": sorted(kernels.devices), "failure": kernels.failure}
+            for kernels in sorted(_ALL_KERNELS, key=lambda kernels: kernels.purpose)}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness import fused
-from harness.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error
+from harness.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error, fused_kernel_states
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +33,32 @@ def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
     assert not kernels.enabled and not others.enabled and "no C++ compiler found" in kernels.failure
     assert kernels.pick(abs)(-1) == 1  # later picks, of every instance, are the eager functions themselves
     assert others.pick(abs) is abs
+
+
+def test_states_name_the_devices_compiled_kernels_ran_on(monkeypatch):
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(torch, "compile", lambda function, dynamic: function)  # no compiler needed
+    kernels = FusedKernels("a device test")
+    assert fused_kernel_states()["a device test"] == {"enabled": True, "ran_on": [], "failure": None}
+    assert kernels.pick(lambda x, factor: factor * x)(torch.ones(2), 2.0).tolist() == [2.0, 2.0]
+    assert fused_kernel_states()["a device test"] == {"enabled": True, "ran_on": ["cpu"], "failure": None}
+
+
+def test_states_say_why_kernels_fell_back(monkeypatch):
+    def broken(function, dynamic):
+        def call(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler found"), None)
+        return call
+
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    kernels = FusedKernels("a fallback test")
+    with pytest.warns(RuntimeWarning):
+        kernels.pick(lambda x: 2 * x)(torch.ones(2))
+    state = fused_kernel_states()["a fallback test"]
+    assert not state["enabled"] and state["ran_on"] == [] and "no C++ compiler found" in state["failure"]
 
 
 def test_compiler_error_is_the_headline_and_the_first_error_line():
