@@ -144,7 +144,8 @@ def command_run(args: argparse.Namespace) -> int:
     _warn_stale(summary.stale, args.argv)
     for record in summary.records:
         if record["status"] != "ok":
-            print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}")
+            kept = f" (the finished record is kept: {record['kept_finished_record']})" if "kept_finished_record" in record else ""
+            print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}{kept}")
     frame = records_frame(summary.records)
     if not frame.empty:
         for task, task_frame in frame.groupby("task"):

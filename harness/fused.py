@@ -4,7 +4,10 @@ Eager torch makes one memory pass per operation; a kernel such as the patch-simi
 (subtract, square, scale, clamp, exp, sum, for each of 10 points) spends its time there. Inductor
 fuses the chain into one loop over the samples; no formula changes, since the functions compiled
 are the eager ones (differentiable ones get a fused backward too). Compiling needs a C++ compiler
-on CPU (Triton on GPU); where it fails, the eager function runs and one warning says why.
+on CPU (Triton on GPU); where it fails, the eager function runs and one warning says why. The
+first call of every compiled kernel is checked against the eager function on the same inputs: a
+compiler that builds but computes wrong values (measured: inductor's AVX2 code when torch's kernels
+are forced to AVX2 on an AVX-512 machine gave NaN) also falls back, with the discrepancy named.
 ``DFQ_HARNESS_FUSED=0`` turns fusion off. :func:`fused_kernel_states` says, for every set of kernels,
 on which devices compiled kernels ran or why they fell back (``benchmarks/gpu_check.py``).
 """
@@ -25,13 +28,17 @@ ENVIRONMENT_SWITCH = "DFQ_HARNESS_FUSED"
 class FusedKernels:
     """The compiled versions of a plugin's kernels, made on first use and shared by every call.
 
-    A compilation failure anywhere turns every ``FusedKernels`` to eager torch for the rest of the
-    process, with one warning naming the compiler's first error.
+    A compilation failure (or a compiled kernel that disagrees with its eager function) anywhere
+    turns every ``FusedKernels`` to eager torch for the rest of the process, with one warning.
     """
 
-    def __init__(self, purpose: str) -> None:
+    def __init__(self, purpose: str, probe: Callable[[], None] | None = None) -> None:
         self.purpose = purpose
+        # runs every kernel once on small inputs before the first real call, so a kernel that disagrees
+        # with eager torch turns fusion off before any result depends on it (not half-way through one)
+        self._probe = probe
         self._compiled: dict[Callable, Callable] = {}
+        self._checked: set[Callable] = set()  # functions whose compiled kernel agreed with eager torch
         self.devices: set[str] = set()  # device types (cpu, cuda) the compiled kernels have run on
         _ALL_KERNELS.add(self)
 
@@ -49,6 +56,10 @@ class FusedKernels:
         """``function`` compiled (shapes dynamic, so new sizes do not recompile), or itself if disabled."""
         if not self.enabled:
             return function
+        if self._probe is not None:
+            self._run_probe()
+            if not self.enabled:
+                return function
         if function not in self._compiled:
             # inductor imports torch's C++ extension helper, which warns that a CPU machine has no CUDA
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -62,12 +73,34 @@ class FusedKernels:
                 result = compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 _failure = compiler_error(error)
-                warnings.warn(f"fused kernels unavailable (first needed for {self.purpose}), running eager torch "
-                              f"(slower, same formulas): {_failure}", RuntimeWarning, stacklevel=2)
             else:
+                if function not in self._checked:
+                    expected = function(*args)
+                    _failure = disagreement(result, expected, getattr(function, "__name__", "kernel"))
+                    if _failure is not None:
+                        self._warn()
+                        return expected
+                    self._checked.add(function)
                 self.devices.update(arg.device.type for arg in args if isinstance(arg, torch.Tensor))
                 return result
+            self._warn()
         return function(*args)
+
+    def _run_probe(self) -> None:
+        """The probe with gradients on (a kernel may first be picked inside an autograd forward)."""
+        global _failure
+        probe, self._probe = self._probe, None
+        try:
+            with torch.enable_grad():
+                probe()
+        except Exception as error:  # whatever breaks in the compiled path, the eager one still runs
+            if _failure is None:
+                _failure = f"checking the compiled kernels failed: {type(error).__name__}: {error}"[:300]
+                self._warn()
+
+    def _warn(self) -> None:
+        warnings.warn(f"fused kernels unavailable (first needed for {self.purpose}), running eager torch "
+                      f"(slower, same formulas): {_failure}", RuntimeWarning, stacklevel=3)
 
 
 _failure: str | None = None
@@ -83,6 +116,33 @@ def compiler_error(error: BaseException, limit: int = 300) -> str:
     first_error = next((line.partition("error:")[2].strip() for line in lines if "error:" in line), "")
     text = f"{headline}: {first_error}" if first_error and first_error not in headline else headline
     return text[:limit]
+
+
+def disagreement(compiled: Any, eager: Any, name: str, tolerance: float = 1e-3) -> str | None:
+    """Why a compiled kernel's outputs are not its eager function's (None when they agree).
+
+    The tolerance is loose on purpose (relative to each output's largest magnitude): fusion reorders
+    sums, which moves the last bits; a miscompiled kernel is off by far more or not finite.
+    """
+    pairs = list(zip(_tensors(compiled), _tensors(eager)))
+    if len(pairs) != len(_tensors(eager)):
+        return f"compiled {name} returned another structure than eager torch"
+    for got, want in pairs:
+        got, want = got.detach(), want.detach()
+        if got.shape != want.shape:
+            return f"compiled {name} returned shape {tuple(got.shape)}, eager torch {tuple(want.shape)}"
+        finite = torch.isfinite(want)
+        if not torch.equal(torch.isfinite(got), finite):
+            return f"compiled {name} gave non-finite values where eager torch did not (or the reverse)"
+        scale = float(want[finite].abs().max()) if finite.any() else 0.0
+        error = float((got[finite] - want[finite]).abs().max()) if finite.any() else 0.0
+        if error > tolerance * max(scale, 1e-30):
+            return f"compiled {name} differs from eager torch by {error:.3g} (largest value {scale:.3g})"
+    return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [value] if isinstance(value, torch.Tensor) else [v for v in value if isinstance(v, torch.Tensor)]
 
 
 def fused_kernel_states() -> dict[str, dict[str, Any]]:

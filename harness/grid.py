@@ -123,10 +123,12 @@ def expand(spec: GridSpec) -> list[Cell]:
     """Validate every name up front (so a typo fails before any work) and list the cells."""
     if not spec.methods or not spec.tasks or not spec.bits or not spec.seeds:
         raise HarnessError("empty grid: give at least one method, task, bit spec and seed")
-    bits = [parse_bits(text) for text in spec.bits]
+    bits = list(dict.fromkeys(parse_bits(text) for text in spec.bits))
     models_by_task = _models_by_task(spec)
     cells = []
-    for method_name, task_name, bit_spec, seed in itertools.product(spec.methods, spec.tasks, bits, spec.seeds):
+    # a name or seed given twice is one cell, counted once
+    axes = [list(dict.fromkeys(axis)) for axis in (spec.methods, spec.tasks, bits, spec.seeds)]
+    for method_name, task_name, bit_spec, seed in itertools.product(*axes):
         method = METHODS.get(method_name)
         generator_name = spec.data or method.generator
         calibrator_name = spec.calib or method.calibrator
@@ -153,5 +155,5 @@ def _models_by_task(spec: GridSpec) -> dict[str, list[str]]:
         entry = MODELS.get(model)
         if entry.task not in spec.tasks:
             raise HarnessError(f"model {model!r} belongs to task {entry.task!r}, which is not in --tasks")
-    chosen = {task: [m for m in spec.models if MODELS.get(m).task == task] for task in spec.tasks}
+    chosen = {task: [m for m in dict.fromkeys(spec.models) if MODELS.get(m).task == task] for task in spec.tasks}
     return {task: models or list(TASKS.get(task).model_names) for task, models in chosen.items()}

@@ -47,9 +47,19 @@ class ResultStore:
         record = read_record(self.path(cell_id))
         return record if record is not None and record.get("status") == "ok" else None
 
+    def failure_path(self, cell_id: str) -> Path:
+        return self.root / "failures" / f"{cell_id}.json"
+
     def write(self, record: dict[str, Any]) -> Path:
-        """Atomic: a failed write (disk full, permissions) leaves every other record as it was."""
+        """Atomic: a failed write (disk full, permissions) leaves every other record as it was.
+
+        A failed recompute (``--force``, ``--recompute-stale``) never replaces a finished record: it
+        is written to ``failures/`` beside it, and the record says which finished one was kept.
+        """
         path = self.path(record["cell_id"])
+        if record.get("status") != "ok" and self.finished(record["cell_id"]) is not None:
+            record["kept_finished_record"] = str(path)
+            path = self.failure_path(record["cell_id"])
         try:
             write_json(path, record)
         except OSError as error:

@@ -259,7 +259,7 @@ def _grid_kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, gra
 
 DIRECT = KernelForm("direct", _kernel_sums, _kernel_gradients)
 FACTORIZED = KernelForm("factorized", _grid_kernel_sums, _grid_kernel_gradients)
-_KERNELS = FusedKernels("the patch-similarity prior")
+_KERNELS = FusedKernels("the patch-similarity prior", probe=lambda: _exercise_kernels())
 
 
 def differential_entropy(density: Tensor, points: Tensor, offset: float = ENTROPY_OFFSET) -> Tensor:
@@ -283,6 +283,18 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
     points = low + (high - low) * torch.linspace(0, 1, num_points, device=low.device, dtype=low.dtype)
     density = gaussian_kde(similarities, points, bandwidth, multiplicities, grid_spans_samples=True)
     return differential_entropy(density, points, offset)
+
+
+def _exercise_kernels() -> None:
+    """Every fused kernel, forward and backward, in both kernel forms, with and without autograd, at
+    sizes that take the vectorized and parallel loops (a miscompiled kernel may be right on tiny ones)."""
+    generator = torch.Generator().manual_seed(0)
+    for spread in (1e-3, None):  # tokens nearly parallel: a narrow grid (factorized); random: wide (direct)
+        attn_v = torch.randn(8, 3, 65, 16, generator=generator)
+        attn_v = attn_v if spread is None else 1.0 + spread * attn_v
+        with torch.no_grad():
+            patch_similarity_entropy(attn_v, batch_size=4)
+        patch_similarity_entropy(attn_v.requires_grad_(True), batch_size=4).sum().backward()
 
 
 def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, bandwidth: float = BANDWIDTH,

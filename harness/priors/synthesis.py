@@ -123,7 +123,13 @@ def _placed(values: Tensor, region: tuple[slice, slice]) -> Tensor:
                           int(rows.start is not None), int(rows.stop is not None)))
 
 
-_KERNELS = FusedKernels("total variation")
+_KERNELS = FusedKernels("total variation", probe=lambda: _exercise_kernels())
+
+
+def _exercise_kernels() -> None:
+    """Both fused kernels at a size that takes the vectorized and parallel loops (see harness.fused)."""
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    total_variation(images).backward()
 
 
 def tv_target(shape: tuple[int, ...], generator: torch.Generator, low: float = 2500.0, high: float = 3000.0,

@@ -61,6 +61,29 @@ def test_states_say_why_kernels_fell_back(monkeypatch):
     assert not state["enabled"] and state["ran_on"] == [] and "no C++ compiler found" in state["failure"]
 
 
+def test_a_compiled_kernel_that_disagrees_with_eager_torch_is_not_used(monkeypatch):
+    """A compiler that builds wrong code (NaN, or values off) is caught on the kernel's first call."""
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(torch, "compile", lambda function, dynamic: lambda *args: function(*args) * float("nan"))
+    kernels = FusedKernels("a miscompiled test")
+
+    def double(x):
+        return 2 * x
+
+    with pytest.warns(RuntimeWarning, match="compiled double gave non-finite values where eager torch did not"):
+        assert kernels.pick(double)(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+    assert not kernels.enabled
+
+
+def test_disagreement_tolerates_reordered_sums_and_names_real_differences():
+    values = torch.linspace(-3, 3, 101)
+    assert fused.disagreement(values * (1 + 1e-6), values, "k") is None
+    assert "differs from eager torch by 0.03" in fused.disagreement(values + 0.03, values, "k")
+    assert "returned shape (100,)" in fused.disagreement(values[:100], values, "k")
+    assert fused.disagreement((values, values), (values, values), "k") is None
+
+
 def test_compiler_error_is_the_headline_and_the_first_error_line():
     message = textwrap.dedent("""\
         CppCompileError: C++ compile error

@@ -217,3 +217,27 @@ def test_disk_full_is_one_line_and_keeps_finished_records(tmp_path, monkeypatch,
     assert err.startswith("error: cannot write record") and "No space left on device" in err and err.count("\n") == 1
     assert {p: p.read_text() for p in (out / "records").glob("*.json")} == kept
     assert not list((out / "records").glob(".*.tmp"))
+
+
+def test_a_name_or_seed_given_twice_is_one_cell_counted_once(tmp_path):
+    spec = GridSpec(methods=("noise", "noise"), bits=("w4a8", "w4a8"), models=("digits_vit_seed0",) * 2,
+                    seeds=(0, 0), limit=20)
+    summary = GridRunner(tmp_path).run(spec)
+    assert (summary.computed, summary.skipped, len(summary.records)) == (1, 0, 1)
+
+
+def test_a_failed_recompute_keeps_the_finished_record_and_files_the_failure_beside_it(tmp_path, monkeypatch):
+    spec = GridSpec(methods=("noise",), bits=("w4a8",), models=("digits_vit_seed0",), limit=20)
+    (finished,) = GridRunner(tmp_path).run(spec).records
+    before = (tmp_path / "records" / f"{finished['cell_id']}.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr("harness.runner.quantize_model", broken)
+    forced = GridRunner(tmp_path, force=True).run(spec)
+    assert forced.failed == 1 and forced.records[0]["error"] == "RuntimeError: simulated failure"
+    assert (tmp_path / "records" / f"{finished['cell_id']}.json").read_text() == before
+    failure = json.loads((tmp_path / "failures" / f"{finished['cell_id']}.json").read_text())
+    assert failure["status"] == "error" and failure["kept_finished_record"].endswith(f"{finished['cell_id']}.json")
+    assert GridRunner(tmp_path).run(spec).skipped == 1  # the kept record still counts as finished
