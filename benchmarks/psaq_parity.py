@@ -32,6 +32,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ FULL = {
                   dict(img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                        window_size=7)),
 }
-SMALL = {  # the fixtures' configurations: the same code paths, a few thousand quantized values per image
+SMALL = {  # the fixtures' configurations: the same code paths at 32 px, a few hundred kB of fixtures
     "deit_small_config": (VisionTransformer, "VisionTransformer",
                           dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)),
     "swin_small_config": (SwinTransformer, "SwinTransformer",
@@ -82,9 +83,9 @@ def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Te
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def authors_models(checkout: Path):
+def authors_models(checkout: Path) -> dict[str, type]:
+    """The authors' model classes, imported from their checkout (their ``models`` package needs torch only)."""
     sys.path.insert(0, str(checkout))
-    import models  # noqa: F401  (the authors' package: models/vit_quant.py, models/swin_quant.py)
     from models import swin_quant, vit_quant
     return {"VisionTransformer": vit_quant.VisionTransformer, "SwinTransformer": swin_quant.SwinTransformer}
 
@@ -112,7 +113,8 @@ class _Config:
         self.weight_bit, self.activation_bit = bits.weight_bits, bits.act_bits
 
 
-def build_authors(constructor, kwargs: dict, bits: BitSpec, timm_model: nn.Module) -> nn.Module:
+def build_authors(constructor: type, kwargs: dict, bits: BitSpec, timm_model: nn.Module) -> nn.Module:
+    """The authors' model of the same configuration, with the timm model's weights."""
     model = constructor(**kwargs, input_quant=True, cfg=_Config(bits)).eval()
     missing, unexpected = model.load_state_dict(to_authors_state(timm_model.state_dict()), strict=False)
     missing = [k for k in missing if not k.endswith(("x_min", "x_max", "relative_position_index", "attn_mask"))]
@@ -122,7 +124,7 @@ def build_authors(constructor, kwargs: dict, bits: BitSpec, timm_model: nn.Modul
 
 
 def call_order(model: nn.Module, images: torch.Tensor, quantizer_type: type,
-               bounds) -> list[Call]:
+               bounds: Callable[[nn.Module], tuple[float, float]]) -> list[Call]:
     """Every call of a ``quantizer_type`` module during one forward, with the quantizer's range."""
     names = {module: name for name, module in model.named_modules()}
     calls: list[Call] = []
