@@ -1,12 +1,14 @@
-"""PSAQ-ViT on the digits miniature (issue #3): patch-similarity entropy and W4A3 top-1.
+"""PSAQ-ViT on the digits miniature (issue #3): patch-similarity entropy and low-bit top-1.
 
     python benchmarks/psaq_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_miniature] [--threads N]
 
 Runs psaq, psaq without its PSE term (``pse_weight=0``), noise and real through the harness CLI
-(digits, standard profile, W4A3, OMSE; resumable, so a rerun computes only missing cells), then
-prints from the records and the generator cache:
+(digits, standard profile, W4A3, OMSE), and psaq, noise and real as PSAQ-ViT's code quantizes
+(``psaq`` profile, W4A4 and W4A3, each method's min-max calibrator); resumable, so a rerun
+computes only missing cells. Then prints from the records and the generator cache:
 (1) the mean patch-similarity entropy per block of every cached calibration set, by generator;
-(2) top-1 mean ± std over seeds per model; (3) psaq generation seconds per set.
+(2) standard-profile top-1 mean ± std over seeds per model; (3) psaq generation seconds per set;
+(4) psaq-profile top-1 mean ± std over seeds per model and bit width.
 """
 from __future__ import annotations
 
@@ -26,12 +28,18 @@ from harness.records import ResultStore  # noqa: E402
 from harness.registry import TASKS  # noqa: E402
 
 
+PSAQ_PROFILE_BITS = ("w4a4", "w4a3")
+
+
 def run_grid(out: Path, seeds: str, threads: int | None) -> None:
-    base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--bits", "w4a3", "--seeds", seeds,
-            "--calib", "omse", "--out", str(out), "--no-progress", "--no-report"]
+    base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--seeds", seeds,
+            "--out", str(out), "--no-progress", "--no-report"]
     if threads:
         base += ["--threads", str(threads)]
-    for extra in (["--methods", "psaq,noise,real"], ["--methods", "psaq", "--gen-opt", "psaq.pse_weight=0"]):
+    standard = ["--bits", "w4a3", "--calib", "omse"]
+    for extra in (standard + ["--methods", "psaq,noise,real"],
+                  standard + ["--methods", "psaq", "--gen-opt", "psaq.pse_weight=0"],
+                  ["--methods", "psaq,noise,real", "--profile", "psaq", "--bits", ",".join(PSAQ_PROFILE_BITS)]):
         returncode = subprocess.run(base + extra, cwd=REPO).returncode
         if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
             raise SystemExit(f"harness run exited with {returncode}")
@@ -58,8 +66,9 @@ def entropy_table(out: Path) -> pd.DataFrame:
 def records(out: Path, seeds: list[int]) -> pd.DataFrame:
     rows = []
     for record in ResultStore(out).records():
-        if record.get("status") == "ok" and record["seed"] in seeds and record["bits"] == "w4a3":
-            rows.append({"model": record["model"], "seed": record["seed"],
+        if record.get("status") == "ok" and record["seed"] in seeds:
+            rows.append({"model": record["model"], "seed": record["seed"], "bits": record["bits"],
+                         "profile": record["options"]["quant"]["profile"], "calibrator": record["calibrator"],
                          "generator": variant(record["generator"], record["options"]["generator"]),
                          "top1": record["metrics"]["top1"], "fp_top1": record["fp_metrics"]["top1"],
                          "generate_s": None if record.get("generator_cache_hit") else record["timing_s"]["generate"]})
@@ -85,13 +94,22 @@ def main() -> None:
     summary["n"] = entropies.groupby(["model", "generator"]).size()
     print(summary.to_string())
     frame = records(args.out, seeds)
+    standard = frame[(frame.profile == "standard") & (frame.bits == "w4a3") & (frame.calibrator == "omse")]
     print("\n(2) digits W4A3, OMSE, standard profile: top-1 mean ± std over seeds (n)")
-    table = frame.groupby(["model", "generator"])["top1"].agg(["mean", "std", "count"]).round(2)
-    table["fp"] = frame.groupby(["model", "generator"])["fp_top1"].first()
+    table = standard.groupby(["model", "generator"])["top1"].agg(["mean", "std", "count"]).round(2)
+    table["fp"] = standard.groupby(["model", "generator"])["fp_top1"].first()
     print(table.to_string())
     generated = frame[(frame.generator == "psaq") & frame.generate_s.notna()].generate_s
-    print(f"\n(3) psaq generation: {generated.mean():.1f} s per 32-image set "
-          f"(min {generated.min():.1f}, max {generated.max():.1f}, n {len(generated)})")
+    if len(generated):
+        print(f"\n(3) psaq generation: {generated.mean():.1f} s per 32-image set "
+              f"(min {generated.min():.1f}, max {generated.max():.1f}, n {len(generated)})")
+    else:
+        print("\n(3) psaq generation: every set came from the cache")
+    psaq = frame[(frame.profile == "psaq") & frame.bits.isin(PSAQ_PROFILE_BITS) & (frame.calibrator == "minmax")]
+    print("\n(4) digits, psaq profile, min-max (PSAQ-ViT's pipeline): top-1 mean ± std over seeds (n)")
+    summary = psaq.groupby(["model", "generator", "bits"])["top1"].agg(["mean", "std", "count"])
+    cells = summary.apply(lambda row: f"{row['mean']:.2f} ± {row['std']:.2f} ({int(row['count'])})", axis=1)
+    print(cells.unstack("bits").to_string())
 
 
 if __name__ == "__main__":

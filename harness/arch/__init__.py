@@ -1,9 +1,10 @@
 """Instrumented forwards for the model families the quantizer wraps.
 
-Each file covers one family and subclasses the library's own attention/block classes, overriding
-``forward`` only to expose named points (:mod:`harness.instrument`) at the matmul inputs, the
-pre-softmax scores, the attn·v product and the residual sums. :func:`instrument` swaps a module's
-class in place (parameters, buffers and state-dict keys unchanged); :func:`restore` swaps it back.
+Each file covers one family and subclasses the library's own attention/block (and model) classes,
+overriding forwards only to expose named points (:mod:`harness.instrument`) at the matmul inputs,
+the pre-softmax scores, the attn·v product, the residual sums and the position embedding.
+:func:`instrument` swaps a module's class in place (parameters, buffers and state-dict keys
+unchanged); :func:`restore` swaps it back.
 An instrumented class may define ``dfq_adopt`` / ``dfq_release`` to add and remove submodules that
 share the module's parameters (``nn.MultiheadAttention``'s packed projection as a ``qkv`` Linear).
 """

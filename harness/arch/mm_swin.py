@@ -20,7 +20,6 @@ class _InstrumentedWindowMSA(nn.Module):
     is_dfq_attention = True
     psaq_profile = False  # the `psaq` placement is written for timm's modules
     is_dfq_window = True
-    extra_score_points = ("scores_biased",)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, C = x.shape

@@ -1,8 +1,9 @@
 """timm ``SwinTransformer``: instrumented window attention and block forwards.
 
 Same points as :mod:`harness.arch.timm_vit`, per window: ``attn_v`` has shape
-(B·num_windows, heads, window_area, d). ``scores`` is q·kᵀ before the relative-position bias and
-``scores_biased`` after it (the extra Swin point of the ``psaq`` profile).
+(B·num_windows, heads, window_area, d). ``scores`` is q·kᵀ before the relative-position bias,
+``bias_table`` the relative-position-bias table itself (before its entries are gathered) and
+``scores_biased`` the biased scores (Swin's extra points of the ``psaq`` profile).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from harness.instrument import apply_point, only_output_points
 class InstrumentedWindowAttention(WindowAttention):
     is_dfq_attention = True
     is_dfq_window = True
-    extra_score_points = ("scores_biased",)  # the relative-position-bias sum, `psaq` profile
+    psaq_points = ("scores", "bias_table", "scores_biased")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, _ = x.shape
@@ -35,7 +36,7 @@ class InstrumentedWindowAttention(WindowAttention):
         q = apply_point(self, "q", q * self.scale)
         k = apply_point(self, "k", k)
         scores = apply_point(self, "scores", q @ k.transpose(-2, -1))
-        scores = apply_point(self, "scores_biased", scores + self._get_rel_pos_bias())
+        scores = apply_point(self, "scores_biased", scores + self._rel_pos_bias())
         if mask is not None:
             num_windows = mask.shape[0]
             scores = scores.view(-1, num_windows, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
@@ -45,9 +46,16 @@ class InstrumentedWindowAttention(WindowAttention):
         x = x.transpose(1, 2).reshape(B_, N, -1)
         return self.proj_drop(self.proj(x))
 
+    def _rel_pos_bias(self) -> torch.Tensor:
+        """timm's ``_get_rel_pos_bias``, gathering from the table as the ``bias_table`` point returns it."""
+        table = apply_point(self, "bias_table", self.relative_position_bias_table)
+        bias = table[self.relative_position_index.view(-1)].view(self.window_area, self.window_area, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
+
 
 class InstrumentedSwinBlock(SwinTransformerBlock):
     is_dfq_block = True
+    psaq_points = ("residual1", "residual2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape

@@ -1,24 +1,29 @@
-"""timm ``VisionTransformer`` (ViT, DeiT): instrumented attention and block forwards.
+"""timm ``VisionTransformer`` (ViT, DeiT): instrumented attention, block and embedding forwards.
 
 Points (spec README §3): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
 per-tensor uniform quantizer absorbs exactly), ``scores`` (pre-softmax), ``attn`` (post-softmax),
-``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), and the
-block's ``residual1`` / ``residual2`` sums. When nothing but ``attn_v`` is read (a PSAQ-ViT probe on
-the FP model), timm's fused attention kernel computes it, as timm itself would.
+``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), the
+block's ``residual1`` / ``residual2`` sums, and on the model ``tokens`` (class token and patch
+tokens, concatenated), ``pos_embed`` (the position-embedding parameter) and ``embedded`` (their
+sum). When nothing but ``attn_v`` is read (a PSAQ-ViT probe on the FP model), timm's fused
+attention kernel computes it, as timm itself would. ``psaq_points`` names the points the ``psaq``
+profile quantizes in each class (docs/quantizer.md, The `psaq` placement).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, VisionTransformer
 
 from harness.arch import register_swap
+from harness.errors import HarnessError
 from harness.instrument import apply_point, only_output_points
 
 
 class InstrumentedAttention(Attention):
     is_dfq_attention = True
+    psaq_points = ("scores",)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         B, N, _ = x.shape
@@ -48,6 +53,7 @@ class InstrumentedAttention(Attention):
 
 class InstrumentedBlock(Block):
     is_dfq_block = True
+    psaq_points = ("residual1", "residual2")
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         attn_out = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
@@ -55,5 +61,22 @@ class InstrumentedBlock(Block):
         return apply_point(self, "residual2", x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
 
 
+class InstrumentedVisionTransformer(VisionTransformer):
+    psaq_points = ("tokens", "pos_embed", "embedded")
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's own unless a point is attached; then the DeiT layout (class token, then patch
+        tokens, plus a learned embedding of every token) with the points read in PSAQ-ViT's order."""
+        if only_output_points(self, frozenset()):
+            return super()._pos_embed(x)
+        if self.cls_token is None or self.reg_token is not None or self.pos_embed is None or self.no_embed_class \
+                or self.dynamic_img_size:
+            raise HarnessError("points at the position embedding cover ViT/DeiT's layout only: one class token, "
+                               "then the patch tokens, plus a learned position embedding of every token")
+        tokens = apply_point(self, "tokens", torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1))
+        return self.pos_drop(apply_point(self, "embedded", tokens + apply_point(self, "pos_embed", self.pos_embed)))
+
+
 register_swap(Attention, InstrumentedAttention)
 register_swap(Block, InstrumentedBlock)
+register_swap(VisionTransformer, InstrumentedVisionTransformer)

@@ -1,4 +1,4 @@
-"""The calibration pass shared by range-based calibrators: observe in FP, then freeze."""
+"""The calibration pass shared by range-based calibrators: observe, then freeze (docs/quantizer.md, Calibration)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,7 +9,13 @@ from harness.progress import progress_bar
 
 from harness.errors import HarnessError
 from harness.quant.fake_quant import fake_quant_symmetric, symmetric_weight_scale
-from harness.quant.modules import ActQuantizer, Observer, act_quantizers, weight_quantized_layers
+from harness.quant.modules import (
+    ActQuantizer,
+    Observer,
+    act_quantizers,
+    unquantized_weights,
+    weight_quantized_layers,
+)
 
 
 @torch.no_grad()
@@ -22,16 +28,19 @@ def observe_and_freeze(
 ) -> None:
     """Run the images through ``qmodel`` with every activation quantizer observing, then freeze.
 
-    Values pass through unquantized while observed (PSAQ-ViT's calibration pass); after the
-    pass each quantizer's range is fixed, so evaluation is independent of the batch size.
+    Activations pass through unquantized while observed. Weights are those the profile observes
+    with: quantized in ``standard``, FP in ``psaq`` (PSAQ-ViT's calibration runs the FP model), as
+    each layer's ``observe_in_fp`` says. After the pass each quantizer's range is fixed, so
+    evaluation is independent of the batch size.
     """
     quantizers = act_quantizers(qmodel)
     for _, quantizer in quantizers:
         quantizer.mode, quantizer.observer = "observe", make_observer(quantizer)
     was_training = qmodel.training
     qmodel.eval()
-    for start in progress_bar(range(0, len(images), batch_size), desc="calibrate", leave=False):
-        qmodel(images[start:start + batch_size].to(device))
+    with unquantized_weights(layer for _, layer in weight_quantized_layers(qmodel) if layer.observe_in_fp):
+        for start in progress_bar(range(0, len(images), batch_size), desc="calibrate", leave=False):
+            qmodel(images[start:start + batch_size].to(device))
     qmodel.train(was_training)
     for name, quantizer in quantizers:
         try:

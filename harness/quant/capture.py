@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from harness.instrument import POINTS, attach_point
-from harness.quant.modules import act_quantizers, weight_quantized_layers
+from harness.quant.modules import act_quantizers, unquantized_weights, weight_quantized_layers
 
 LAYER_INPUT, LAYER_OUTPUT = "layer input", "layer output"  # hook targets; other targets are named points
 
@@ -32,19 +32,15 @@ class Target:
 def floating_point(qmodel: nn.Module) -> Iterator[nn.Module]:
     """Bypass every activation quantizer and unquantize every weight for the duration of a block."""
     quantizers = [q for _, q in act_quantizers(qmodel)]
-    layers = [layer for _, layer in weight_quantized_layers(qmodel)]
-    modes, bits = [q.mode for q in quantizers], [layer.weight_bits for layer in layers]
+    modes = [q.mode for q in quantizers]
     for quantizer in quantizers:
         quantizer.mode = "bypass"
-    for layer in layers:
-        layer.weight_bits = None  # an attribute swap: keeps the scales, unlike set_weight_bits
     try:
-        yield qmodel
+        with unquantized_weights(layer for _, layer in weight_quantized_layers(qmodel)):
+            yield qmodel
     finally:
         for quantizer, mode in zip(quantizers, modes):
             quantizer.mode = mode
-        for layer, layer_bits in zip(layers, bits):
-            layer.weight_bits = layer_bits
 
 
 class _Done(Exception):

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from timm.layers import Mlp
+from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from harness.arch import SUPPORTED, instrument, is_instrumented_attention, is_instrumented_block
+from harness.arch import SUPPORTED, instrument, is_instrumented_attention
 from harness.bits import BitSpec
 from harness.errors import HarnessError
 from harness.instrument import attach_point
@@ -30,6 +31,12 @@ class QuantConfig:
             raise HarnessError(f"unknown quantizer profile {self.profile!r}; accepted: {', '.join(PROFILES)}")
         if self.attn_quantizer not in ("uniform", "log2"):
             raise HarnessError(f"unknown attention quantizer {self.attn_quantizer!r}; accepted: uniform, log2")
+
+    @property
+    def observe_in_fp(self) -> bool:
+        """Ranges observed on FP weights (`psaq`, as PSAQ-ViT's code) or quantized ones (`standard`):
+        docs/quantizer.md, Calibration."""
+        return self.profile == "psaq"
 
 
 def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig,
@@ -61,6 +68,7 @@ def quantize_in_place(model: nn.Module, bits: BitSpec, config: QuantConfig) -> N
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             layer_bits = None if id(module) in kept_fp else bits.weight_bits
             converted = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_float(module, layer_bits)
+            converted.observe_in_fp = config.observe_in_fp
             model.set_submodule(name, converted)
             if module is first:
                 first = converted
@@ -94,7 +102,12 @@ def _place_standard(model: nn.Module, act_bits: int, config: QuantConfig, first:
 
 def _place_psaq(model: nn.Module, act_bits: int, config: QuantConfig, first: nn.Module,
                 last: nn.Module | None, keep_ends: bool) -> None:
-    """Exactly the placement of PSAQ-ViT's code (README §3, profile `psaq`); post-softmax stays FP."""
+    """PSAQ-ViT's code, quantizer for quantizer (docs/quantizer.md, The `psaq` placement).
+
+    Post-softmax stays FP. The classifier's input is quantized (the pooled features); a ViT that
+    pools by taking the class token has no quantizer on its final norm's output, since the
+    authors quantize that norm's class-token rows only, which is the classifier's input.
+    """
     def quantize(module: nn.Module, *points: str) -> None:
         for point in points:
             attach_point(module, point, ActQuantizer(act_bits))
@@ -103,17 +116,18 @@ def _place_psaq(model: nn.Module, act_bits: int, config: QuantConfig, first: nn.
         quantize(first, "in")
         if last is not None:
             quantize(last, "out")
-    for name in ("patch_embed", "pos_drop"):
-        if isinstance(getattr(model, name, None), nn.Module):
-            quantize(getattr(model, name), "out")
+    quantize(first, "out")
+    if last is not None:
+        quantize(last, "in")
+    class_token_norm = getattr(model, "norm", None) if getattr(model, "global_pool", None) == "token" else None
     for module in list(model.modules()):
-        if isinstance(module, nn.LayerNorm):
+        quantize(module, *getattr(type(module), "psaq_points", ()))
+        if isinstance(module, nn.LayerNorm) and module is not class_token_norm:
             quantize(module, "out")
         elif is_instrumented_attention(module):
-            quantize(module, "scores", *getattr(type(module), "extra_score_points", ()))
             quantize(module.qkv, "out")
             quantize(module.proj, "in", "out")
-        elif is_instrumented_block(module):
-            quantize(module, "residual1", "residual2")
         elif isinstance(module, Mlp):
             quantize(module.fc2, "in", "out")
+        elif isinstance(module, PatchMerging):
+            quantize(module.reduction, "out")

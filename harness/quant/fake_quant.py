@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-MIN_SCALE = 1e-8  # the smallest scale a quantizer uses; learned scales are projected back to it
+# The smallest scale a quantizer uses, float32's machine epsilon as in PSAQ-ViT's code (docs/quantizer.md,
+# Arithmetic); learned scales are projected back to it.
+MIN_SCALE = torch.finfo(torch.float32).eps
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -38,17 +40,18 @@ def asymmetric_params(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple
 
 
 def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
-    """q = clamp(round(x / s) + z, 0, 2^b - 1), x_hat = (q - z) s.
+    """q = clamp(round(x / s + z), 0, 2^b - 1), x_hat = (q - z) s, in exactly this order of float operations.
 
-    Computed as clamp(round(x / s), -z, 2^b - 1 - z) s, the same values since z is an integer.
-    Without gradients a per-tensor quantizer runs in place on one buffer with scalar operands:
-    activation fake quantization is memory-bound, and this keeps evaluation close to FP speed.
+    The order is PSAQ-ViT's (docs/quantizer.md, Arithmetic): ``round(x / s) + z`` or ``x * (1 / s)``
+    are the same in exact arithmetic but one step apart in float32 on a few elements in 10^5. ``s``
+    stays a tensor on ``x``'s device, since a division by a Python scalar may run as a multiplication
+    by its reciprocal. Without gradients the steps run in place on one buffer: activation fake
+    quantization is memory-bound.
     """
     levels = 2 ** bits - 1
-    if (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)) or scale.numel() != 1:
-        return torch.clamp(round_ste(x / scale), -zero_point, levels - zero_point) * scale
-    step, zero = float(scale), float(zero_point)
-    return x.mul(1.0 / step).round_().clamp_(-zero, levels - zero).mul_(step)
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+        return (torch.clamp(round_ste(x / scale + zero_point), 0, levels) - zero_point) * scale
+    return x.div(scale).add_(zero_point).round_().clamp_(0, levels).sub_(zero_point).mul_(scale)
 
 
 def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Quantizer modules: per-tensor activation quantizers and weight-quantized Linear / Conv2d."""
 from __future__ import annotations
 
-from typing import Literal, Protocol
+import contextlib
+from typing import Iterable, Iterator, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,11 @@ class ActQuantizer(nn.Module):
         return x
 
     def freeze(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        """Fix the range [low, high] (widened to contain 0) and start quantizing."""
-        low = torch.minimum(torch.as_tensor(low, dtype=torch.float32), torch.zeros(()))
-        high = torch.maximum(torch.as_tensor(high, dtype=torch.float32), torch.zeros(()))
+        """Fix the range [low, high] (widened to contain 0, docs/quantizer.md, Arithmetic) and start
+        quantizing. The range keeps the quantizer's dtype (float32 unless the model was converted)."""
+        zero = torch.zeros((), dtype=self.low.dtype)
+        low = torch.minimum(torch.as_tensor(low, dtype=self.low.dtype), zero)
+        high = torch.maximum(torch.as_tensor(high, dtype=self.low.dtype), zero)
         scale, zero_point = asymmetric_params(low, high, self.bits)
         for name, value in (("low", low), ("high", high), ("scale", scale), ("zero_point", zero_point)):
             getattr(self, name).copy_(value)
@@ -75,10 +78,13 @@ class _WeightQuantMixin:
 
     The cache is keyed on the tensor versions of weight and scale, so evaluation pays for weight
     quantization once while calibrators that edit weights or scales in place still see fresh values.
+    ``observe_in_fp``: while activation ranges are observed the layer computes with its FP weight
+    (the ``psaq`` profile); otherwise with its quantized weight (docs/quantizer.md, Calibration).
     """
 
     weight: nn.Parameter
     weight_scale: torch.Tensor
+    observe_in_fp: bool = False
 
     def _init_weight_quant(self, bits: int | None) -> None:
         self.weight_bits = bits
@@ -142,6 +148,20 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+@contextlib.contextmanager
+def unquantized_weights(layers: Iterable[nn.Module]) -> Iterator[None]:
+    """The layers compute with their FP weights for the duration of a block; scales are kept."""
+    layers = list(layers)
+    bits = [layer.weight_bits for layer in layers]
+    for layer in layers:
+        layer.weight_bits = None  # an attribute swap: keeps the scales, unlike set_weight_bits
+    try:
+        yield
+    finally:
+        for layer, layer_bits in zip(layers, bits):
+            layer.weight_bits = layer_bits
 
 
 def act_quantizers(model: nn.Module) -> list[tuple[str, ActQuantizer]]:

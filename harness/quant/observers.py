@@ -1,7 +1,9 @@
 """Activation-range observers used during calibration (spec methods.md, Baselines).
 
-Observation happens with the model running in floating point (quantizers pass values through),
-as in PSAQ-ViT's calibration pass; the calibrator then asks each observer for a range.
+Observers see unquantized activations (quantizers pass values through while observing), computed
+with the weights the profile observes with: quantized in ``standard``, FP in ``psaq``
+(:func:`harness.quant.calibrate.observe_and_freeze`, docs/quantizer.md, Calibration). The
+calibrator then asks each observer for a range.
 """
 from __future__ import annotations
 

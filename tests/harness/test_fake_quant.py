@@ -38,9 +38,24 @@ def test_asymmetric_zero_point_and_scale():
     assert torch.isclose(scale, torch.tensor(4.0 / 3))  # (max - min) / (2^b - 1)
     assert zero_point.item() == 1.0  # round(1 / (4/3)) = round(0.75)
     x = torch.tensor([-2.0, -1.0, 0.0, 0.7, 1.0, 2.9, 10.0])
-    # q = clamp(round(x / s) + 1, 0, 3); x_hat = (q - 1) * s
+    # q = clamp(round(x / s + 1), 0, 3); x_hat = (q - 1) * s
     expected = (torch.tensor([0.0, 0, 1, 2, 2, 3, 3]) - 1) * (4.0 / 3)
     assert torch.allclose(fake_quant_asymmetric(x, scale, zero_point, 2), expected)
+
+
+def test_asymmetric_rounds_after_adding_the_zero_point():
+    """round(x / s + z), PSAQ-ViT's order (docs/quantizer.md, Arithmetic): 0.50000006 + 128 is 128.5 in float32,
+    which rounds to the even 128; round(x / s) + z would give 129."""
+    x, scale, zero_point = torch.tensor([0.50000006]), torch.tensor(1.0), torch.tensor(128.0)
+    assert fake_quant_asymmetric(x, scale, zero_point, 8).item() == 0.0
+    assert fake_quant_asymmetric(x.requires_grad_(), scale, zero_point, 8).item() == 0.0
+
+
+def test_asymmetric_in_place_path_equals_the_autograd_path():
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 3
+    scale, zero_point = asymmetric_params(x.min(), x.max(), bits=4)
+    reference = fake_quant_asymmetric(x.clone().requires_grad_(), scale, zero_point, 4).detach()
+    assert torch.equal(fake_quant_asymmetric(x, scale, zero_point, 4), reference)
 
 
 def test_asymmetric_zero_point_clamped_for_positive_ranges():

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from harness.arch import instrumented
 from harness.priors.patch_similarity import attn_v_probes
@@ -71,9 +72,11 @@ def test_psaq_profile_placement_on_vit(tiny_vit):
     per_block = {"norm1.dfq_points.out", "norm2.dfq_points.out", "attn.qkv.dfq_points.out",
                  "attn.dfq_points.scores", "attn.proj.dfq_points.in", "attn.proj.dfq_points.out",
                  "mlp.fc2.dfq_points.in", "mlp.fc2.dfq_points.out", "dfq_points.residual1", "dfq_points.residual2"}
+    # the image, the conv output, class + patch tokens, the position embedding itself, their sum; the
+    # final norm's class-token rows are the head's input (no quantizer over all tokens); the logits
     expected = {f"blocks.{i}.{p}" for i in range(2) for p in per_block} | {
-        "patch_embed.proj.dfq_points.in", "patch_embed.dfq_points.out", "pos_drop.dfq_points.out",
-        "norm.dfq_points.out", "head.dfq_points.out"}
+        "patch_embed.proj.dfq_points.in", "patch_embed.proj.dfq_points.out", "dfq_points.tokens",
+        "dfq_points.pos_embed", "dfq_points.embedded", "head.dfq_points.in", "head.dfq_points.out"}
     assert names == expected
     assert not any(name.endswith(".attn") for name in names)  # post-softmax stays FP in `psaq`
 
@@ -83,8 +86,34 @@ def test_swin_profiles_cover_windows_and_merging(tiny_swin):
     assert "layers.1.downsample.reduction.dfq_points.in" in standard
     assert "layers.0.blocks.1.attn.dfq_points.q" in standard
     psaq = {n for n, _ in act_quantizers(quantize_model(tiny_swin, parse_bits("w4a4"), QuantConfig(profile="psaq")))}
-    assert "layers.0.blocks.0.attn.dfq_points.scores_biased" in psaq
-    assert "layers.1.downsample.norm.dfq_points.out" in psaq
+    per_block = {"norm1.dfq_points.out", "norm2.dfq_points.out", "attn.qkv.dfq_points.out", "attn.dfq_points.scores",
+                 "attn.dfq_points.bias_table", "attn.dfq_points.scores_biased", "attn.proj.dfq_points.in",
+                 "attn.proj.dfq_points.out", "mlp.fc2.dfq_points.in", "mlp.fc2.dfq_points.out",
+                 "dfq_points.residual1", "dfq_points.residual2"}
+    expected = {f"layers.{s}.blocks.{b}.{p}" for s in range(2) for b in range(2) for p in per_block} | {
+        "patch_embed.proj.dfq_points.in", "patch_embed.proj.dfq_points.out", "patch_embed.norm.dfq_points.out",
+        "layers.1.downsample.norm.dfq_points.out", "layers.1.downsample.reduction.dfq_points.out",
+        "norm.dfq_points.out", "head.fc.dfq_points.in", "head.fc.dfq_points.out"}
+    assert psaq == expected
+
+
+@pytest.mark.parametrize("profile, observed_with", [("standard", 4), ("psaq", None)])
+def test_profiles_observe_ranges_with_quantized_or_fp_weights(tiny_vit, profile, observed_with):
+    """`standard` observes with the quantized weights, `psaq` with the FP ones (docs/quantizer.md, Calibration)."""
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a8"), QuantConfig(profile=profile))
+    seen = []
+    qmodel.blocks[1].mlp.fc2.register_forward_pre_hook(lambda layer, args: seen.append(layer.weight_bits))
+    _calibrate(qmodel, tiny_vit, torch.randn(4, 3, 32, 32))
+    assert seen == [observed_with] and qmodel.blocks[1].mlp.fc2.weight_bits == 4
+
+
+def test_psaq_position_embedding_points_refuse_other_layouts():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, num_classes=10, embed_dim=32, depth=1, num_heads=2,
+                              reg_tokens=1).eval()
+    qmodel = quantize_model(model, parse_bits("w8a8"), QuantConfig(profile="psaq"))
+    with pytest.raises(HarnessError, match="ViT/DeiT's layout"):
+        _calibrate(qmodel, model, torch.randn(2, 3, 32, 32))
 
 
 def test_keep_first_last_fp(tiny_vit):
