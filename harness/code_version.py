@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QUANTIZER_VERSION = "1"  # bump when the quantizer's arithmetic or placement changes a result
+QUANTIZER_VERSION = "2"  # bump when the quantizer's arithmetic or placement changes a result (2: PSAQ-ViT parity)
 QUANTIZER_MODULE = "harness.quant.convert"
 PROJECT_PACKAGES = ("harness", "methods", "tasks")
 
