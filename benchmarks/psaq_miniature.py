@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.priors.patch_similarity import block_entropies  # noqa: E402
+from harness.grid import code_differences  # noqa: E402
 from harness.records import ResultStore  # noqa: E402
 from harness.registry import TASKS  # noqa: E402
 
@@ -71,6 +72,7 @@ def records(out: Path, seeds: list[int]) -> pd.DataFrame:
                          "profile": record["options"]["quant"]["profile"], "calibrator": record["calibrator"],
                          "generator": variant(record["generator"], record["options"]["generator"]),
                          "top1": record["metrics"]["top1"], "fp_top1": record["fp_metrics"]["top1"],
+                         "current": not code_differences(record),  # made by this checkout's code
                          "generate_s": None if record.get("generator_cache_hit") else record["timing_s"]["generate"]})
     return pd.DataFrame(rows)
 
@@ -93,13 +95,14 @@ def main() -> None:
     summary = entropies.groupby(["model", "generator"])[blocks].mean().round(3)
     summary["n"] = entropies.groupby(["model", "generator"]).size()
     print(summary.to_string())
-    frame = records(args.out, seeds)
+    every = records(args.out, seeds)
+    frame = every[every.current]  # records of older code stay in the folder; they are never averaged in
     standard = frame[(frame.profile == "standard") & (frame.bits == "w4a3") & (frame.calibrator == "omse")]
     print("\n(2) digits W4A3, OMSE, standard profile: top-1 mean ± std over seeds (n)")
     table = standard.groupby(["model", "generator"])["top1"].agg(["mean", "std", "count"]).round(2)
     table["fp"] = standard.groupby(["model", "generator"])["fp_top1"].first()
     print(table.to_string())
-    generated = frame[(frame.generator == "psaq") & frame.generate_s.notna()].generate_s
+    generated = every[(every.generator == "psaq") & every.generate_s.notna()].generate_s  # sets are code-independent of the quantizer
     if len(generated):
         print(f"\n(3) psaq generation: {generated.mean():.1f} s per 32-image set "
               f"(min {generated.min():.1f}, max {generated.max():.1f}, n {len(generated)})")

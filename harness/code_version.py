@@ -17,10 +17,11 @@ import importlib.util
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 QUANTIZER_VERSION = "2"  # bump when the quantizer's arithmetic or placement changes a result (2: PSAQ-ViT parity)
-QUANTIZER_MODULE = "harness.quant.convert"
+QUANTIZER_MODULES = ("harness.quant.convert", "harness.quant.calibrate", "harness.quant.capture", "harness.quant.learnable",
+                     "harness.arch.timm_vit", "harness.arch.timm_swin", "harness.arch.mm_vit", "harness.arch.mm_swin")
 PROJECT_PACKAGES = ("harness", "methods", "tasks")
 
 
@@ -41,18 +42,20 @@ def plugin_code(plugin: type) -> CodeVersion:
 
 
 def quantizer_code() -> CodeVersion:
-    return CodeVersion(QUANTIZER_VERSION, module_digest(QUANTIZER_MODULE))
+    """Every module of the quantizer's packages: the arithmetic and placement, and the instrumented
+    model families, which are loaded on demand (so no import statement leads to them)."""
+    return CodeVersion(QUANTIZER_VERSION, module_digest(*QUANTIZER_MODULES))
 
 
 @functools.lru_cache(maxsize=None)
-def module_digest(module_name: str) -> str:
-    """sha256 (16 hex digits) over the docstring-free syntax trees of ``module_name`` and its project imports.
+def module_digest(*module_names: str) -> str:
+    """sha256 (16 hex digits) over the docstring-free syntax trees of ``module_names`` and their project imports.
 
     Modules outside the project's packages (installed libraries, outside plugins' dependencies)
     are not followed; an outside plugin's own module is.
     """
     digest = hashlib.sha256()
-    for name in sorted(_project_closure(module_name)):
+    for name in sorted(set().union(*(_project_closure(module) for module in module_names))):
         digest.update(name.encode() + b"\0" + _normalized_source(name).encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -86,14 +89,17 @@ def _tree(module_name: str) -> ast.Module:
 
 
 def _imports(module_name: str) -> set[str]:
-    """Modules named by the import statements of ``module_name`` (anywhere in it), made absolute.
+    """Modules named by the import statements that run when ``module_name`` is imported, made absolute.
 
-    ``from package import name`` adds ``package.name`` too, in case the name is a submodule.
+    Imports inside functions are left out: they load optional libraries or discover plugins (the
+    registry imports the core's calibrators that way), and following them would tie every plugin's
+    digest to the quantizer. ``from package import name`` adds ``package.name`` too, in case the
+    name is a submodule.
     """
     path = _source_path(module_name)
     package = module_name if path.name == "__init__.py" else module_name.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(_tree(module_name)):
+    for node in _import_time_nodes(_tree(module_name)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -109,6 +115,14 @@ def _imports(module_name: str) -> set[str]:
         parts = name.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts)))
     return {name for name in names if name}
+
+
+def _import_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node outside function bodies (module level, class bodies, conditionals)."""
+    for node in ast.iter_child_nodes(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield node
+            yield from _import_time_nodes(node)
 
 
 def _normalized_source(module_name: str) -> str:
