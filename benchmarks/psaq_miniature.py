@@ -32,11 +32,13 @@ from harness.registry import TASKS  # noqa: E402
 PSAQ_PROFILE_BITS = ("w4a4", "w4a3")
 
 
-def run_grid(out: Path, seeds: str, threads: int | None) -> None:
+def run_grid(out: Path, seeds: str, threads: int | None, recompute_stale: bool) -> None:
     base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--seeds", seeds,
             "--out", str(out), "--no-progress", "--no-report"]
     if threads:
         base += ["--threads", str(threads)]
+    if recompute_stale:
+        base.append("--recompute-stale")
     standard = ["--bits", "w4a3", "--calib", "omse"]
     for extra in (standard + ["--methods", "psaq,noise,real"],
                   standard + ["--methods", "psaq", "--gen-opt", "psaq.pse_weight=0"],
@@ -83,10 +85,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "psaq_miniature")
     parser.add_argument("--threads", type=int, help="torch threads of the harness runs")
     parser.add_argument("--skip-run", action="store_true", help="only summarize existing records")
+    parser.add_argument("--recompute-stale", action="store_true",
+                        help="recompute the cells and calibration sets that other code made (docs/results.md)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.skip_run:
-        run_grid(args.out, args.seeds, args.threads)
+        run_grid(args.out, args.seeds, args.threads, args.recompute_stale)
     torch.set_num_threads(2)
     entropies = entropy_table(args.out)
     entropies = entropies[entropies.seed.isin(seeds)]
