@@ -16,15 +16,21 @@ from harness.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error, fuse
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
-    def broken(function, dynamic):
-        def call(*args):
-            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler found"), None)
-        return call
-
+def _compile_with(monkeypatch, compile_function) -> None:
+    """Fusion on, no failure recorded yet, and ``torch.compile`` replaced for this test."""
     monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
     monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", compile_function)
+
+
+def _broken_compile(function, dynamic):
+    def call(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(_broken_compile, RuntimeError("no C++ compiler found"), None)
+    return call
+
+
+def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
+    _compile_with(monkeypatch, _broken_compile)
     kernels, others = FusedKernels("a test"), FusedKernels("another test")
     double = kernels.pick(lambda x: 2 * x)
     with pytest.warns(RuntimeWarning, match="fused kernels unavailable .*a test.*no C\\+\\+ compiler found") as caught:
@@ -36,9 +42,7 @@ def test_a_failed_compilation_warns_once_and_falls_back_to_eager(monkeypatch):
 
 
 def test_states_name_the_devices_compiled_kernels_ran_on(monkeypatch):
-    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(torch, "compile", lambda function, dynamic: function)  # no compiler needed
+    _compile_with(monkeypatch, lambda function, dynamic: function)  # no compiler needed
     kernels = FusedKernels("a device test")
     assert fused_kernel_states()["a device test"] == {"enabled": True, "ran_on": [], "failure": None}
     assert kernels.pick(lambda x, factor: factor * x)(torch.ones(2), 2.0).tolist() == [2.0, 2.0]
@@ -46,14 +50,7 @@ def test_states_name_the_devices_compiled_kernels_ran_on(monkeypatch):
 
 
 def test_states_say_why_kernels_fell_back(monkeypatch):
-    def broken(function, dynamic):
-        def call(*args):
-            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler found"), None)
-        return call
-
-    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(torch, "compile", broken)
+    _compile_with(monkeypatch, _broken_compile)
     kernels = FusedKernels("a fallback test")
     with pytest.warns(RuntimeWarning):
         kernels.pick(lambda x: 2 * x)(torch.ones(2))
@@ -63,9 +60,7 @@ def test_states_say_why_kernels_fell_back(monkeypatch):
 
 def test_a_compiled_kernel_that_disagrees_with_eager_torch_is_not_used(monkeypatch):
     """A compiler that builds wrong code (NaN, or values off) is caught on the kernel's first call."""
-    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(torch, "compile", lambda function, dynamic: lambda *args: function(*args) * float("nan"))
+    _compile_with(monkeypatch, lambda function, dynamic: lambda *args: function(*args) * float("nan"))
     kernels = FusedKernels("a miscompiled test")
 
     def double(x):
