@@ -14,7 +14,6 @@ import ast
 import functools
 import hashlib
 import importlib.util
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -135,17 +134,6 @@ def _normalized_source(module_name: str) -> str:
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree, annotate_fields=False)
-
-
-def source_file(plugin: type) -> str:
-    """Where a plugin is defined, for messages."""
-    return inspect.getsourcefile(plugin) or plugin.__module__
-
-
-def clear_digests() -> None:
-    """Forget cached digests (a long-lived process whose sources were edited, and the tests)."""
-    for cached in (module_digest, _source_path, _tree):
-        cached.cache_clear()
 
 
 def describe_difference(stored: dict[str, Any] | None, current: dict[str, dict[str, str]]) -> list[str]:

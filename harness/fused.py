@@ -34,8 +34,9 @@ class FusedKernels:
 
     def __init__(self, purpose: str, probe: Callable[[], None] | None = None) -> None:
         self.purpose = purpose
-        # runs every kernel once on small inputs before the first real call, so a kernel that disagrees
-        # with eager torch turns fusion off before any result depends on it (not half-way through one)
+        # runs every kernel once, at sizes that take the vectorized and parallel loops, before the first
+        # real call: a kernel that disagrees with eager torch turns fusion off before any result depends
+        # on it (not half-way through one)
         self._probe = probe
         self._compiled: dict[Callable, Callable] = {}
         self._checked: set[Callable] = set()  # functions whose compiled kernel agreed with eager torch
@@ -44,12 +45,12 @@ class FusedKernels:
 
     @property
     def failure(self) -> str | None:
-        """Why compilation failed in this process (None while it has not)."""
+        """Why fused kernels are off in this process: a failed compilation or a disagreeing kernel (else None)."""
         return _failure
 
     @property
     def enabled(self) -> bool:
-        """Whether calls go to compiled kernels (not switched off, no compilation has failed)."""
+        """Whether calls go to compiled kernels (not switched off, no :attr:`failure`)."""
         return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0" and _failure is None
 
     def pick(self, function: Callable[..., Any]) -> Callable[..., Any]:

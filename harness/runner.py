@@ -149,10 +149,9 @@ class GridRunner:
 
     def _reusable(self, cell: Cell, cell_id: str) -> dict[str, Any] | None:
         """A finished record, unless --force asks to redo records older than this run (or it is stale)."""
-        record = self.store.finished(cell_id)
-        if record is None or self._forced(self.store.path(cell_id)):
+        path, record = self.store.path(cell_id), self.store.finished(cell_id)
+        if record is None or self._forced(path):
             return None
-        path = self.store.path(cell_id)
         return record if self._current(path, "record", _what(cell, record), record.get("code"), cell.code()) else None
 
     def _forced(self, path: Path) -> bool:

@@ -1,7 +1,6 @@
 """Read a checkpoint file into a state dict with torch's safe unpickler, whatever wraps the tensors."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.io import atomic_write
+from harness.io import atomic_write, file_sha256
 
 
 def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tensor]:
@@ -40,7 +39,7 @@ def write_state_dict(path: Path, model: nn.Module) -> str:
     """``model``'s state dict as a safetensors file (atomically; no pickle); returns the file's sha256."""
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     atomic_write(path, lambda handle: handle.write(save(state)))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path, length=64)
 
 
 def _one_line(error: Exception, limit: int = 200) -> str:

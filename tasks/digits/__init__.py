@@ -6,6 +6,7 @@ orderings must be read over several calibration seeds and both models.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,10 +15,10 @@ from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, calibration_indices, register_models
-from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from harness.weights import read_state_dict
-from tasks.digits.shipped import MODEL_SEEDS, shipped_weights
+from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from tasks.digits.model import build_model
+from tasks.digits.shipped import MODEL_SEEDS, shipped_weights
 
 
 @TASKS.register("digits")
@@ -33,9 +34,9 @@ class DigitsTask(Task):
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self._weights: dict[str, tuple] = {}
+        self._weights: dict[str, tuple[Path, str]] = {}  # model -> shipped file, its sha256
 
-    def _shipped(self, model_name: str) -> tuple:
+    def _shipped(self, model_name: str) -> tuple[Path, str]:
         if model_name not in MODEL_SEEDS:
             raise HarnessError(f"model {model_name!r} is not a digits model; accepted: {', '.join(MODEL_SEEDS)}")
         if model_name not in self._weights:

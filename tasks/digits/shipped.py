@@ -7,13 +7,12 @@ the file was trained. ``python -m tasks.digits.train`` remakes them.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.io import write_json
+from harness.io import file_sha256, write_json
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_SEEDS = {"digits_vit_seed0": 0, "digits_vit_seed1": 1}
@@ -28,10 +27,6 @@ def write_manifest(manifest: dict[str, dict[str, Any]]) -> None:
     write_json(WEIGHTS_DIR / "manifest.json", manifest)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def shipped_weights(model_name: str) -> tuple[Path, str]:
     """The shipped file of ``model_name`` and its sha256, refused if it is not the file the manifest names."""
     manifest = read_manifest()
@@ -42,7 +37,7 @@ def shipped_weights(model_name: str) -> tuple[Path, str]:
     if not path.is_file():
         raise HarnessError(f"shipped weights {path} are missing; reinstall the package or run "
                            f"`python -m tasks.digits.train --ship`")
-    digest = sha256(path)
+    digest = file_sha256(path, length=64)
     if digest != entry["sha256"]:
         raise HarnessError(f"shipped weights {path} have sha256 {digest[:16]}..., the manifest says "
                            f"{entry['sha256'][:16]}...; reinstall the package or run `python -m tasks.digits.train --ship`")
