@@ -184,9 +184,18 @@ def _report_after_run(results: Path) -> None:
     print(f"report: {', '.join(str(page) for page in pages)}")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # devices a cell can compute on; meta tensors hold no values
+
+
 def _check_device(device: str) -> None:
     import torch
 
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise HarnessError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, mps")
     try:
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:

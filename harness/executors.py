@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -36,6 +37,16 @@ def map_cells(executor: str, runner: "GridRunner", cells: list[Cell], options: d
     if not cells:
         return iter(())
     return backends[executor](executor, runner, cells, options)
+
+
+def check_executor(executor: str) -> None:
+    """Before the grid: the backend's package is installed (and for Slurm, its commands are on PATH)."""
+    if executor == "local" or executor == "isolated":
+        return
+    _require("ray" if executor == "ray" else "submitit", "ray" if executor == "ray" else "submitit")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise HarnessError("--executor slurm needs Slurm's sbatch on PATH (none here); "
+                           "use --executor submitit-local to try the same path on this machine")
 
 
 def _arguments(runner: "GridRunner") -> tuple[str, str, bool, bool]:

@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.io import config_hash
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, unknown_name_message
 
 RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
@@ -145,9 +145,24 @@ def expand(spec: GridSpec) -> list[Cell]:
         for model in models_by_task[task_name]:
             cells.append(Cell(method_name, generator_name, calibrator_name, task_name, model, bit_spec, seed,
                               generator_options, calibrator_options, task_options, spec.quant, spec.limit))
+    _check_scopes(spec, cells)
     return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
 
 
+def _check_scopes(spec: GridSpec, cells: list[Cell]) -> None:
+    """``PLUGIN.key=value`` must name a plugin of the grid: a misspelt scope would be silently ignored."""
+    for flag, kind, registry, options, in_grid in (
+            ("--gen-opt", "generator", GENERATORS, spec.generator_options, {c.generator for c in cells}),
+            ("--calib-opt", "calibrator", CALIBRATORS, spec.calibrator_options, {c.calibrator for c in cells}),
+            ("--task-opt", "task", TASKS, spec.task_options, {c.task for c in cells})):
+        for key in options:
+            scope = key.partition(".")[0] if "." in key else None
+            if scope is None or scope in in_grid:
+                continue
+            here = f"{kind}s in this grid: {', '.join(sorted(in_grid))}"
+            if scope in registry:
+                raise HarnessError(f"{flag} {key}: {kind} {scope!r} is not in this grid ({here})")
+            raise HarnessError(f"{flag} {key}: {unknown_name_message(kind, scope, registry.names())} ({here})")
 def _models_by_task(spec: GridSpec) -> dict[str, list[str]]:
     for task in spec.tasks:
         TASKS.get(task)

@@ -16,6 +16,7 @@ OPTION_KEYS = {"gen_opt": "generator", "calib_opt": "calibrator", "task_opt": "t
 SCALAR_KEYS = ("data", "calib", "data_root", "checkpoint", "batch_size", "profile", "attn_quantizer",
                "keep_first_last_fp", "limit")
 GRID_KEYS = (*LIST_KEYS, *OPTION_KEYS, *SCALAR_KEYS)
+MAX_SEED = 2**32 - 1  # 32-bit seeds: what numpy and every other seeded library accept
 
 
 def load_grid_file(path: Path) -> dict[str, Any]:
@@ -24,6 +25,8 @@ def load_grid_file(path: Path) -> dict[str, Any]:
         settings = yaml.safe_load(Path(path).read_text())
     except OSError as error:
         raise HarnessError(f"grid file {path} is unreadable: {error.strerror}") from error
+    except UnicodeDecodeError:
+        raise HarnessError(f"grid file {path} is not a text file; a grid file is YAML text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -43,10 +46,7 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         if settings.get(key) is not None:
             fields[key] = _as_tuple(settings[key], key)
     if "seeds" in fields:
-        try:
-            fields["seeds"] = tuple(int(seed) for seed in fields["seeds"])
-        except ValueError:
-            raise HarnessError(f"seeds must be integers, got {list(fields['seeds'])}") from None
+        fields["seeds"] = _seeds(fields["seeds"])
     options = {name: _as_options(settings.get(key), what) for key, (name, what) in
                zip(OPTION_KEYS, (("generator_options", "generator"), ("calibrator_options", "calibrator"),
                                  ("task_options", "task")))}
@@ -54,13 +54,34 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         if settings.get(key) is not None:
             options["task_options"][key] = settings[key]
     limit = settings.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise HarnessError(f"limit must be a positive number of images, got {limit!r}")
-    quant = QuantConfig(profile=settings.get("profile") or "standard",
-                        keep_first_last_fp=bool(settings.get("keep_first_last_fp")),
+    keep_first_last_fp = settings.get("keep_first_last_fp") or False
+    if not isinstance(keep_first_last_fp, bool):
+        raise HarnessError(f"keep_first_last_fp must be true or false, got {keep_first_last_fp!r}")
+    for key in ("data", "calib", "profile", "attn_quantizer"):
+        if settings.get(key) is not None and not isinstance(settings[key], str):
+            raise HarnessError(f"{key} must be a name, got {settings[key]!r}")
+    quant = QuantConfig(profile=settings.get("profile") or "standard", keep_first_last_fp=keep_first_last_fp,
                         attn_quantizer=settings.get("attn_quantizer") or "uniform")
     return GridSpec(**fields, **options, data=settings.get("data"), calib=settings.get("calib"),
                     quant=quant, limit=limit)
+
+
+def _seeds(values: tuple) -> tuple[int, ...]:
+    """Seeds as integers in the range every random generator the harness seeds accepts."""
+    seeds = []
+    for value in values:
+        try:
+            seed = int(value) if not isinstance(value, (bool, float)) else None
+        except ValueError:
+            seed = None
+        if seed is None:
+            raise HarnessError(f"seeds must be integers, got {list(values)}")
+        if not 0 <= seed <= MAX_SEED:
+            raise HarnessError(f"seed {seed} is out of range; accepted: 0 to {MAX_SEED}")
+        seeds.append(seed)
+    return tuple(seeds)
 
 
 def _as_tuple(value: Any, key: str) -> tuple:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from harness.bits import BitSpec
+from harness.options import at_least
 from harness.task import ImagePrior, Task
 
 
@@ -103,4 +104,4 @@ class MethodSpec:
 class ImageCountOptions:
     """The option every image generator shares."""
 
-    num_images: int = 32  # spec methods.md, Baselines and PSAQ-ViT: 32 calibration images
+    num_images: int = at_least(1, 32)  # spec methods.md, Baselines and PSAQ-ViT: 32 calibration images

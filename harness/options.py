@@ -1,12 +1,24 @@
-"""Options dataclasses: ``key=value`` overrides from the command line, and dicts for records."""
+"""Options dataclasses: ``key=value`` overrides from the command line, and dicts for records.
+
+Every value is checked against the field's declared type (and its ``minimum`` metadata, see
+:func:`at_least`) before any cell runs, so a bad value is one line naming the option, never an
+error record per cell (docs/plugins.md, Options).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 import yaml
 
 from harness.errors import HarnessError
+
+
+def at_least(minimum: float, default: Any) -> Any:
+    """A dataclass field whose value must be ``>= minimum``: ``num_images: int = at_least(1, 32)``."""
+    return dataclasses.field(default=default, metadata={"minimum": minimum})
 
 
 def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
@@ -27,15 +39,102 @@ def build_options(options_class: type, overrides: dict[str, Any], plugin: str, o
         for key, value in overrides.items()
         if "." not in key or key.partition(".")[0] == plugin
     }
-    fields = {f.name for f in dataclasses.fields(options_class)}
-    unknown = sorted(set(overrides) - fields)
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
         accepted = ", ".join(sorted(fields)) or "none"
         raise HarnessError(f"{owner} has no option {unknown[0]!r}; accepted: {accepted}")
+    hints = typing.get_type_hints(options_class)
+    checked = {key: checked_value(value, hints[key], fields[key].metadata.get("minimum"), f"{owner} option {key}")
+               for key, value in overrides.items()}
     try:
-        return options_class(**overrides)
+        return options_class(**checked)
     except (TypeError, ValueError) as error:
         raise HarnessError(f"invalid option for {owner}: {error}") from error
+
+
+def checked_value(value: Any, annotation: Any, minimum: float | None, what: str) -> Any:
+    """``value`` as ``annotation`` asks (ints widen to floats, lists become tuples), or a one-line error."""
+    try:
+        result = _coerce(value, annotation)
+    except _Mismatch:
+        raise HarnessError(f"{what}={_show(value)} is not {_describe(annotation)}") from None
+    if minimum is not None and result is not None and result < minimum:
+        raise HarnessError(f"{what}={_show(value)} is out of range; accepted: a value >= {minimum:g}")
+    return result
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in arguments:
+            try:
+                return _coerce(value, option)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        if any(value == choice and type(value) is type(choice) for choice in arguments):
+            return value
+        raise _Mismatch
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return tuple(_coerce(item, arguments[0]) for item in value)
+        if len(value) != len(arguments):
+            raise _Mismatch
+        return tuple(_coerce(item, kind) for item, kind in zip(value, arguments))
+    return value  # a type this checker does not know: the options class's own checks apply
+
+
+def _describe(annotation: Any) -> str:
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in arguments)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, arguments))
+    if origin is tuple:
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return f"a list of {_describe(arguments[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(arguments)} ({', '.join(_describe(a) for a in arguments)})"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def options_dict(options: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,6 +47,16 @@ class ResultStore:
     def finished(self, cell_id: str) -> dict[str, Any] | None:
         record = read_record(self.path(cell_id))
         return record if record is not None and record.get("status") == "ok" else None
+
+    def check_writable(self) -> None:
+        """A one-line error, before any cell runs, when records cannot be written here."""
+        try:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".probe."):
+                pass
+        except OSError as error:
+            raise HarnessError(f"results folder {self.root} is not usable ({error.strerror or error}: "
+                               f"{error.filename or self.records_dir}); pass --results DIR, a writable folder") from None
 
     def failure_path(self, cell_id: str) -> Path:
         return self.root / "failures" / f"{cell_id}.json"

@@ -85,6 +85,7 @@ class GridRunner:
         from harness.executors import map_cells
 
         cells = expand(spec)
+        self.preflight(cells, executor)
         summary = RunSummary()
         bar = progress_bar(total=len(cells), desc="grid", unit="cell")
         if executor == "local":
@@ -120,6 +121,20 @@ class GridRunner:
                 self._current(path, "record", _what(cell, record), record.get("code"), cell.code())
         summary.stale = list(self.stale.values())
         return summary
+
+    def preflight(self, cells: list[Cell], executor: str = "local") -> None:
+        """Check, before the first cell, what would otherwise fail every cell: the executor, the results
+        folder, each task's data and weights, and the record paths (one HarnessError, exit 2)."""
+        from harness.executors import check_executor
+
+        check_executor(executor)
+        self.store.check_writable()
+        for task, model in dict.fromkeys((cell.task, cell.model) for cell in cells):
+            self._task(next(c for c in cells if (c.task, c.model) == (task, model))).check_environment(model)
+        for cell in cells:
+            path = self.store.path(cell.cell_id(self._weights_id(cell)))
+            if path.exists() and not path.is_file():
+                raise HarnessError(f"{path} should be a record file but is a {_kind(path)}; move it away and rerun")
 
     def settle(self, cell: Cell, blocking: bool = True) -> Outcome | None:
         """Reuse the cell's finished record or compute it under its lock; None if held elsewhere."""
@@ -301,6 +316,10 @@ class GridRunner:
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
         return calibration
+
+
+def _kind(path: Path) -> str:
+    return "directory" if path.is_dir() else "special file"
 
 
 def _what(cell: Cell, record: dict[str, Any]) -> str:

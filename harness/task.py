@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.options import at_least
 from harness.registry import MODELS
 
 
@@ -48,7 +50,7 @@ class TaskOptions:
 
     data_root: str | None = None
     checkpoint: str | None = None
-    batch_size: int = 64
+    batch_size: int = at_least(1, 64)
 
 
 class Task(ABC):
@@ -82,6 +84,20 @@ class Task(ABC):
     @abstractmethod
     def weights_id(self, model_name: str) -> str:
         """A short hash of the model's weights, part of the generator cache key."""
+
+    def check_environment(self, model_name: str) -> None:
+        """Raise a one-line HarnessError if the files a cell of ``model_name`` reads are missing.
+
+        The runner calls it for every (task, model) of a grid before the first cell, so a wrong
+        path is one message, not one error record per cell. Tasks that need a data root or weights
+        from a cache extend it.
+        """
+        checkpoint = getattr(self.options, "checkpoint", None)
+        if checkpoint and not Path(checkpoint).expanduser().is_file():
+            raise HarnessError(f"--checkpoint {checkpoint}: no such file")
+        data_root = getattr(self.options, "data_root", None)
+        if data_root and not Path(data_root).expanduser().is_dir():
+            raise HarnessError(f"--data-root {data_root}: no such directory")
 
     def backbone(self, model: nn.Module) -> nn.Module:
         """The module generators synthesize for (README §4); a classifier is its own backbone."""

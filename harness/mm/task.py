@@ -23,6 +23,7 @@ from harness.mm.config import cached_weights, load_config
 from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
 from harness.mm.stack import skip_without_stack
+from harness.options import at_least
 from harness.task import ImagePrior, Task, TaskOptions, register_models
 
 SCOPES = ("backbone", "all")
@@ -37,8 +38,8 @@ class OpenMMLabOptions(TaskOptions):
     config: str | None = None
     quantize: Literal["backbone", "all"] = "backbone"
     prior_size: int | None = None
-    batch_size: int = 1  # mmdet/mmseg evaluate full-resolution images one at a time
-    num_workers: int = 2
+    batch_size: int = at_least(1, 1)  # mmdet/mmseg evaluate full-resolution images one at a time
+    num_workers: int = at_least(0, 2)
 
     def __post_init__(self) -> None:
         if self.quantize not in SCOPES:
@@ -147,6 +148,11 @@ class OpenMMLabTask(Task):
         if limit:
             dataset_config.indices = limit
         return build(self.scope, "DATASETS", dataset_config)
+
+    def check_environment(self, model_name: str) -> None:
+        super().check_environment(model_name)
+        self._root()
+        self._checkpoint(model_name)
 
     def weights_id(self, model_name: str) -> str:
         self._entry(model_name)

@@ -13,6 +13,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
+from harness.io import file_sha256
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, calibration_indices, register_models
 from harness.weights import read_state_dict
@@ -36,16 +37,24 @@ class DigitsTask(Task):
         super().__init__(options)
         self._weights: dict[str, tuple[Path, str]] = {}  # model -> shipped file, its sha256
 
-    def _shipped(self, model_name: str) -> tuple[Path, str]:
+    def _weights_file(self, model_name: str) -> tuple[Path, str]:
+        """The shipped weights, or ``--checkpoint`` (e.g. a model retrained by ``python -m tasks.digits.train``)."""
         if model_name not in MODEL_SEEDS:
             raise HarnessError(f"model {model_name!r} is not a digits model; accepted: {', '.join(MODEL_SEEDS)}")
         if model_name not in self._weights:
-            self._weights[model_name] = shipped_weights(model_name)
+            checkpoint = self.options.checkpoint
+            self._weights[model_name] = ((Path(checkpoint).expanduser(), file_sha256(Path(checkpoint).expanduser()))
+                                         if checkpoint else shipped_weights(model_name))
         return self._weights[model_name]
+
+    def check_environment(self, model_name: str) -> None:
+        super().check_environment(model_name)
+        if self.options.data_root:
+            raise HarnessError("--data-root is not used by digits: its images ship with scikit-learn")
 
     def load_model(self, model_name: str) -> nn.Module:
         model = build_model()
-        model.load_state_dict(read_state_dict(self._shipped(model_name)[0]))
+        model.load_state_dict(read_state_dict(self._weights_file(model_name)[0]))
         return model.eval()
 
     def prior(self, model_name: str) -> ImagePrior:
@@ -64,4 +73,4 @@ class DigitsTask(Task):
                              total=math.ceil(len(labels) / batch_size))
 
     def weights_id(self, model_name: str) -> str:
-        return self._shipped(model_name)[1][:16]
+        return self._weights_file(model_name)[1][:16]

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from harness.errors import HarnessError
 from harness.evaluation import topk_accuracy
 from harness.io import file_sha256
+from harness.options import at_least
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, TaskOptions, calibration_indices, register_models
 from tasks.imagenet.data import LabelledImages, data_config, eval_transform, labelled_images
@@ -27,7 +28,7 @@ from tasks.imagenet.weights import hub_checkpoint, load_weights
 class ImageNetOptions(TaskOptions):
     """``data_root`` falls back to ``$IMAGENET_ROOT``; ``num_workers`` decode JPEGs beside the model."""
 
-    num_workers: int = 2
+    num_workers: int = at_least(0, 2)
 
     def __post_init__(self) -> None:
         self.data_root = self.data_root or os.environ.get("IMAGENET_ROOT") or None
@@ -81,6 +82,12 @@ class ImageNetTask(Task):
         if model_name not in self._weights_ids:
             self._weights_ids[model_name] = file_sha256(self._checkpoint(self._checked(model_name)))
         return self._weights_ids[model_name]
+
+    def check_environment(self, model_name: str) -> None:
+        super().check_environment(model_name)
+        if not (self._root() / "val").is_dir():
+            raise HarnessError(f"imagenet: {self._root() / 'val'} not found (expected layout DIR/val/<wnid>/*.JPEG)")
+        self._checkpoint(self._checked(model_name))
 
     def _checked(self, model_name: str) -> str:
         if model_name not in self.model_names:
