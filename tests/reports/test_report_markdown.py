@@ -46,8 +46,9 @@ def imagenet_page(grid_results: Path) -> str:
 
 def test_numbers_read_back_exactly(imagenet_page):
     table = parse_table(imagenet_page, "## deit_tiny_patch16_224 (all images)")
-    cited = {text.split(" (")[0]: number for number, text in sources(imagenet_page).items()}
-    psaq_readme, spdfq = cited["PSAQ-ViT, authors' code README"], cited["SPDFQ / SARDFQ paper, secondary notes"]
+    cited = {text.split(": ")[0]: number for number, text in sources(imagenet_page).items()}
+    psaq_readme = cited["PSAQ-ViT README, Results table"]
+    spdfq = cited["SPDFQ / SARDFQ paper, secondary notes (recalled"]
     assert list(table) == ["noise", "psaq", "psaq (psaq+ranking)"]
     assert table["psaq"]["w8a8"] == {"mean": "72.00", "std": "1.00", "seeds": "3", "drop": "0.30",
                                      "pub": "71.56", "source": psaq_readme, "gap": "+0.44"}
@@ -72,7 +73,8 @@ def test_best_per_column_is_marked_once(imagenet_page):
 def test_present_published_figure_names_its_source(imagenet_page):
     table = parse_table(imagenet_page, "## deit_tiny_patch16_224 (all images)")
     listed = sources(imagenet_page)
-    assert listed[table["psaq"]["w8a8"]["source"]].startswith("PSAQ-ViT, authors' code README (verified)")
+    assert re.match(r"PSAQ-ViT README, Results table: https://github\.com/zkkli/PSAQ-ViT/blob/[0-9a-f]{40}/README\.md "
+                    r"\(verified\)", listed[table["psaq"]["w8a8"]["source"]])
     assert listed[table["noise"]["w4a4"]["source"]].startswith("SPDFQ / SARDFQ paper, secondary notes (recalled")
     assert "shared reconstruction backend" in listed[table["noise"]["w4a4"]["source"]]
 
