@@ -1,4 +1,4 @@
-"""reports/published.csv: the figures of spec published.md, in the harness's names, one source each."""
+"""reports/published.csv: published figures in the harness's names, one source each (docs/results.md)."""
 from __future__ import annotations
 
 from importlib import resources
@@ -32,11 +32,12 @@ def test_shipped_table_uses_harness_names():
     (("imagenet", "vit_base_patch16_224", "spdfq", "w4a4", "top1"), 51.84, "recalled", "shared reconstruction backend"),
     (("imagenet", "vit_base_patch16_224", "real", "w4a4", "top1"), 68.16, "recalled", "shared reconstruction backend"),
     (("imagenet", "swin_base_patch4_window7_224", "ptq4vit", "w6a6", "top1"), 84.01, "verified", "twin uniform"),
-    (("imagenet", "swin_base_patch4_window7_224", "fp", "fp", "top1"), 85.27, "recalled", ""),
+    (("imagenet", "swin_base_patch4_window7_224", "fp", "fp", "top1"), 85.27, "verified", ""),
     (("coco", "swin_small_patch4_window7_224", "psaq_v2", "w8a8", "mask_ap"), 44.1, "verified", "Swin-S backbone"),
 ])
-def test_figures_match_published_md(key, value, verified, notes):
-    figure = load_published().lookup(*key)
+def test_figures_read_back(key, value, verified, notes):
+    # Recalled figures are kept out of lookup by default (docs/results.md), so read them with include_recalled.
+    figure = load_published(include_recalled=True).lookup(*key)
     assert figure.value == value and figure.verified == verified and notes in figure.notes
 
 
