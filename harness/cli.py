@@ -142,6 +142,7 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
           f"records in {runner.store.records_dir}")
     _warn_stale(summary.stale, args.argv)
+    _warn_invalid(summary.invalid)
     for record in summary.records:
         if record["status"] != "ok":
             kept = f" (the finished record is kept: {record['kept_finished_record']})" if "kept_finished_record" in record else ""
@@ -167,6 +168,16 @@ def _warn_stale(stale: list, argv: list[str]) -> None:
     for entry in stale:
         print(f"  {entry.kind} {entry.path} ({entry.what}): {'; '.join(entry.differences)}", file=sys.stderr)
     print(f"to recompute them: python -m harness {shlex.join(argv)} --recompute-stale", file=sys.stderr)
+
+
+def _warn_invalid(invalid: list) -> None:
+    """Invalid records are named, never counted as finished; their cells were recomputed if in the grid."""
+    if not invalid:
+        return
+    print(f"warning: {len(invalid)} invalid record(s), not counted as finished (a recomputed cell sets its "
+          "invalid record aside under invalid/):", file=sys.stderr)
+    for entry in invalid:
+        print(f"  {entry.path}: {entry.problem}", file=sys.stderr)
 
 
 def _report_after_run(results: Path) -> None:

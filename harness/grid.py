@@ -16,9 +16,9 @@ from harness.errors import HarnessError
 from harness.io import config_hash
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig
+from harness.records import RECORD_SCHEMA
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, unknown_name_message
 
-RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
 
 DEFAULT_METHODS = ("real", "noise")

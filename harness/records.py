@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import socket
@@ -28,6 +29,7 @@ from harness.io import atomic_write, write_json
 from harness.method import CalibrationSet
 from harness.task import ImagePrior
 
+RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "mmdet", "mmsegmentation", "mmengine")
 
 
@@ -45,8 +47,9 @@ class ResultStore:
         return self.root / "locks" / f"{cell_id}.lock"
 
     def finished(self, cell_id: str) -> dict[str, Any] | None:
-        record = read_record(self.path(cell_id))
-        return record if record is not None and record.get("status") == "ok" else None
+        """The cell's record if it is valid and ``ok``; an invalid one never counts as finished."""
+        record, problem = load_record(self.path(cell_id))
+        return record if record is not None and problem is None and record["status"] == "ok" else None
 
     def check_writable(self) -> None:
         """A one-line error, before any cell runs, when records cannot be written here."""
@@ -71,6 +74,8 @@ class ResultStore:
         if record.get("status") != "ok" and self.finished(record["cell_id"]) is not None:
             record["kept_finished_record"] = str(path)
             path = self.failure_path(record["cell_id"])
+        elif load_record(path)[1] is not None:  # an invalid record is set aside, never overwritten
+            record["replaced_invalid_record"] = str(self._set_aside(path))
         try:
             write_json(path, record)
         except OSError as error:
@@ -78,11 +83,27 @@ class ResultStore:
                                "rerun the same command once the problem is fixed") from error
         return path
 
+    def _set_aside(self, path: Path) -> Path:
+        aside = self.root / "invalid" / f"{path.stem}.{datetime.datetime.now():%Y%m%dT%H%M%S%f}.json"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, aside)
+        return aside
+
     def records(self) -> Iterator[dict[str, Any]]:
+        """Every valid record (``ok`` or ``error``); :meth:`invalid_records` names the others."""
         for path in sorted(self.records_dir.glob("*.json")):
-            record = read_record(path)
-            if record is not None:
+            record, problem = load_record(path)
+            if record is not None and problem is None:
                 yield record
+
+    def invalid_records(self) -> list["InvalidRecord"]:
+        """Files in the records folder that are not valid records of this schema, and why."""
+        invalid = []
+        for path in sorted(self.records_dir.glob("*.json")):
+            problem = load_record(path)[1]
+            if problem is not None:
+                invalid.append(InvalidRecord(path, problem))
+        return invalid
 
     def calibration_path(self, generator: str, key: str) -> Path:
         return self.root / "cache" / "generators" / generator / f"{key}{CALIBRATION_SUFFIX}"
@@ -136,6 +157,65 @@ def read_calibration(path: Path) -> CachedCalibration | None:
         return None
     return CachedCalibration(path, CalibrationSet(images=tensors["images"], labels=tensors.get("labels"), info=info),
                              meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidRecord:
+    """A file where a record should be that cannot be used: torn, edited, another schema, a directory."""
+
+    path: Path
+    problem: str
+
+
+_IDENTITY_TYPES = {"cell_id": str, "method": str, "task": str, "model": str, "bits": str, "seed": int,
+                   "label": str, "weights_id": str, "options": dict}
+
+
+def load_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a valid record, ``(record or None, why)`` for an invalid one, ``(None, None)`` if absent."""
+    if not path.exists():
+        return None, None
+    if not path.is_file():
+        return None, "a directory or special file, not a record"
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not valid JSON (a torn or edited file)"
+    except OSError as error:
+        return None, f"unreadable ({error.strerror or error})"
+    return record, record_problem(record)
+
+
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` is not a valid record of :data:`RECORD_SCHEMA` (docs/results.md, Records), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("schema") != RECORD_SCHEMA:
+        return f"schema {record.get('schema')!r}; this harness reads schema {RECORD_SCHEMA}"
+    for key, kind in _IDENTITY_TYPES.items():
+        value = record.get(key, _MISSING)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field {key!r} is {_shown(value)}, expected {kind.__name__}"
+    if record.get("status") == "error":
+        return None if isinstance(record.get("error"), str) else "an error record without its error message"
+    if record.get("status") != "ok":
+        return f"status {record.get('status')!r}; expected 'ok' or 'error'"
+    for key in ("metrics", "fp_metrics"):
+        metrics = record.get(key, _MISSING)
+        if not isinstance(metrics, dict) or not metrics:
+            return f"field {key!r} is {_shown(metrics)}, expected metric names with numbers"
+        for name, value in metrics.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                return f"{key}.{name} is {_shown(value)}, expected a finite number"
+    return None
+
+
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    return "missing" if value is _MISSING else "null" if value is None else f"{value!r}"[:40]
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

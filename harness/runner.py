@@ -24,13 +24,13 @@ from torch import nn
 
 from harness.code_version import describe_difference
 from harness.errors import HarnessError
-from harness.grid import RECORD_SCHEMA, Cell, GridSpec, expand
+from harness.grid import Cell, GridSpec, expand
 from harness.io import config_hash, file_lock, write_json
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.progress import progress_bar
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.records import (PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_calibration,
+from harness.records import (RECORD_SCHEMA, InvalidRecord, PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_calibration,
                              read_record, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
 from harness.task import ImagePrior, Task
@@ -56,6 +56,7 @@ class RunSummary:
     skipped: int = 0
     failed: int = 0
     stale: list[StaleEntry] = field(default_factory=list)  # reused as they are; see recompute_stale
+    invalid: list[InvalidRecord] = field(default_factory=list)  # in the records folder, never counted as finished
 
     def add(self, outcome: Outcome) -> None:
         record, computed = outcome
@@ -86,7 +87,7 @@ class GridRunner:
 
         cells = expand(spec)
         self.preflight(cells, executor)
-        summary = RunSummary()
+        summary = RunSummary(invalid=self.store.invalid_records())
         bar = progress_bar(total=len(cells), desc="grid", unit="cell")
         if executor == "local":
             held_elsewhere = []

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from harness.records import InvalidRecord
 from reports.aggregate import bits_order, cost_table, primary_metric, records_frame, seed_stats
 from reports.gallery import IMAGES_PER_ROW, cached_galleries
 from reports.metadata import RunMetadata, run_metadata
@@ -117,10 +118,25 @@ class TaskReport:
 
 
 @dataclass(frozen=True)
+class FailedCell:
+    """A cell whose record says it failed: left out of the tables, listed with its error."""
+
+    task: str
+    label: str
+    model: str
+    bits: str
+    seed: int
+    error: str
+    record: str  # the record file's name
+
+
+@dataclass(frozen=True)
 class Report:
     tasks: list[TaskReport]
     sources: list[Source]
     metadata: RunMetadata
+    failed: list[FailedCell]
+    invalid: list[InvalidRecord]  # files in the records folder that are not valid records, and why
 
 
 class _SourceBook:
@@ -140,9 +156,13 @@ class _SourceBook:
         return list(self._sources.values())
 
 
-def build_report(records: Iterable[dict[str, Any]], results: Path, published: PublishedTable | None = None) -> Report:
+def build_report(records: Iterable[dict[str, Any]], results: Path, published: PublishedTable | None = None,
+                 invalid: Iterable[InvalidRecord] = ()) -> Report:
     """Everything the templates show; ``results`` is read for the generator cache (gallery)."""
     records = list(records)
+    failed = sorted((FailedCell(r["task"], r["label"], r["model"], r["bits"], r["seed"], r["error"], f"{r['cell_id']}.json")
+                     for r in records if r.get("status") != "ok"),
+                    key=lambda cell: (cell.task, cell.model, cell.label, cell.bits, cell.seed))
     frame = records_frame(records)
     published = published or load_published()
     book = _SourceBook()
@@ -150,7 +170,8 @@ def build_report(records: Iterable[dict[str, Any]], results: Path, published: Pu
         _task_report(str(task), task_frame.dropna(axis=1, how="all"), Path(results), published, book)
         for task, task_frame in frame.groupby("task", sort=True)
     ]
-    return Report(tasks=tasks, sources=book.sources(), metadata=run_metadata(records))
+    return Report(tasks=tasks, sources=book.sources(), metadata=run_metadata(records), failed=failed,
+                  invalid=list(invalid))
 
 
 def slug(text: str) -> str:

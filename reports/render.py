@@ -19,7 +19,8 @@ FIGURES = "figures"
 
 def write_report(results: Path, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Render every record under ``results``; returns the entry pages written (``index.md``, ``report.html``)."""
-    report = build_report(ResultStore(results).records(), results)
+    store = ResultStore(results)
+    report = build_report(store.records(), results, invalid=store.invalid_records())
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:
