@@ -99,6 +99,20 @@ class Cell:
         return config_hash(self.identity(weights_id))
 
 
+def record_configuration(record: dict[str, Any]) -> str:
+    """A hash of what a record's result depends on except its seed: records sharing it are seeds of one
+    configuration, the only records a leaderboard may average (docs/results.md, Leaderboard rows)."""
+    options = dict(record.get("options") or {})
+    options["task"] = {key: value for key, value in (options.get("task") or {}).items()
+                       if key not in EXECUTION_ONLY_TASK_OPTIONS}
+    if record.get("bits") == "fp":
+        options = {"task": options["task"], "limit": options.get("limit")}
+    versions = {name: (code or {}).get("version") for name, code in (record.get("code") or {}).items()}
+    return config_hash({**{key: record.get(key) for key in ("method", "task", "model", "bits", "weights_id")},
+                        "pair": None if record.get("bits") == "fp" else [record.get("generator"), record.get("calibrator")],
+                        "options": options, "versions": versions})
+
+
 def component_code(task: str, generator: str | None = None, calibrator: str | None = None) -> dict[str, dict[str, str]]:
     """The checkout's code of a result's components; a quantized result adds generator, calibrator, quantizer."""
     code = {"task": plugin_code(TASKS.get(task)).as_dict()}

@@ -24,7 +24,7 @@ from torch import nn
 
 from harness.code_version import describe_difference
 from harness.errors import HarnessError
-from harness.grid import Cell, GridSpec, expand
+from harness.grid import EXECUTION_ONLY_TASK_OPTIONS, Cell, GridSpec, expand
 from harness.io import config_hash, file_lock, write_json
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.progress import progress_bar
@@ -85,8 +85,7 @@ class GridRunner:
         """Run every cell of the grid; ``executor`` other than ``local`` sends unfinished cells elsewhere."""
         from harness.executors import map_cells
 
-        cells = expand(spec)
-        self.preflight(cells, executor)
+        cells = self.preflight(expand(spec), executor)
         summary = RunSummary(invalid=self.store.invalid_records())
         bar = progress_bar(total=len(cells), desc="grid", unit="cell")
         if executor == "local":
@@ -123,19 +122,30 @@ class GridRunner:
         summary.stale = list(self.stale.values())
         return summary
 
-    def preflight(self, cells: list[Cell], executor: str = "local") -> None:
+    def preflight(self, cells: list[Cell], executor: str = "local") -> list[Cell]:
         """Check, before the first cell, what would otherwise fail every cell: the executor, the results
-        folder, each task's data and weights, and the record paths (one HarnessError, exit 2)."""
+        folder, each task's data and weights, and the record paths (one HarnessError, exit 2).
+
+        Returns the cells with ``limit`` dropped where it covers the whole evaluation split.
+        """
         from harness.executors import check_executor
 
         check_executor(executor)
         self.store.check_writable()
-        for task, model in dict.fromkeys((cell.task, cell.model) for cell in cells):
-            self._task(next(c for c in cells if (c.task, c.model) == (task, model))).check_environment(model)
+        sizes = {}
+        for cell in cells:
+            if (cell.task, cell.model) not in sizes:
+                task = self._task(cell)
+                task.check_environment(cell.model)
+                sizes[cell.task, cell.model] = task.evaluation_size(cell.model) if cell.limit else None
+        cells = [dataclasses.replace(cell, limit=None)
+                 if cell.limit and sizes[cell.task, cell.model] is not None and cell.limit >= sizes[cell.task, cell.model]
+                 else cell for cell in cells]
         for cell in cells:
             path = self.store.path(cell.cell_id(self._weights_id(cell)))
             if path.exists() and not path.is_file():
                 raise HarnessError(f"{path} should be a record file but is a {_kind(path)}; move it away and rerun")
+        return cells
 
     def settle(self, cell: Cell, blocking: bool = True) -> Outcome | None:
         """Reuse the cell's finished record or compute it under its lock; None if held elsewhere."""
@@ -328,15 +338,26 @@ def _what(cell: Cell, record: dict[str, Any]) -> str:
 
 
 def _label(cell: Cell) -> str:
-    """Leaderboard row name: the method, plus what differs from its defaults."""
+    """Leaderboard row name: the method, plus everything of its configuration that differs from the defaults.
+
+    The pair when it is not the method's own, quantizer settings in brackets, changed generator,
+    calibrator and task options in braces, so each configuration is its own row (docs/results.md).
+    An FP cell depends on neither the pair nor the quantizer, so its label names neither.
+    """
     method = METHODS.get(cell.method)
     label = cell.method
-    if (cell.generator, cell.calibrator) != (method.generator, method.calibrator):
-        label += f" ({cell.generator}+{cell.calibrator})"
-    if cell.quant.profile != "standard":
-        label += f" [{cell.quant.profile}]"
-    changed = [f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options)
-               for key, value in _changed_options(options).items()]
+    changed = [f"{key}={value}" for key, value in _changed_options(cell.task_options).items()
+               if key not in EXECUTION_ONLY_TASK_OPTIONS]
+    if not cell.bits.is_fp:
+        if (cell.generator, cell.calibrator) != (method.generator, method.calibrator):
+            label += f" ({cell.generator}+{cell.calibrator})"
+        quantizer = _changed_options(cell.quant)
+        profile = quantizer.pop("profile", None)  # the profile alone reads as its name, as published rows do
+        settings = [profile] * (profile is not None) + [f"{key}={value}" for key, value in quantizer.items()]
+        if settings:
+            label += f" [{', '.join(settings)}]"
+        changed = [f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options)
+                   for key, value in _changed_options(options).items()] + changed
     return label + (f" {{{', '.join(changed)}}}" if changed else "")
 
 

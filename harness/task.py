@@ -85,6 +85,14 @@ class Task(ABC):
     def weights_id(self, model_name: str) -> str:
         """A short hash of the model's weights, part of the generator cache key."""
 
+    def evaluation_size(self, model_name: str) -> int | None:
+        """Images in the evaluation split, or None when unknown without reading it all.
+
+        A ``--limit`` at or above it evaluates everything, so the runner records it as no limit: one
+        configuration, one leaderboard row.
+        """
+        return None
+
     def check_environment(self, model_name: str) -> None:
         """Raise a one-line HarnessError if the files a cell of ``model_name`` reads are missing.
 

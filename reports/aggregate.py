@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.grid import code_differences
+from harness.grid import code_differences, record_configuration
 from harness.io import config_hash
 
 STALE_MARK = "†"
@@ -38,8 +38,25 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
         row.update({f"memory.{k}": v for k, v in record.get("memory", {}).items()})
+        row["weights_id"] = record.get("weights_id")
+        row["configuration"] = record_configuration(record)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _one_configuration_per_label(pd.DataFrame(rows))
+
+
+def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give records of different configurations sharing a label (other weights, another version of the
+    same options) labels of their own, so seeds are the only thing a leaderboard entry averages over."""
+    if frame.empty:
+        return frame
+    for _, group in frame.groupby(["task", "model", "subset", "label"], sort=False):
+        if group["configuration"].nunique() < 2:
+            continue
+        several_weights = group["weights_id"].nunique() > 1
+        for index, row in group.iterrows():
+            weights = f"weights {str(row['weights_id'])[:8]}, " if several_weights else ""
+            frame.loc[index, "label"] = f"{row['label']} ‹{weights}config {row['configuration'][:6]}›"
+    return frame
 
 
 def primary_metric(frame: pd.DataFrame) -> str:

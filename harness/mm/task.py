@@ -149,6 +149,9 @@ class OpenMMLabTask(Task):
             dataset_config.indices = limit
         return build(self.scope, "DATASETS", dataset_config)
 
+    def evaluation_size(self, model_name: str) -> int:
+        return len(self.dataset(model_name))
+
     def check_environment(self, model_name: str) -> None:
         super().check_environment(model_name)
         self._root()

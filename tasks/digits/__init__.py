@@ -72,5 +72,8 @@ class DigitsTask(Task):
         return topk_accuracy(model, tensor_batches(images, labels, batch_size), topk=(1,),
                              total=math.ceil(len(labels) / batch_size))
 
+    def evaluation_size(self, model_name: str) -> int:
+        return len(load_splits()[1].labels)
+
     def weights_id(self, model_name: str) -> str:
         return self._weights_file(model_name)[1][:16]

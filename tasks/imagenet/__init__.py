@@ -78,6 +78,9 @@ class ImageNetTask(Task):
         loader = self._loader(labelled_images(self._root() / "val")[:limit], model_name)
         return topk_accuracy(model, loader, topk=(1, 5), total=len(loader))
 
+    def evaluation_size(self, model_name: str) -> int:
+        return len(labelled_images(self._root() / "val"))
+
     def weights_id(self, model_name: str) -> str:
         if model_name not in self._weights_ids:
             self._weights_ids[model_name] = file_sha256(self._checkpoint(self._checked(model_name)))
