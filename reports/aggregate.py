@@ -49,7 +49,7 @@ def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:
     same options) labels of their own, so seeds are the only thing a leaderboard entry averages over."""
     if frame.empty:
         return frame
-    for _, group in frame.groupby(["task", "model", "subset", "label"], sort=False):
+    for _, group in frame.groupby(["task", "model", "subset", "label", "bits"], sort=False):
         if group["configuration"].nunique() < 2:
             continue
         several_weights = group["weights_id"].nunique() > 1

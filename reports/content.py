@@ -19,6 +19,10 @@ from reports.gallery import IMAGES_PER_ROW, cached_galleries
 from reports.metadata import RunMetadata, run_metadata
 from reports.plots import Series, accuracy_svg, gallery_svg
 from reports.published import PublishedFigure, PublishedTable, comparable_method, load_published
+from reports.significance import Comparison, compare
+
+
+BASELINES = ("real", "noise")  # rows every other row is also tested against
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Estimate:
     drop: float | None  # FP - mean; None when the records carry no FP value
     best: bool  # best mean of its bit-width column at the shown precision (ties all marked)
     published: Citation | None
+    comparisons: tuple[Comparison, ...] = ()  # against the column's best, `real` and `noise` (reports.significance)
 
 
 @dataclass(frozen=True)
@@ -186,10 +191,12 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     extra = sorted(m for m in published.metrics(task) if f"metric.{m}" in frame.columns and m != primary)
     metrics = [primary, *extra]
     stats = {metric: _by_section(seed_stats(frame, f"metric.{metric}")) for metric in metrics}
+    seeds = {metric: _seed_values(frame, f"metric.{metric}") for metric in metrics}
     costs = _by_section(cost_table(frame))
     sections = []
     for model, subset in sorted(costs):
-        leaderboards = [_leaderboard(task, model, subset, metric, stats[metric][(model, subset)], published, book)
+        leaderboards = [_leaderboard(task, model, subset, metric, stats[metric][(model, subset)], published, book,
+                                     seeds[metric])
                         for metric in metrics if (model, subset) in stats[metric]]
         sections.append(ModelSection(model=model, subset=subset, anchor=f"{slug(task)}--{slug(model)}--{slug(subset)}",
                                      leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)])))
@@ -202,6 +209,14 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     stale = frame.loc[frame["stale"] != "", ["label", "stale"]].drop_duplicates().sort_values("label")
     return TaskReport(task=task, slug=slug(task), metrics=metrics, sections=sections, galleries=galleries,
                       sources=_cited(sections), stale=[StaleRow(row.label, row.stale) for row in stale.itertuples()])
+
+
+def _seed_values(frame: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
+    """(model, subset, label, bits) -> {seed: value}: what the significance tests compare."""
+    values: dict[tuple, dict[int, float]] = {}
+    for row in frame.dropna(subset=[metric]).to_dict("records"):
+        values.setdefault((row["model"], row["subset"], row["label"], row["bits"]), {})[int(row["seed"])] = row[metric]
+    return values
 
 
 def _by_section(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
@@ -217,9 +232,11 @@ def _cited(sections: list[ModelSection]) -> list[Source]:
 
 
 def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.DataFrame, published: PublishedTable,
-                 book: _SourceBook) -> Leaderboard:
+                 book: _SourceBook, seeds: dict[tuple, dict[int, float]]) -> Leaderboard:
     bits = sorted(stats["bits"].unique(), key=bits_order)
     best = {bit: max(round(mean, 2) for mean in stats.loc[stats["bits"] == bit, "mean"]) for bit in bits}
+    best_label = {bit: stats.loc[stats.loc[stats["bits"] == bit, "mean"].idxmax(), "label"] for bit in bits}
+    labels = {bit: set(stats.loc[stats["bits"] == bit, "label"]) for bit in bits}
     fp = _number(stats["fp"].mean())
     rows = []
     for label, label_stats in stats.groupby("label", sort=True):
@@ -232,10 +249,15 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                 continue
             method = comparable_method(entry["label"], entry["method"])
             figure = published.lookup(task, model, method, bit, metric) if method else None
+            # the column's best, unless it is a baseline row, which every row is compared with anyway
+            others = [(name, name) for name in BASELINES if name in labels[bit]]
+            others += [("best", best_label[bit])] * (best_label[bit] not in BASELINES)
+            comparisons = tuple(compare(seeds[model, subset, label, bit], seeds[model, subset, other, bit], against)
+                                for against, other in others if other != label)
             cells.append(Estimate(
                 mean=entry["mean"], std=_number(entry["std"]), seeds=int(entry["seeds"]), drop=_number(entry["drop"]),
                 best=round(entry["mean"], 2) == best[bit],
-                published=book.cite(figure, entry["mean"]) if figure else None,
+                published=book.cite(figure, entry["mean"]) if figure else None, comparisons=comparisons,
             ))
         rows.append(LeaderboardRow(label=str(label), cells=cells))
     fp_figure = published.fp(task, model, metric)

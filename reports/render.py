@@ -64,7 +64,7 @@ def markdown_text(text: object) -> str:
 def _environment(autoescape: bool) -> Environment:
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=autoescape,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_number, signed=_signed, seconds=_seconds, whole=_whole)
+    env.filters.update(num=_number, signed=_signed, seconds=_seconds, whole=_whole, verdict=_verdict)
     return env
 
 
@@ -74,6 +74,11 @@ def _number(value: float | None) -> str:
 
 def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
+
+
+def _verdict(comparison) -> str:
+    """``*`` beyond seed noise, ``≈`` within it, ``?`` untested (one seed): see the pages' legend."""
+    return "?" if comparison.p_value is None else "*" if comparison.significant else "≈"
 
 
 def _whole(value: float | None) -> str:

@@ -36,7 +36,7 @@ def make_record(label: str = "psaq", method: str = "psaq", generator: str = "psa
     identity = {"method": method, "generator": generator, "calibrator": calibrator, "task": task, "model": model,
                 "bits": bits, "seed": seed, "label": label, "limit": limit}
     record = {
-        "schema": 1, "cell_id": hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16],
+        "schema": 2, "cell_id": hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16],
         "weights_id": "0123456789abcdef", **{k: v for k, v in identity.items() if k != "limit"},
         "options": {"generator": {"num_images": 32}, "calibrator": {}, "limit": limit,
                     "quant": {"profile": "standard", "attn_quantizer": "uniform", "keep_first_last_fp": False},
