@@ -16,7 +16,7 @@ def grid_seconds(bits: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "harness", "run", "--methods", "real", "--tasks", "digits",
-                        "--bits", bits, "--out", out, "--no-progress"], check=True, capture_output=True)
+                        "--bits", bits, "--results", out, "--no-progress"], check=True, capture_output=True)
         return time.perf_counter() - start
 
 

@@ -34,7 +34,7 @@ PSAQ_PROFILE_BITS = ("w4a4", "w4a3")
 
 def run_grid(out: Path, seeds: str, threads: int | None, recompute_stale: bool) -> None:
     base = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--seeds", seeds,
-            "--out", str(out), "--no-progress", "--no-report"]
+            "--results", str(out), "--no-progress", "--no-report"]
     if threads:
         base += ["--threads", str(threads)]
     if recompute_stale:

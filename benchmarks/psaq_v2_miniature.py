@@ -30,7 +30,7 @@ METHODS = ("psaq", "psaq_v2")
 
 def run_seed(out: Path, seed: int, threads: int | None) -> None:
     command = [sys.executable, "-m", "harness", "run", "--methods", ",".join(METHODS), "--tasks", "digits",
-               "--bits", ",".join(BITS), "--seeds", str(seed), "--out", str(out), "--no-progress", "--no-report"]
+               "--bits", ",".join(BITS), "--seeds", str(seed), "--results", str(out), "--no-progress", "--no-report"]
     if threads:
         command += ["--threads", str(threads)]
     returncode = subprocess.run(command, cwd=REPO).returncode

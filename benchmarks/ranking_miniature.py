@@ -22,7 +22,7 @@ TARGET_POINTS = 3.0
 
 
 def harness_run(*args: str) -> None:
-    command = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--out", str(OUT), "--no-progress", *args]
+    command = [sys.executable, "-m", "harness", "run", "--tasks", "digits", "--results", str(OUT), "--no-progress", *args]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, capture_output=True)
 

@@ -38,7 +38,7 @@ PARTS = ("compare", "ablation", "real")
 
 def harness_run(out: Path, seeds: str, methods: str, *extra: str) -> None:
     command = [sys.executable, "-m", "harness", "run", "--methods", methods, "--tasks", "digits", "--bits", "w4a3",
-               "--seeds", seeds, "--out", str(out), "--no-progress", "--no-report", *extra]
+               "--seeds", seeds, "--results", str(out), "--no-progress", "--no-report", *extra]
     returncode = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
     if returncode not in (0, 1):  # 1: some cells failed (listed above), the rest is still worth reading
         raise SystemExit(f"harness run exited with {returncode}")

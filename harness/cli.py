@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-first-last-fp", action="store_true", default=None,
                      help="leave patch embedding and head in FP")
     run.add_argument("--limit", type=int, help="evaluate on the first N images only")
-    run.add_argument("--out", type=Path, default=Path("results"), help="results directory (default: results)")
+    run.add_argument("--results", type=Path, help="results directory, as for `report` (default: results)")
+    run.add_argument("--out", type=Path, help="deprecated spelling of --results")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: one per available core)")
     run.add_argument("--executor", default="local", choices=EXECUTORS,
@@ -130,13 +131,14 @@ def command_run(args: argparse.Namespace) -> int:
     from harness.runner import GridRunner
     from reports.aggregate import leaderboard, primary_metric, records_frame
 
+    results = _results_folder(args)
     _set_threads(args.threads)
     settings = load_grid_file(args.grid) if args.grid else {}
     settings.update({key: getattr(args, key) for key in GRID_KEYS if getattr(args, key, None) is not None})
     spec = spec_from_settings(settings)
     _check_device(args.device)
     set_progress(not args.no_progress)
-    runner = GridRunner(args.out, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
+    runner = GridRunner(results, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
     summary = runner.run(spec, executor=args.executor,
                          executor_options=parse_assignments(args.executor_opt, "executor"))
     print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
@@ -154,8 +156,18 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"\n{task} ({metric.removeprefix('metric.')}, mean ± std over seeds (n))")
             print(leaderboard(task_frame, metric).to_string())
     if not args.no_report:
-        _report_after_run(args.out)
+        _report_after_run(results)
     return 1 if summary.failed else 0
+
+
+def _results_folder(args: argparse.Namespace) -> Path:
+    """``--results``; ``run --out`` still works, with a line saying it is now ``--results``."""
+    if args.out is not None:
+        if args.results is not None and args.results != args.out:
+            raise HarnessError(f"run got --results {args.results} and --out {args.out}; give --results only")
+        print("warning: `run --out` is now `run --results` (the same name as in `report`); --out still works",
+              file=sys.stderr)
+    return args.results or args.out or Path("results")
 
 
 def _warn_stale(stale: list, argv: list[str]) -> None:
@@ -243,7 +255,7 @@ def command_report(args: argparse.Namespace) -> int:
         raise HarnessError(f"--format accepts {', '.join(FORMATS)}; got {','.join(args.format) or 'nothing'}")
     store = ResultStore(args.results)
     if not store.records_dir.is_dir():
-        raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --out {args.results}` first")
+        raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --results {args.results}` first")
     for page in write_report(args.results, args.out or args.results / "report", args.format):
         print(f"written: {page}")
     return 0

@@ -8,24 +8,30 @@ results directory, so backends differ only in where that function runs. A worker
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import multiprocessing
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.errors import HarnessError
 from harness.grid import Cell
+from harness.progress import progress_enabled, set_progress
 
 if TYPE_CHECKING:
     from harness.runner import GridRunner, Outcome
 
 EXECUTORS = ("local", "isolated", "ray", "slurm", "submitit-local")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def execute_cell(out: str, device: str, force: bool, recompute_stale: bool, cell: Cell) -> "Outcome":
+def execute_cell(out: str, device: str, force: bool, recompute_stale: bool, progress: bool, cell: Cell) -> "Outcome":
     """Compute (or reuse) one cell in whatever process this runs in: the unit of remote work."""
     from harness.runner import GridRunner
 
+    set_progress(progress)
     return GridRunner(Path(out), device=device, force=force, recompute_stale=recompute_stale).settle(cell, blocking=True)
 
 
@@ -49,15 +55,31 @@ def check_executor(executor: str) -> None:
                            "use --executor submitit-local to try the same path on this machine")
 
 
-def _arguments(runner: "GridRunner") -> tuple[str, str, bool, bool]:
-    return str(runner.store.root), str(runner.device), runner.force, runner.recompute_stale
+def _arguments(runner: "GridRunner") -> tuple[str, str, bool, bool, bool]:
+    return str(runner.store.root), str(runner.device), runner.force, runner.recompute_stale, progress_enabled()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In an isolated worker: end when the runner ends (SIGTERM, SIGHUP, SIGKILL), never orphaned holding a lock.
+
+    Linux delivers SIGTERM to the worker when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere the
+    worker keeps today's behaviour.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the runner died before the request took effect
+        os._exit(1)
 
 
 def _isolated(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
     """A fresh spawned process per cell: a crash or an out-of-memory kill costs one cell only."""
     context = multiprocessing.get_context("spawn")
     for cell in cells:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_die_with_parent,
+                                                    initargs=(os.getpid(),)) as pool:
             try:
                 yield pool.submit(execute_cell, *_arguments(runner), cell).result()
             except concurrent.futures.process.BrokenProcessPool:

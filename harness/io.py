@@ -56,19 +56,26 @@ def config_hash(config: dict, length: int = 16) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, blocking: bool = True, holder: str = "") -> Iterator[bool]:
+def file_lock(path: Path, blocking: bool = True, holder: str = "",
+              on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Exclusive advisory lock; yields whether it was acquired (always True when blocking).
 
     The kernel drops the lock when its process dies, even by SIGKILL, so a crashed runner never
-    leaves a stale lock behind. ``holder`` is written into the file for whoever wonders who holds it.
+    leaves a stale lock behind. ``holder`` is written into the file for whoever wonders who holds it;
+    a blocking caller that has to wait is first told that holder through ``on_wait``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not blocking:
+                yield False
+                return
+            if on_wait is not None:
+                handle.seek(0)
+                on_wait(handle.read().strip() or "another process")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             if holder:
                 handle.truncate(0)

@@ -13,6 +13,11 @@ def set_progress(enabled: bool) -> None:
     _enabled = enabled
 
 
+def progress_enabled() -> bool:
+    """Whether bars are shown: worker processes are told, so ``--no-progress`` reaches them too."""
+    return _enabled
+
+
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """``tqdm`` with the harness-wide switch; inner bars should pass ``leave=False``."""
     kwargs["disable"] = kwargs.get("disable", False) or not _enabled

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -153,7 +154,8 @@ class GridRunner:
         cell_id = cell.cell_id(weights_id)
         if (existing := self._reusable(cell, cell_id)) is not None:
             return existing, False
-        with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder) as acquired:
+        with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder,
+                       on_wait=_announce_wait(f"cell {cell_id} ({cell.method} {cell.model} {cell.bits} seed {cell.seed})")) as acquired:
             if not acquired:
                 return None
             if (existing := self._reusable(cell, cell_id)) is not None:  # finished while we were not looking
@@ -166,7 +168,7 @@ class GridRunner:
         """An error record for a cell whose worker died (out of memory, killed, lost node)."""
         weights_id = self._weights_id(cell)
         cell_id = cell.cell_id(weights_id)
-        with file_lock(self.store.lock_path(cell_id), holder=self._holder):
+        with file_lock(self.store.lock_path(cell_id), holder=self._holder, on_wait=_announce_wait(f"cell {cell_id}")):
             if (existing := self._reusable(cell, cell_id)) is not None:
                 return existing, False
             record = {**self._base_record(cell, cell_id, weights_id), "status": "error", "error": message}
@@ -276,7 +278,7 @@ class GridRunner:
         task_code = {"task": cell.code()["task"]}
         path = (self.store.root / "fp" /
                 f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{task_code['task']['version']}.json")
-        with file_lock(path.with_suffix(".lock"), holder=self._holder):
+        with file_lock(path.with_suffix(".lock"), holder=self._holder, on_wait=_announce_wait(f"FP metric {path.name}")):
             cached = read_record(path)
             if (cached is not None and not self._forced(path)
                     and self._current(path, "FP metric", f"{cell.task} {cell.model}", cached.get("code"), task_code)):
@@ -300,7 +302,8 @@ class GridRunner:
         if not generator.bit_independent:
             return self._generate(cell, generator, task, fp_model, prior, timing), False, code["generator"]
         path = self.store.calibration_path(cell.generator, key)
-        with file_lock(path.with_suffix(".lock"), holder=self._holder):  # one worker generates a set
+        with file_lock(path.with_suffix(".lock"), holder=self._holder,  # one worker generates a set
+                       on_wait=_announce_wait(f"calibration set {path.name}")):
             entry = read_calibration(path) if path.exists() and not self._forced(path) else None
             what = f"{cell.generator} {cell.model} seed {cell.seed}"
             if entry is not None and self._current(path, "calibration set", what, entry.meta.get("code"), code):
@@ -327,6 +330,13 @@ class GridRunner:
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
         return calibration
+
+
+def _announce_wait(what: str) -> Callable[[str], None]:
+    """A runner about to wait on a lock says for what and for whom, instead of hanging silently."""
+    def announce(holder: str) -> None:
+        print(f"waiting for {what}: {holder} holds its lock", file=sys.stderr, flush=True)
+    return announce
 
 
 def _kind(path: Path) -> str:

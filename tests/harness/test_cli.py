@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, expected, capsys, tmp_path):
     if argv and argv[0] == "run":
-        argv = [*argv, "--out", str(tmp_path)]
+        argv = [*argv, "--results", str(tmp_path)]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert expected in captured.err
@@ -56,7 +56,7 @@ def test_list_shows_every_kind(capsys):
 
 def test_run_then_report(tmp_path, capsys):
     assert main(["run", "--methods", "real,noise", "--models", "digits_vit_seed0", "--bits", "w8a8,w4a3",
-                 "--limit", "100", "--out", str(tmp_path), "--no-progress"]) == 0
+                 "--limit", "100", "--results", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "4 cells computed, 0 already finished, 0 failed" in out and "w4a3" in out
     assert main(["report", "--results", str(tmp_path)]) == 0
@@ -67,7 +67,7 @@ def test_run_then_report(tmp_path, capsys):
 def test_grid_file_run_with_flag_override(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text("methods: [noise]\nmodels: [digits_vit_seed0]\nbits: [w8a8, w4a4]\nlimit: 40\n")
-    assert main(["run", "--grid", str(grid), "--bits", "w4a4", "--out", str(tmp_path / "r"), "--no-progress",
+    assert main(["run", "--grid", str(grid), "--bits", "w4a4", "--results", str(tmp_path / "r"), "--no-progress",
                  "--no-report"]) == 0
     assert "1 cells computed" in capsys.readouterr().out
     record = next((tmp_path / "r" / "records").glob("*.json")).read_text()

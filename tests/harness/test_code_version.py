@@ -57,7 +57,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_an_edited_plugin_is_named_then_recomputed_and_a_version_bump_recomputes(tmp_path):
     repo, out = _copy_of_the_repository(tmp_path), tmp_path / "results"
-    run = [*NOISE_RUN, "--out", str(out)]
+    run = [*NOISE_RUN, "--results", str(out)]
     first = _harness(repo, *run, "--no-report")
     assert first.returncode == 0 and "1 cells computed" in first.stdout, first.stderr
     assert "other code" not in first.stderr

@@ -35,11 +35,11 @@ def _refused(argv: list[str], expected: str, capsys, results: Path) -> None:
     (["--executor", "slurm"], "needs"),  # submitit missing, or no sbatch on PATH: either way before the grid
 ])
 def test_bad_values_are_refused_before_the_grid(extra, expected, capsys, tmp_path):
-    _refused([*CELL, *extra, "--out", str(tmp_path)], expected, capsys, tmp_path)
+    _refused([*CELL, *extra, "--results", str(tmp_path)], expected, capsys, tmp_path)
 
 
 def test_a_typed_option_of_a_plugin_in_the_grid_names_what_is_accepted(capsys, tmp_path):
-    argv = [*CELL, "--methods", "psaq", "--gen-opt", "psaq.iterations=abc", "--out", str(tmp_path)]
+    argv = [*CELL, "--methods", "psaq", "--gen-opt", "psaq.iterations=abc", "--results", str(tmp_path)]
     _refused(argv, "generator 'psaq' option iterations=abc is not an integer", capsys, tmp_path)
 
 
@@ -52,13 +52,13 @@ def test_bad_grid_values_are_refused(grid, expected, capsys, tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(grid)
     flags = [arg for arg in CELL if arg not in ("--limit", "20")]  # flags override the file's values
-    _refused([*flags, "--grid", str(path), "--out", str(tmp_path)], expected, capsys, tmp_path)
+    _refused([*flags, "--grid", str(path), "--results", str(tmp_path)], expected, capsys, tmp_path)
 
 
 def test_a_binary_grid_file_is_refused(capsys, tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_bytes(bytes(range(128, 256)) * 4)
-    _refused([*CELL, "--grid", str(path), "--out", str(tmp_path)], "is not a text file", capsys, tmp_path)
+    _refused([*CELL, "--grid", str(path), "--results", str(tmp_path)], "is not a text file", capsys, tmp_path)
 
 
 @pytest.mark.parametrize("make_out, expected", [
@@ -66,7 +66,7 @@ def test_a_binary_grid_file_is_refused(capsys, tmp_path):
     (lambda tmp: Path("/proc/dfq-results"), "results folder /proc/dfq-results is not usable"),
 ])
 def test_an_unusable_results_folder_is_one_line(make_out, expected, capsys, tmp_path):
-    _refused([*CELL, "--out", str(make_out(tmp_path))], expected, capsys, tmp_path)
+    _refused([*CELL, "--results", str(make_out(tmp_path))], expected, capsys, tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -74,17 +74,17 @@ def test_a_read_only_results_folder_is_one_line(capsys, tmp_path):
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o555)
-    _refused([*CELL, "--out", str(out)], "is not usable (Permission denied", capsys, tmp_path)
+    _refused([*CELL, "--results", str(out)], "is not usable (Permission denied", capsys, tmp_path)
 
 
 def test_a_directory_where_a_record_belongs_stops_before_the_grid_even_with_force(capsys, tmp_path):
-    assert main(["run", *CELL, "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--results", str(tmp_path)]) == 0
     record = next(tmp_path.glob("records/*.json"))
     record.unlink()
     record.mkdir()
     capsys.readouterr()
     for extra in ([], ["--force"]):
-        assert main(["run", *CELL, *extra, "--out", str(tmp_path)]) == 2
+        assert main(["run", *CELL, *extra, "--results", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert f"{record} should be a record file but is a directory; move it away and rerun" in err
         assert record.is_dir()
@@ -92,7 +92,7 @@ def test_a_directory_where_a_record_belongs_stops_before_the_grid_even_with_forc
 
 def test_a_missing_data_root_is_one_message_not_an_error_record_per_cell(capsys, tmp_path):
     argv = ["--methods", "noise,real", "--tasks", "imagenet", "--bits", "w4a8,w8a8", "--no-progress", "--no-report",
-            "--out", str(tmp_path)]
+            "--results", str(tmp_path)]
     _refused(argv, "imagenet needs the ImageNet root: pass --data-root DIR", capsys, tmp_path)
     _refused([*argv, "--data-root", str(tmp_path)], f"imagenet: {tmp_path / 'val'} not found", capsys, tmp_path)
 
@@ -105,7 +105,7 @@ def test_the_digits_task_honours_a_checkpoint(tmp_path, capsys):
 
     other = shipped_weights("digits_vit_seed1")[0]
     fp = ["--methods", "noise", "--models", "digits_vit_seed0", "--bits", "fp", "--no-progress", "--no-report",
-          "--out", str(tmp_path)]
+          "--results", str(tmp_path)]
     assert main(["run", *fp]) == 0
     assert main(["run", *fp, "--checkpoint", str(other)]) == 0
     assert main(["run", *fp[:3], "digits_vit_seed1", *fp[4:]]) == 0

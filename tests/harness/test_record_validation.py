@@ -14,7 +14,7 @@ CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
-    assert main(["run", *CELL, "--out", str(out)]) == 0
+    assert main(["run", *CELL, "--results", str(out)]) == 0
     return json.loads(next(out.glob("records/*.json")).read_text())
 
 
@@ -41,7 +41,7 @@ def test_record_problems_are_named(finished, edit, problem):
     (lambda path, r: path.write_text(json.dumps({**r, "schema": 99})), "schema 99"),
 ])
 def test_an_invalid_record_is_named_recomputed_and_set_aside(damage, problem, tmp_path, capsys):
-    assert main(["run", *CELL, "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--results", str(tmp_path)]) == 0
     path = next(tmp_path.glob("records/*.json"))
     original = json.loads(path.read_text())
     damage(path, original)
@@ -55,7 +55,7 @@ def test_an_invalid_record_is_named_recomputed_and_set_aside(damage, problem, tm
     html = (tmp_path / "report" / "report.html").read_text()
     assert f"<code>{path.name}</code>: {escape(problem)}" in html
 
-    assert main(["run", *CELL, "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--results", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "1 cells computed, 0 already finished" in captured.out  # not counted as finished
     assert f"{path}: {problem}" in captured.err
@@ -67,7 +67,7 @@ def test_an_invalid_record_is_named_recomputed_and_set_aside(damage, problem, tm
 
 
 def test_report_lists_failed_cells(tmp_path, capsys):
-    assert main(["run", *CELL, "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--results", str(tmp_path)]) == 0
     path = next(tmp_path.glob("records/*.json"))
     record = json.loads(path.read_text())
     record.update(status="error", error="RuntimeError: out of memory")

@@ -104,7 +104,7 @@ def test_torn_record_is_recomputed(tmp_path):
 
 def _run_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "harness", "run", "--methods", "real,noise", "--bits", "w8a8,w4a4,w4a3",
-            "--seeds", "0,1", "--limit", "200", "--out", str(out), "--no-progress"]
+            "--seeds", "0,1", "--limit", "200", "--results", str(out), "--no-progress"]
 
 
 def test_sigkill_mid_grid_then_resume_loses_and_redoes_nothing(tmp_path):
@@ -147,7 +147,7 @@ def test_calibration_cache_entry_holds_the_images(tmp_path):
 def test_two_concurrent_runners_compute_each_cell_once(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "harness", "run", "--methods", "real,noise", "--bits", "w8a8,w4a4",
-               "--seeds", "0,1", "--limit", "100", "--out", str(tmp_path), "--no-progress"]
+               "--seeds", "0,1", "--limit", "100", "--results", str(tmp_path), "--no-progress"]
     runners = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True) for _ in range(2)]
     outputs = [runner.communicate(timeout=600)[0] for runner in runners]
@@ -200,7 +200,7 @@ def test_disk_full_is_one_line_and_keeps_finished_records(tmp_path, monkeypatch,
     from harness import cli, io
 
     out = tmp_path / "r"
-    base = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--limit", "20", "--out", str(out),
+    base = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--limit", "20", "--results", str(out),
             "--no-progress", "--no-report"]
     assert cli.main([*base, "--bits", "w8a8"]) == 0
     kept = {p: p.read_text() for p in (out / "records").glob("*.json")}

@@ -92,7 +92,7 @@ def test_an_installed_outside_plugin_is_listed_runs_and_conforms(tmp_path):
     listing = _run(["-m", "harness", "list", "methods"], cwd=tmp_path, PYTHONPATH=path)
     assert "smooth_noise  smooth_noise + percentile" in listing.stdout, listing.stderr
     run = _run(["-m", "harness", "run", "--methods", "smooth_noise", "--models", "digits_vit_seed0", "--bits", "w8a8",
-                "--limit", "64", "--out", str(tmp_path / "results"), "--no-progress", "--no-report"],
+                "--limit", "64", "--results", str(tmp_path / "results"), "--no-progress", "--no-report"],
                cwd=tmp_path, PYTHONPATH=path)
     assert run.returncode == 0 and "1 cells computed" in run.stdout, run.stdout + run.stderr
     record = json.loads(next((tmp_path / "results" / "records").glob("*.json")).read_text())

@@ -16,7 +16,7 @@ def _records(out):
 
 def test_quantizer_settings_are_rows_of_their_own(tmp_path):
     for extra in ([], ["--keep-first-last-fp"], ["--attn-quantizer", "log2"], ["--profile", "psaq"]):
-        assert main(["run", *CELL, *extra, "--out", str(tmp_path)]) == 0
+        assert main(["run", *CELL, *extra, "--results", str(tmp_path)]) == 0
     stats = seed_stats(records_frame(_records(tmp_path)), "metric.top1")
     assert sorted(stats["label"]) == ["noise", "noise [attn_quantizer=log2]", "noise [keep_first_last_fp=True]",
                                       "noise [psaq]"]
@@ -26,8 +26,8 @@ def test_quantizer_settings_are_rows_of_their_own(tmp_path):
 def test_other_weights_for_one_model_are_not_averaged(tmp_path):
     from tasks.digits.shipped import shipped_weights
 
-    assert main(["run", *CELL, "--out", str(tmp_path)]) == 0
-    assert main(["run", *CELL, "--checkpoint", str(shipped_weights("digits_vit_seed1")[0]), "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--results", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--checkpoint", str(shipped_weights("digits_vit_seed1")[0]), "--results", str(tmp_path)]) == 0
     records = _records(tmp_path)
     stats = seed_stats(records_frame(records), "metric.top1")
     assert len(stats) == 2 and list(stats["seeds"]) == [1, 1]
@@ -38,8 +38,8 @@ def test_other_weights_for_one_model_are_not_averaged(tmp_path):
 
 def test_a_limit_beyond_the_dataset_is_all_images(tmp_path, capsys):
     unlimited = [arg for arg in CELL if arg not in ("--limit", "20")]
-    assert main(["run", *unlimited, "--out", str(tmp_path)]) == 0
-    assert main(["run", *unlimited, "--limit", "100000", "--out", str(tmp_path)]) == 0
+    assert main(["run", *unlimited, "--results", str(tmp_path)]) == 0
+    assert main(["run", *unlimited, "--limit", "100000", "--results", str(tmp_path)]) == 0
     assert "0 cells computed, 1 already finished" in capsys.readouterr().out
     (record,) = _records(tmp_path)
     assert record["options"]["limit"] is None
@@ -47,7 +47,7 @@ def test_a_limit_beyond_the_dataset_is_all_images(tmp_path, capsys):
 
 
 def test_seeds_of_one_configuration_share_a_row(tmp_path):
-    assert main(["run", *CELL, "--seeds", "0,1,1,0", "--out", str(tmp_path)]) == 0
+    assert main(["run", *CELL, "--seeds", "0,1,1,0", "--results", str(tmp_path)]) == 0
     stats = seed_stats(records_frame(_records(tmp_path)), "metric.top1")
     assert list(stats["label"]) == ["noise"] and list(stats["seeds"]) == [2]
 

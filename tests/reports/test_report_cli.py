@@ -24,7 +24,7 @@ def test_unknown_format_is_one_line_and_exit_code_2(grid_results: Path, capsys):
 
 def test_run_rewrites_the_report_and_survives_its_failure(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
     argv = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--bits", "w8a8", "--limit", "20",
-            "--out", str(tmp_path), "--no-progress"]
+            "--results", str(tmp_path), "--no-progress"]
     assert main([*argv, "--no-report"]) == 0
     assert not (tmp_path / "report").exists()
 

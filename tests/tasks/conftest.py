@@ -58,7 +58,7 @@ def run_grid() -> Callable[..., list[dict[str, Any]]]:
     def run(setup: TaskSetup, out: Path, *args: str) -> list[dict[str, Any]]:
         options = dict(setup.options)
         argv = ["run", "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"),
-                "--models", setup.model_name, "--out", str(out), "--no-report", "--no-progress",
+                "--models", setup.model_name, "--results", str(out), "--no-report", "--no-progress",
                 "--gen-opt", "real.num_images=4", "--gen-opt", "psaq.iterations=8", "--gen-opt", "psaq.warmup=2",
                 *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
         assert main(argv) == 0
