@@ -213,7 +213,7 @@ def _generate(generator: Generator, task: Task, model: nn.Module, prior: ImagePr
               plugin: str) -> CalibrationSet:
     """As the runner calls it: the global RNG seeded first."""
     torch.manual_seed(seed)
-    result = generator.generate(GenerationContext(task=task, model_name=HOST_MODEL, model=model, prior=prior,
+    result = generator.generate(GenerationContext(task=task if generator.uses_real_data else None, model_name=HOST_MODEL, model=model, prior=prior,
                                                   seed=seed, device=CPU))
     _require(isinstance(result, CalibrationSet) and isinstance(result.images, torch.Tensor), "generator-returns",
              plugin, f"generate() returned {type(result).__name__}, not a CalibrationSet of image tensors")

@@ -24,9 +24,13 @@ class CalibrationSet:
 
 @dataclass
 class GenerationContext:
-    """Everything a generator may use: the FP model (frozen), the task's prior, a seed."""
+    """Everything a generator may use: the FP model (frozen), the task's prior, a seed.
 
-    task: Task
+    ``task`` (and with it the task's real images) is given only to generators that declare
+    ``uses_real_data``; a data-free generator gets None, so it has no path to real data.
+    """
+
+    task: Task | None
     model_name: str
     model: nn.Module  # the backbone (README §4): a classifier itself, a detector's or segmentor's backbone
     prior: ImagePrior
@@ -61,6 +65,7 @@ class Generator(ABC):
     version: ClassVar[str] = "1"  # bump when a change moves the images (docs/results.md: code versions)
     bit_independent: ClassVar[bool] = True
     in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
+    uses_real_data: ClassVar[bool] = False  # True: the context carries the task, and so its real images
     smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
 
     def __init__(self, options: Any = None) -> None:

@@ -262,6 +262,7 @@ class GridRunner:
         return {
             "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
+            "calibration_data": "real" if GENERATORS.get(cell.generator).uses_real_data else "data-free",
             "generator_cache_hit": cache_hit, "calibration_info": calibration.info,
             "calibrator_info": calibrator_info or {},
             "quantizer": {
@@ -322,7 +323,7 @@ class GridRunner:
         torch.manual_seed(cell.seed)
         start = time.perf_counter()
         calibration = generator.generate(GenerationContext(
-            task=task, model_name=cell.model, model=task.backbone(fp_model), prior=prior, seed=cell.seed,
+            task=task if generator.uses_real_data else None, model_name=cell.model, model=task.backbone(fp_model), prior=prior, seed=cell.seed,
             device=self.device,
         ))
         timing["generate"] = time.perf_counter() - start

@@ -34,6 +34,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         # Cells evaluated on different subsets (--limit) have different FP values: never average them.
         row["subset"] = "all images" if options.get("limit") is None else f"first {options['limit']} images"
         row["cache_hit"] = bool(record.get("generator_cache_hit", False))
+        # what calibrated it: real images or data-free (an FP cell needs none; older records did not say)
+        row["data"] = "" if record.get("bits") == "fp" else record.get("calibration_data", "not recorded")
         row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
@@ -57,6 +59,15 @@ def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:
             weights = f"weights {str(row['weights_id'])[:8]}, " if several_weights else ""
             frame.loc[index, "label"] = f"{row['label']} ‹{weights}config {row['configuration'][:6]}›"
     return frame
+
+
+def calibration_data(values: Iterable[str]) -> str:
+    """What a leaderboard row's records were calibrated with: ``data-free`` only if every one says so."""
+    values = {value for value in values if value}
+    for answer in ("real", "not recorded"):
+        if answer in values:
+            return answer
+    return "data-free" if values else ""
 
 
 def primary_metric(frame: pd.DataFrame) -> str:

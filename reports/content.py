@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.records import InvalidRecord
-from reports.aggregate import bits_order, cost_table, primary_metric, records_frame, seed_stats
+from reports.aggregate import bits_order, calibration_data, cost_table, primary_metric, records_frame, seed_stats
 from reports.gallery import IMAGES_PER_ROW, cached_galleries
 from reports.metadata import RunMetadata, run_metadata
 from reports.plots import Series, accuracy_svg, gallery_svg
@@ -59,6 +59,7 @@ class Estimate:
 class LeaderboardRow:
     label: str
     cells: list[Estimate | None]  # one per bit width of the leaderboard; None where not run
+    data: str  # "data-free", "real" (calibrated on real images), "not recorded", or "" (FP only)
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,12 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     metrics = [primary, *extra]
     stats = {metric: _by_section(seed_stats(frame, f"metric.{metric}")) for metric in metrics}
     seeds = {metric: _seed_values(frame, f"metric.{metric}") for metric in metrics}
+    data = {key: calibration_data(group) for key, group in frame.groupby(["model", "subset", "label"])["data"]}
     costs = _by_section(cost_table(frame))
     sections = []
     for model, subset in sorted(costs):
         leaderboards = [_leaderboard(task, model, subset, metric, stats[metric][(model, subset)], published, book,
-                                     seeds[metric])
+                                     seeds[metric], data)
                         for metric in metrics if (model, subset) in stats[metric]]
         sections.append(ModelSection(model=model, subset=subset, anchor=f"{slug(task)}--{slug(model)}--{slug(subset)}",
                                      leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)])))
@@ -232,7 +234,7 @@ def _cited(sections: list[ModelSection]) -> list[Source]:
 
 
 def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.DataFrame, published: PublishedTable,
-                 book: _SourceBook, seeds: dict[tuple, dict[int, float]]) -> Leaderboard:
+                 book: _SourceBook, seeds: dict[tuple, dict[int, float]], data: dict[tuple, str]) -> Leaderboard:
     bits = sorted(stats["bits"].unique(), key=bits_order)
     best = {bit: max(round(mean, 2) for mean in stats.loc[stats["bits"] == bit, "mean"]) for bit in bits}
     best_label = {bit: stats.loc[stats.loc[stats["bits"] == bit, "mean"].idxmax(), "label"] for bit in bits}
@@ -259,7 +261,7 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                 best=round(entry["mean"], 2) == best[bit],
                 published=book.cite(figure, entry["mean"]) if figure else None, comparisons=comparisons,
             ))
-        rows.append(LeaderboardRow(label=str(label), cells=cells))
+        rows.append(LeaderboardRow(label=str(label), cells=cells, data=data[model, subset, label]))
     fp_figure = published.fp(task, model, metric)
     fp_published = book.cite(fp_figure, fp) if fp_figure else None
     plot = _accuracy_figure(task, model, subset, metric, bits, rows, fp)

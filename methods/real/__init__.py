@@ -14,6 +14,7 @@ class RealImages(Generator):
     """A seeded random draw of ``num_images`` training images, normalized for the model."""
 
     Options = ImageCountOptions
+    uses_real_data = True
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
         images = context.task.calibration_images(context.model_name, self.options.num_images, context.seed)

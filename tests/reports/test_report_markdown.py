@@ -25,7 +25,7 @@ def parse_table(page: str, heading: str) -> dict[str, dict[str, dict | None]]:
         if not line.startswith("|"):
             break
         label, *cells = [c.strip() for c in line.strip("|").split("|")]
-        table[label] = {bits: (_parse_cell(cell) if cell else None) for bits, cell in zip(header[1:], cells)}
+        table[label] = {bits: (_parse_cell(cell) if cell else None) for bits, cell in zip(header[1:-1], cells)}
     return table
 
 
