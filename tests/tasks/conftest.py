@@ -10,6 +10,7 @@ from harness.cli import main
 from harness.conformance import TaskSetup
 from harness.mm.stack import available
 from harness.records import ResultStore
+from harness.registry import METHODS
 
 
 def _require_detseg() -> None:
@@ -57,13 +58,25 @@ def run_grid() -> Callable[..., list[dict[str, Any]]]:
     """``python -m harness run`` on a tiny instance (small synthesis budgets); returns the records of ``out``."""
     def run(setup: TaskSetup, out: Path, *args: str) -> list[dict[str, Any]]:
         options = dict(setup.options)
+        budgets = [item for generator, option in SMALL_BUDGETS if generator in _generators(args)
+                   for item in ("--gen-opt", f"{generator}.{option}")]  # a scope must be a plugin of the grid
         argv = ["run", "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"),
-                "--models", setup.model_name, "--results", str(out), "--no-report", "--no-progress",
-                "--gen-opt", "real.num_images=4", "--gen-opt", "psaq.iterations=8", "--gen-opt", "psaq.warmup=2",
+                "--models", setup.model_name, "--results", str(out), "--no-report", "--no-progress", *budgets,
                 *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
         assert main(argv) == 0
         return list(ResultStore(out).records())
     return run
+
+
+SMALL_BUDGETS = (("real", "num_images=4"), ("psaq", "iterations=8"), ("psaq", "warmup=2"))
+
+
+def _generators(args: tuple[str, ...]) -> set[str]:
+    """The generators a run with ``args`` uses: ``--data`` if given, else those of its ``--methods``."""
+    flags = {flag: value for flag, value in zip(args, args[1:]) if flag in ("--data", "--methods")}
+    if "--data" in flags:
+        return {flags["--data"]}
+    return {METHODS.get(name).generator for name in flags.get("--methods", "real,noise").split(",")}
 
 
 def by_cell(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
