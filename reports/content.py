@@ -70,10 +70,20 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class RecalledFigure:
+    """A published figure not yet checked against its source: shown apart, never given a gap."""
+
+    label: str
+    bits: str
+    citation: Citation
+
+
+@dataclass(frozen=True)
 class Leaderboard:
     metric: str
     bits: list[str]
     rows: list[LeaderboardRow]
+    recalled: list[RecalledFigure]
     fp: float | None
     fp_published: Citation | None
     plot: Figure
@@ -230,6 +240,7 @@ def _cited(sections: list[ModelSection]) -> list[Source]:
     citations = [board.fp_published for section in sections for board in section.leaderboards]
     citations += [cell.published for section in sections for board in section.leaderboards
                   for row in board.rows for cell in row.cells if cell is not None]
+    citations += [figure.citation for section in sections for board in section.leaderboards for figure in board.recalled]
     return sorted({c.source for c in citations if c is not None}, key=lambda source: source.number)
 
 
@@ -240,7 +251,7 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
     best_label = {bit: stats.loc[stats.loc[stats["bits"] == bit, "mean"].idxmax(), "label"] for bit in bits}
     labels = {bit: set(stats.loc[stats["bits"] == bit, "label"]) for bit in bits}
     fp = _number(stats["fp"].mean())
-    rows = []
+    rows, recalled = [], []
     for label, label_stats in stats.groupby("label", sort=True):
         by_bits = {entry["bits"]: entry for entry in label_stats.to_dict("records")}
         cells = []
@@ -251,6 +262,9 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                 continue
             method = comparable_method(entry["label"], entry["method"])
             figure = published.lookup(task, model, method, bit, metric) if method else None
+            unverified = published.recalled(task, model, method, bit, metric) if method and not figure else None
+            if unverified is not None:
+                recalled.append(RecalledFigure(str(label), bit, book.cite(unverified, None)))
             # the column's best, unless it is a baseline row, which every row is compared with anyway
             others = [(name, name) for name in BASELINES if name in labels[bit]]
             others += [("best", best_label[bit])] * (best_label[bit] not in BASELINES)
@@ -265,7 +279,8 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
     fp_figure = published.fp(task, model, metric)
     fp_published = book.cite(fp_figure, fp) if fp_figure else None
     plot = _accuracy_figure(task, model, subset, metric, bits, rows, fp)
-    return Leaderboard(metric=metric, bits=bits, rows=rows, fp=fp, fp_published=fp_published, plot=plot)
+    return Leaderboard(metric=metric, bits=bits, rows=rows, recalled=recalled, fp=fp, fp_published=fp_published,
+                       plot=plot)
 
 
 def _accuracy_figure(task: str, model: str, subset: str, metric: str, bits: list[str], rows: list[LeaderboardRow],

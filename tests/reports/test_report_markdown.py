@@ -79,8 +79,12 @@ def test_present_published_figure_names_its_source(imagenet_page):
     listed = sources(imagenet_page)
     assert re.match(r"PSAQ-ViT README, Results table: https://github\.com/zkkli/PSAQ-ViT/blob/[0-9a-f]{40}/README\.md "
                     r"\(verified\)", listed[table["psaq"]["w8a8"]["source"]])
-    # Only verified figures are cited beside measured cells; recalled ones are never listed as a cell's source.
-    assert all("(verified)" in text for text in listed.values())
+    # Only verified figures are cited beside measured cells; a recalled one is listed apart, without a gap.
+    cell_sources = {cell["source"] for cells in table.values() for cell in cells.values() if cell and "source" in cell}
+    assert all("(verified)" in listed[number] for number in cell_sources)
+    recalled = re.search(r"^Recalled published figures, .*\(shown apart, no gap\): noise w4a4 17\.43 \[(\d+)\]\.$",
+                         imagenet_page, flags=re.M)
+    assert recalled and "(recalled: check against the paper" in listed[recalled.group(1)]
 
 
 def test_fp_line_shows_measured_and_published(imagenet_page):
