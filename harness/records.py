@@ -96,13 +96,16 @@ class ResultStore:
             if record is not None and problem is None:
                 yield record
 
-    def invalid_records(self) -> list["InvalidRecord"]:
-        """Files in the records folder that are not valid records of this schema, and why."""
+    def invalid_records(self, set_aside: bool = False) -> list["InvalidRecord"]:
+        """Files in the records folder that are not valid records of this schema, and why; with
+        ``set_aside``, also those moved to ``invalid/`` when their cell was recomputed."""
         invalid = []
         for path in sorted(self.records_dir.glob("*.json")):
             problem = load_record(path)[1]
             if problem is not None:
                 invalid.append(InvalidRecord(path, problem))
+        for path in sorted((self.root / "invalid").glob("*.json")) if set_aside else ():
+            invalid.append(InvalidRecord(path, f"set aside, its cell recomputed: {load_record(path)[1]}"))
         return invalid
 
     def calibration_path(self, generator: str, key: str) -> Path:

@@ -20,7 +20,7 @@ FIGURES = "figures"
 def write_report(results: Path, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Render every record under ``results``; returns the entry pages written (``index.md``, ``report.html``)."""
     store = ResultStore(results)
-    report = build_report(store.records(), results, invalid=store.invalid_records())
+    report = build_report(store.records(), results, invalid=store.invalid_records(set_aside=True))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:

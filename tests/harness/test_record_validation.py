@@ -64,6 +64,9 @@ def test_an_invalid_record_is_named_recomputed_and_set_aside(damage, problem, tm
     record = json.loads(path.read_text())
     assert record_problem(record) is None and record["replaced_invalid_record"] == str(aside[0])
     assert record["metrics"] == original["metrics"]
+    assert main(["report", "--results", str(tmp_path)]) == 0  # the set-aside file stays listed
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert f"- `{aside[0].name}`: set aside, its cell recomputed: {problem}" in index
 
 
 def test_report_lists_failed_cells(tmp_path, capsys):
