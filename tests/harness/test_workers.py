@@ -106,3 +106,14 @@ def test_run_out_still_works_and_says_it_is_now_results(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "0 cells computed, 1 already finished" in captured.out and captured.err == ""
     assert main([*argv, "--results", str(tmp_path), "--out", str(tmp_path / "other")]) == 2
+
+
+def test_isolated_workers_follow_no_progress(tmp_path):
+    command = [sys.executable, "-m", "harness", "run", "--methods", "noise", "--models", "digits_vit_seed0",
+               "--bits", "w4a8", "--executor", "isolated", "--results", str(tmp_path), "--no-report"]
+    shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    hidden = subprocess.run([*command, "--no-progress", "--force"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert shown.returncode == hidden.returncode == 0
+    assert "it/s]" in shown.stderr or "s/it]" in shown.stderr  # the worker's evaluation bar
+    assert "it/s]" not in hidden.stderr and "s/it]" not in hidden.stderr, hidden.stderr
