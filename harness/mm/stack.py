@@ -13,13 +13,38 @@ from harness.errors import HarnessError
 
 INSTALL_HINT = "install the `detseg` extra with scripts/install_detseg.sh (mmcv 2.1.0 with ops, mmdet 3.3.0, mmseg 1.2.2)"
 
+# (message, module) of the stack's own deprecation notices, none of them about anything a user of the
+# harness wrote or can change: mmengine 0.10.7 imports pkg_resources (deprecated by setuptools) whenever
+# it resolves an ``mmdet::``/``mmseg::`` config, from its own module or through importlib.reload, so
+# that one is matched by message alone; mmseg 1.2.2 warns about its own shipped configs (the
+# ``reduce_zero_label`` of ADE20K's pipeline, the training loss's ``avg_non_ignore``) and its own builder.
+LIBRARY_NOTICES = (
+    (r"pkg_resources is deprecated as an API", ""),
+    (r"``build_loss`` would be deprecated soon", r"mmseg\.models\.builder"),
+    (r"Default ``avg_non_ignore`` is False", r"mmseg\.models\.losses\.cross_entropy_loss"),
+    (r"`reduce_zero_label` will be deprecated", r"mmseg\.datasets\.transforms\.loading"),
+)
+_notices_silenced = False
+
+
+def silence_library_notices() -> None:
+    """Ignore exactly :data:`LIBRARY_NOTICES` for the rest of the process (every other warning still shows)."""
+    global _notices_silenced
+    if not _notices_silenced:
+        for message, module in LIBRARY_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
+        _notices_silenced = True
+
 
 def require(library: str) -> ModuleType:
-    """``library`` imported (with mmcv's compiled ops, which mmdet and mmseg load eagerly)."""
+    """``library`` imported (with mmcv's compiled ops, which mmdet and mmseg load eagerly).
+
+    The stack's deprecation notices are silenced from here on: they would otherwise print on every
+    run, also from lazy imports long after this one.
+    """
+    silence_library_notices()
     try:
-        with warnings.catch_warnings():  # mmengine 0.10.7 imports pkg_resources, which warns on every start
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-            return importlib.import_module(library)
+        return importlib.import_module(library)
     except ImportError as error:
         raise HarnessError(f"{library} is not usable ({error}); {INSTALL_HINT}") from None
 

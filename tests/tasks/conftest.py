@@ -1,6 +1,10 @@
 """Tiny COCO / ADE20K instances for the detection and segmentation tests (skipped without the `detseg` extra)."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +15,8 @@ from harness.conformance import TaskSetup
 from harness.mm.stack import available
 from harness.records import ResultStore
 from harness.registry import METHODS
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def _require_detseg() -> None:
@@ -53,18 +59,34 @@ def tiny_ade20k(request, tmp_path_factory) -> TaskSetup:
     return write_tiny_ade20k(tmp_path_factory.mktemp("ade20k"), request.param)
 
 
+def run_argv(setup: TaskSetup, out: Path, *args: str) -> list[str]:
+    """``run`` on a tiny instance: its data root, checkpoint, model and options, small synthesis budgets."""
+    options = dict(setup.options)
+    budgets = [item for generator, option in SMALL_BUDGETS if generator in _generators(args)
+               for item in ("--gen-opt", f"{generator}.{option}")]  # a scope must be a plugin of the grid
+    return ["run", "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"),
+            "--models", setup.model_name, "--results", str(out), "--no-report", "--no-progress", *budgets,
+            *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
+
+
 @pytest.fixture(scope="session")
 def run_grid() -> Callable[..., list[dict[str, Any]]]:
     """``python -m harness run`` on a tiny instance (small synthesis budgets); returns the records of ``out``."""
     def run(setup: TaskSetup, out: Path, *args: str) -> list[dict[str, Any]]:
-        options = dict(setup.options)
-        budgets = [item for generator, option in SMALL_BUDGETS if generator in _generators(args)
-                   for item in ("--gen-opt", f"{generator}.{option}")]  # a scope must be a plugin of the grid
-        argv = ["run", "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"),
-                "--models", setup.model_name, "--results", str(out), "--no-report", "--no-progress", *budgets,
-                *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
-        assert main(argv) == 0
+        assert main(run_argv(setup, out, *args)) == 0
         return list(ResultStore(out).records())
+    return run
+
+
+@pytest.fixture(scope="session")
+def warnings_printed() -> Callable[..., tuple[int, list[str]]]:
+    """``python -m harness run`` as a user starts it (a fresh interpreter, no test-runner warning filters)
+    on a tiny instance; returns its exit status and the warning lines on its stderr (``file:line: XWarning: ...``)."""
+    def run(setup: TaskSetup, out: Path, *args: str) -> tuple[int, list[str]]:
+        environment = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+        completed = subprocess.run([sys.executable, "-m", "harness", *run_argv(setup, out, *args), "--threads", "1"],
+                                   cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600)
+        return completed.returncode, [line for line in completed.stderr.splitlines() if re.search(r"\w+Warning: ", line)]
     return run
 
 

@@ -56,3 +56,10 @@ def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrum
     task = ADE20KTask()
     assert instrumented_blocks(task, name) == blocks
     assert task.prior(name).input_size == (3, 224, 224)
+
+
+def test_a_run_prints_no_library_warnings(tiny_ade20k, warnings_printed, tmp_path):
+    """mmseg warns about its own ADE20K configs (reduce_zero_label, avg_non_ignore) once per dataset built."""
+    status, warnings = warnings_printed(tiny_ade20k, tmp_path, "--methods", "noise,real", "--tasks", "ade20k",
+                                        "--bits", "w8a8")
+    assert status == 0 and warnings == []

@@ -168,3 +168,9 @@ def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrum
     task = CocoTask()
     assert instrumented_blocks(task, name) == blocks
     assert task.prior(name).input_size == (3, 224, 224) and task.prior(name).num_classes is None
+
+
+def test_a_run_prints_no_library_warnings(tiny_coco, warnings_printed, tmp_path):
+    """mmengine's pkg_resources notice printed twice on every run before harness.mm.stack silenced it."""
+    status, warnings = warnings_printed(tiny_coco, tmp_path, "--methods", "noise", "--tasks", "coco", "--bits", "w8a8")
+    assert status == 0 and warnings == []
