@@ -66,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute records, calibration sets and FP metrics made by other code than this checkout")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-report", action="store_true", help="do not rewrite OUT/report at the end of the grid")
+    run.add_argument("--skip-unsupported", action="store_true",
+                     help="skip the cells a task cannot support (see `list support`) instead of refusing the grid")
 
     listing = commands.add_parser("list", help="list methods, generators, calibrators, tasks, models, bit specs")
     listing.add_argument("what", nargs="?", default="all",
-                         choices=["all", "methods", "generators", "calibrators", "tasks", "models", "bits"])
+                         choices=["all", "methods", "generators", "calibrators", "tasks", "models", "bits", "support"])
 
     report = commands.add_parser("report", help="write the report (Markdown and HTML) from all records")
     report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
@@ -139,8 +141,10 @@ def command_run(args: argparse.Namespace) -> int:
     _check_device(args.device)
     set_progress(not args.no_progress)
     runner = GridRunner(results, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
-    summary = runner.run(spec, executor=args.executor,
-                         executor_options=parse_assignments(args.executor_opt, "executor"))
+    summary = runner.run(spec, executor=args.executor, executor_options=parse_assignments(args.executor_opt, "executor"),
+                         skip_unsupported=args.skip_unsupported)
+    if summary.unsupported:
+        print(f"skipped as unsupported: {' | '.join(summary.unsupported)}", file=sys.stderr)
     print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
           f"records in {runner.store.records_dir}")
     _warn_stale(summary.stale, args.argv)
@@ -244,6 +248,11 @@ def command_list(args: argparse.Namespace) -> int:
         width = max((len(row[0]) for row in rows), default=0)
         for key, text in rows:
             print(f"  {key.ljust(width)}  {text}")
+    if args.what in ("all", "support"):
+        from harness.support import support_lines
+
+        print("support (method x task; `run` checks its grid before the first cell):")
+        print("\n".join(f"  {line}" for line in support_lines()))
     return 0
 
 

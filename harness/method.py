@@ -10,6 +10,7 @@ from torch import nn
 
 from harness.bits import BitSpec
 from harness.options import at_least
+from harness.support import REAL_IMAGES
 from harness.task import ImagePrior, Task
 
 
@@ -67,9 +68,15 @@ class Generator(ABC):
     in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
     uses_real_data: ClassVar[bool] = False  # True: the context carries the task, and so its real images
     smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
+    needs: ClassVar[frozenset[str]] = frozenset()  # what it needs from a task (harness.support)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def required(self) -> frozenset[str]:
+        """What this instance needs from a task: ``needs``, real images where ``uses_real_data``, plus what
+        its options add (docs/plugins.md, Support)."""
+        return self.needs | ({REAL_IMAGES} if self.uses_real_data else frozenset())
 
     @abstractmethod
     def generate(self, context: GenerationContext) -> CalibrationSet:
@@ -87,9 +94,14 @@ class Calibrator(ABC):
     version: ClassVar[str] = "1"  # bump when a change moves the calibrated model (docs/results.md)
     supports_mixed_precision: ClassVar[bool] = False
     smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
+    needs: ClassVar[frozenset[str]] = frozenset()  # what it needs from a task (harness.support)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def required(self) -> frozenset[str]:
+        """What this instance needs from a task: ``needs``, plus what its options add (docs/plugins.md, Support)."""
+        return self.needs
 
     @abstractmethod
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, InvalidRecord, PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_calibration,
                              read_record, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.support import supported_cells
 from harness.task import ImagePrior, Task
 
 
@@ -58,6 +59,7 @@ class RunSummary:
     failed: int = 0
     stale: list[StaleEntry] = field(default_factory=list)  # reused as they are; see recompute_stale
     invalid: list[InvalidRecord] = field(default_factory=list)  # in the records folder, never counted as finished
+    unsupported: list[str] = field(default_factory=list)  # (method, task, model) skipped, and why (harness.support)
 
     def add(self, outcome: Outcome) -> None:
         record, computed = outcome
@@ -82,12 +84,17 @@ class GridRunner:
         self._started = time.time()
         self._holder = f"{socket.gethostname()} pid {os.getpid()}"
 
-    def run(self, spec: GridSpec, executor: str = "local", executor_options: dict[str, Any] | None = None) -> RunSummary:
-        """Run every cell of the grid; ``executor`` other than ``local`` sends unfinished cells elsewhere."""
+    def run(self, spec: GridSpec, executor: str = "local", executor_options: dict[str, Any] | None = None,
+            skip_unsupported: bool = False) -> RunSummary:
+        """Run every cell of the grid; ``executor`` other than ``local`` sends unfinished cells elsewhere.
+
+        Cells a task cannot support are refused before the first one runs, or skipped (harness.support).
+        """
         from harness.executors import map_cells
 
-        cells = self.preflight(expand(spec), executor)
-        summary = RunSummary(invalid=self.store.invalid_records())
+        cells, unsupported = supported_cells(expand(spec), self._task, skip_unsupported)
+        cells = self.preflight(cells, executor)
+        summary = RunSummary(invalid=self.store.invalid_records(), unsupported=unsupported)
         bar = progress_bar(total=len(cells), desc="grid", unit="cell")
         if executor == "local":
             held_elsewhere = []

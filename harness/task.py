@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.options import at_least
 from harness.registry import MODELS
+from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Task(ABC):
     metric_names: ClassVar[tuple[str, ...]]
     Options: ClassVar[type] = TaskOptions
     version: ClassVar[str] = "1"  # bump when models, data or metric change a result (docs/results.md)
+    # what it offers generators and calibrators (harness.support): capability -> None (always) or, in
+    # words, what the user supplies for it (checked by `unmet`); the default fits a classifier on a ViT
+    # family the quantizer instruments
+    offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None}
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or self.Options()
@@ -125,6 +130,14 @@ class Task(ABC):
     def quantization_scope(self) -> str:
         """What :meth:`quantized_part` covers, in words, for the result record."""
         return "whole model"
+
+    def unmet(self, capability: str, model_name: str) -> str | None:
+        """Why these options cannot meet the conditional offer of ``capability`` for ``model_name`` (None: they do).
+
+        Called before a grid's first cell for each offer whose condition is not None, so a missing
+        file or option is named before anything runs.
+        """
+        return None
 
 
 def calibration_indices(available: int, num_images: int, seed: int, source: str) -> list[int]:

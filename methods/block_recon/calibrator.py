@@ -31,6 +31,7 @@ from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
+from harness.support import BLOCKS
 
 
 @dataclass
@@ -54,6 +55,7 @@ class BlockReconstruction(Calibrator):
     """Min-max initialization, then per-block MSE reconstruction of the outputs over quantizer scales."""
 
     Options = BlockReconOptions
+    needs = frozenset({BLOCKS})
     smoke_options: ClassVar[dict[str, Any]] = {"iterations": 2}
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_optimizer
                                       total_variation, tv_target, warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
+from harness.support import ATTENTION
 
 
 
@@ -73,6 +74,7 @@ class PatchSimilarityGenerator(Generator):
     """PSAQ-ViT synthesis: noise optimized for patch-similarity entropy, random labels and smoothness."""
 
     Options = PSAQOptions
+    needs = frozenset({ATTENTION})  # the attn·v products of step 5
     smoke_options = {"num_images": 4, "batch_size": 4, "iterations": 2, "warmup": 1}  # conformance kit only
 
     def generate(self, context: GenerationContext) -> CalibrationSet:

@@ -30,6 +30,7 @@ from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
+from harness.support import ATTENTION
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
@@ -106,6 +107,7 @@ class PSAQV2Calibrator(Calibrator):
     """Alternating sample/student optimization; returns per-round discrepancies for the record."""
 
     Options = PSAQV2Options
+    needs = frozenset({ATTENTION})  # the sample step keeps the patch-similarity prior
     smoke_options: ClassVar[dict] = {"iterations": 4, "rounds": 2}
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from harness.priors.patch_similarity import attn_v_probes
 from harness.priors.synthesis import clamp_pixels, pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
+from harness.support import ATTENTION
 from methods.psaq_v2.losses import prior_terms
 
 
@@ -59,6 +60,7 @@ class PSAQV2InitGenerator(Generator):
     """Noise warmed up by the label-free patch-similarity prior; no labels are drawn."""
 
     Options = InitOptions
+    needs = frozenset({ATTENTION})  # the patch-similarity prior's attn·v products
     smoke_options: ClassVar[dict] = {"num_images": 4, "prior_iterations": 2, "warmup": 1}
 
     def generate(self, context: GenerationContext) -> CalibrationSet:

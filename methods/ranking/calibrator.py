@@ -29,6 +29,7 @@ from harness.quant.calibrate import observe_and_freeze
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
+from harness.support import ATTENTION
 from methods.ranking.mixed_precision import allocate_bits, average_bits, layer_sensitivity
 from methods.ranking.objective import element_pairs
 from methods.ranking.search import alternating_search, bias_correction, candidate_grid
@@ -67,6 +68,7 @@ class RankingCalibrator(Calibrator):
     """Ranking-loss interval search (Liu et al. 2021): Pearson + attention ranking, bias correction."""
 
     Options = RankingOptions
+    needs = frozenset({ATTENTION})  # the ranking loss orders attention scores
     supports_mixed_precision = True
     smoke_options = {"num_candidates": 5, "rounds": 1, "rank_pairs": 64}  # conformance kit only
 

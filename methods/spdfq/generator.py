@@ -32,6 +32,7 @@ from harness.priors.synthesis import (clamp_pixels, pixel_optimizer, synthesis_l
                                       warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
+from harness.support import ATTENTION, CLASSES
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 
 APA_WEIGHT_RANGE = (1.0, 1e5)  # spec SPDFQ: α1 is per model, 1 to 1e5
@@ -76,6 +77,7 @@ class SPDFQGenerator(Generator):
     """SPDFQ synthesis: attention priors, multi-semantic crops and soft labels, switchable for ablations."""
 
     Options = SPDFQOptions
+    needs = frozenset({CLASSES, ATTENTION})  # targets of SL and MSR; post-softmax maps of APA
     smoke_options: ClassVar[dict[str, Any]] = {"iterations": 2, "warmup": 1, "num_images": 4}
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
