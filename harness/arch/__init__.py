@@ -25,6 +25,11 @@ def register_swap(original: type, instrumented: type) -> None:
     _SWAPS[original] = instrumented
 
 
+def marked_block(original: type, module: str) -> type:
+    """``original`` with its own forward, marked as a transformer block (what block-wise calibrators reconstruct)."""
+    return type(f"Instrumented{original.__qualname__}", (original,), {"is_dfq_block": True, "__module__": module})
+
+
 def instrument(model: nn.Module) -> list[nn.Module]:
     """Swap every known attention/block class for its instrumented subclass; returns the swapped modules."""
     _load_families()

@@ -1,9 +1,10 @@
-"""mmdet / mmseg ``SwinTransformer`` backbones: instrumented window attention (``WindowMSA``).
+"""mmdet / mmseg ``SwinTransformer`` backbones: instrumented window attention (``WindowMSA``) and blocks.
 
 Both libraries ship the same ``WindowMSA`` code in two classes; one instrumented forward serves
 both. Points as in :mod:`harness.arch.timm_swin` (``attn_v`` per window, image-major windows).
-Blocks are not instrumented: their residual sums are points of the ``psaq`` profile only, which
-covers timm models.
+Blocks (``SwinBlock``, called with the feature map's shape) keep the library's forward: their
+residual sums are points of the ``psaq`` profile only, which covers timm models; they are marked as
+blocks so block-wise calibrators find them.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from harness.arch import register_swap
+from harness.arch import marked_block, register_swap
 from harness.instrument import apply_point
 
 
@@ -40,7 +41,8 @@ class _InstrumentedWindowMSA(nn.Module):
 
 
 def register(library_module: ModuleType) -> None:
-    """Instrument the ``WindowMSA`` of ``library_module`` (mmdet's or mmseg's swin backbone module)."""
+    """Instrument the ``WindowMSA`` and mark the ``SwinBlock`` of ``library_module`` (mmdet's or mmseg's swin module)."""
     original = library_module.WindowMSA
     register_swap(original, type(f"Instrumented{original.__qualname__}", (_InstrumentedWindowMSA, original),
                                  {"__module__": __name__}))
+    register_swap(library_module.SwinBlock, marked_block(library_module.SwinBlock, __name__))

@@ -4,7 +4,8 @@ mmseg's ViT/DeiT layers call mmcv's ``MultiheadAttention``, which wraps torch's
 ``nn.MultiheadAttention`` (one packed input projection, fused kernel). The instrumented class
 adopts the packed projection as a ``qkv`` Linear sharing its parameters, so the quantizer treats
 it like timm's ``qkv`` (weights per output channel, input quantized), and computes the attention
-explicitly with the points of :mod:`harness.arch.timm_vit` (``attn_v``: (B, heads, N, d)).
+explicitly with the points of :mod:`harness.arch.timm_vit` (``attn_v``: (B, heads, N, d)). The
+encoder layers keep mmseg's forward and are marked as blocks for block-wise calibrators.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from harness.arch import register_swap
+from harness.arch import marked_block, register_swap
 from harness.errors import HarnessError
 from harness.instrument import apply_point
 
@@ -56,5 +57,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def register(library_module: ModuleType) -> None:
-    """mmseg's ViT builds torch's ``nn.MultiheadAttention`` (through mmcv); ``library_module`` only signals it."""
+    """mmseg's ViT builds torch's ``nn.MultiheadAttention`` (through mmcv) inside its ``TransformerEncoderLayer``."""
     register_swap(nn.MultiheadAttention, InstrumentedMultiheadAttention)
+    register_swap(library_module.TransformerEncoderLayer, marked_block(library_module.TransformerEncoderLayer, __name__))

@@ -24,7 +24,7 @@ from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
 from harness.mm.stack import skip_without_stack
 from harness.options import at_least
-from harness.support import ATTENTION, REAL_IMAGES
+from harness.support import ATTENTION, BLOCKS, REAL_IMAGES
 from harness.task import ImagePrior, Task, TaskOptions, register_models
 
 SCOPES = ("backbone", "all")
@@ -76,7 +76,7 @@ class OpenMMLabTask(Task):
     train_images: ClassVar[str]  # folder under the data root that `real` draws calibration images from
     layout_hint: ClassVar[str]  # the expected layout, in words, for error messages
     Options = OpenMMLabOptions
-    offers = {REAL_IMAGES: None, ATTENTION: None}  # a backbone has no classes (README §4)
+    offers = {REAL_IMAGES: None, ATTENTION: None, BLOCKS: None}  # a backbone has no classes (README §4)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass's ``models`` registers them: ``model_names`` is derived, never written twice."""

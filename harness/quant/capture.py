@@ -90,6 +90,30 @@ def capture(model: nn.Module, images: torch.Tensor, targets: dict[str, Target], 
     return {key: torch.cat(values) for key, values in kept.items()}
 
 
+@torch.no_grad()
+def call_arguments(model: nn.Module, image: torch.Tensor, module: nn.Module,
+                   device: torch.device) -> tuple[tuple, dict]:
+    """The arguments after the first, and the keyword arguments, ``model`` calls ``module`` with on ``image``.
+
+    For modules called with more than their input, such as mmdet/mmseg Swin blocks (the feature map's
+    height and width): the same for every image of a calibration set, as all have the prior's size.
+    """
+    seen: list[tuple[tuple, dict]] = []
+
+    def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append((args[1:], kwargs))
+        raise _Done
+
+    handle = module.register_forward_pre_hook(record, with_kwargs=True, prepend=True)
+    try:
+        model(image.to(device))
+    except _Done:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 @contextlib.contextmanager
 def _hooked(target: Target, record: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """Record ``target``'s value during the block; the model is restored exactly afterwards."""

@@ -10,8 +10,11 @@ min-max values) and the per-channel weight scales. Log2 quantizers of the post-s
 
 Choices: the quantized block's input is, by default, the output of the already reconstructed
 quantized blocks before it (errors of earlier blocks are compensated; ``quantized_inputs=false``
-feeds the FP input instead). Quantizers outside every block (patch-embedding input and weights,
-Swin's patch merging, the head) keep their min-max values. Rounding is not learned (no AdaRound):
+feeds the FP input instead). The blocks are those :mod:`harness.arch` marks: timm's ViT/DeiT/Swin
+blocks and, in detection/segmentation backbones, mmdet/mmseg's Swin blocks and ViT encoder layers,
+each called with the further arguments its model passes it (a Swin block's feature-map size).
+Quantizers outside every block (patch-embedding input and weights, Swin's patch merging, the head;
+a detector's neck and heads under ``quantize=all``) keep their min-max values. Rounding is not learned (no AdaRound):
 the spec names only the quantizers' parameters. Mini-batches are drawn with the seed. At the end every
 scale is a buffer again (:func:`harness.quant.learnable.fix_scales`).
 """
@@ -27,7 +30,7 @@ from harness.arch import is_instrumented_block
 from harness.method import CalibrationContext, Calibrator
 from harness.progress import progress_bar
 from harness.quant.calibrate import observe_and_freeze
-from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
+from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.observers import MinMaxObserver
 from harness.registry import CALIBRATORS
@@ -55,6 +58,7 @@ class BlockReconstruction(Calibrator):
     """Min-max initialization, then per-block MSE reconstruction of the outputs over quantizer scales."""
 
     Options = BlockReconOptions
+    version = "2"  # 2: reconstructs the blocks of mmdet/mmseg backbones too (version 1 left them at min-max)
     needs = frozenset({BLOCKS})
     smoke_options: ClassVar[dict[str, Any]] = {"iterations": 2}
 
@@ -75,16 +79,17 @@ class BlockReconstruction(Calibrator):
         for name, block in progress_bar(blocks, desc="block_recon", unit="block", leave=False):
             inputs = (capture(qmodel, images, {name: Target(block, LAYER_INPUT)}, device, context.batch_size)[name]
                       if options.quantized_inputs else fp_inputs[name])
-            errors[name] = self._reconstruct(block, inputs, targets[name], generator)
+            arguments = call_arguments(qmodel, images[:1], block, device)  # a Swin block of mmdet/mmseg: (H, W)
+            errors[name] = self._reconstruct(_Call(block, *arguments), inputs, targets[name], generator)
         fix_scales(qmodel)
         return {"block_mse": errors, "input_source": "quantized" if options.quantized_inputs else "fp"}
 
-    def _reconstruct(self, block: nn.Module, inputs: Tensor, targets: Tensor,
+    def _reconstruct(self, block: "_Call", inputs: Tensor, targets: Tensor,
                      generator: torch.Generator) -> dict[str, float]:
         """Adam over the block's scales on MSE(block(x̂), X); returns the error before and after."""
         options = self.options
         before = _mse(block, inputs, targets)
-        scales = learnable_scales(block, activations=options.activations, weights=options.weights)
+        scales = learnable_scales(block.module, activations=options.activations, weights=options.weights)
         if scales:
             optimizer = torch.optim.Adam(scales, lr=options.lr)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.iterations)
@@ -99,6 +104,16 @@ class BlockReconstruction(Calibrator):
         return {"before": before, "after": _mse(block, inputs, targets), "learned_tensors": len(scales)}
 
 
+class _Call:
+    """A block called on its input with the further arguments its model passes it."""
+
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.module, self.args, self.kwargs = module, args, kwargs
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        return self.module(inputs, *self.args, **self.kwargs)
+
+
 @torch.no_grad()
-def _mse(block: nn.Module, inputs: Tensor, targets: Tensor) -> float:
+def _mse(block: _Call, inputs: Tensor, targets: Tensor) -> float:
     return (block(inputs) - targets).square().mean().item()

@@ -63,3 +63,13 @@ def test_a_run_prints_no_library_warnings(tiny_ade20k, warnings_printed, tmp_pat
     status, warnings = warnings_printed(tiny_ade20k, tmp_path, "--methods", "noise,real", "--tasks", "ade20k",
                                         "--bits", "w8a8")
     assert status == 0 and warnings == []
+
+
+def test_block_recon_reconstructs_every_backbone_block(tiny_ade20k, run_grid, tmp_path):
+    records = run_grid(tiny_ade20k, tmp_path, "--methods", "noise", "--calib", "block_recon", "--tasks", "ade20k",
+                       "--bits", "w4a8", "--gen-opt", "num_images=4", "--calib-opt", "iterations=3")
+    errors = records[0]["calibrator_info"]["block_mse"]
+    names = {"upernet_swin_t": [f"stages.{stage}.blocks.0" for stage in range(4)],
+             "upernet_deit_s": [f"layers.{layer}" for layer in range(4)]}[tiny_ade20k.model_name]
+    assert records[0]["status"] == "ok" and list(errors) == names
+    assert all(error["learned_tensors"] == 12 and error["after"] > 0 for error in errors.values())

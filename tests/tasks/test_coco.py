@@ -174,3 +174,15 @@ def test_a_run_prints_no_library_warnings(tiny_coco, warnings_printed, tmp_path)
     """mmengine's pkg_resources notice printed twice on every run before harness.mm.stack silenced it."""
     status, warnings = warnings_printed(tiny_coco, tmp_path, "--methods", "noise", "--tasks", "coco", "--bits", "w8a8")
     assert status == 0 and warnings == []
+
+
+def test_block_recon_reconstructs_the_swin_blocks_also_with_neck_and_heads_quantized(tiny_coco, run_grid, tmp_path):
+    """mmdet's Swin blocks take the feature map's size beside their input; block_recon passes it on."""
+    records = run_grid(tiny_coco, tmp_path, "--methods", "noise", "--calib", "block_recon", "--tasks", "coco",
+                       "--bits", "w4a8", "--gen-opt", "num_images=4", "--calib-opt", "iterations=3",
+                       "--task-opt", "quantize=all")
+    record = records[0]
+    assert record["status"] == "ok" and record["quantizer"]["scope"] == "backbone, neck and heads"
+    errors = record["calibrator_info"]["block_mse"]
+    assert list(errors) == [f"model.backbone.stages.{stage}.blocks.0" for stage in range(4)]
+    assert all(error["learned_tensors"] == 12 and error["before"] > 0 for error in errors.values())
