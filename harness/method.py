@@ -33,7 +33,10 @@ class GenerationContext:
 
     task: Task | None
     model_name: str
-    model: nn.Module  # the backbone (README §4): a classifier itself, a detector's or segmentor's backbone
+    # what images are synthesized through (Task.synthesis_target): the backbone (README §4), a classifier
+    # itself, or a detector's or segmentor's backbone, or for a generator that needs classes there the
+    # task's class source (docs/methods.md, Class sources)
+    model: nn.Module
     prior: ImagePrior
     seed: int
     device: torch.device

@@ -34,8 +34,8 @@ from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, InvalidRecord, PeakMemory, ResultStore, harness_commit, library_versions, provenance, read_calibration,
                              read_record, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
-from harness.support import supported_cells
-from harness.task import ImagePrior, Task
+from harness.support import CLASSES, supported_cells
+from harness.task import SynthesisTarget, Task
 
 
 Outcome = tuple[dict[str, Any], bool]  # a cell's record, and whether this call computed it
@@ -302,13 +302,15 @@ class GridRunner:
         Returns the set, whether it came from the cache, and the generator code that made it.
         """
         generator = GENERATORS.get(cell.generator)(cell.generator_options)
-        prior = task.prior(cell.model)
+        target = task.synthesis_target(cell.model, fp_model, CLASSES in generator.required())
+        prior = target.prior
         code = {component: cell.code()[component] for component in ("generator", "task")}
         key = config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
                            "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                           "prior": str(prior), "versions": {name: c["version"] for name, c in code.items()}})
+                           "prior": str(prior), "versions": {name: c["version"] for name, c in code.items()},
+                           **({"class_source": target.class_source} if target.class_source else {})})
         if not generator.bit_independent:
-            return self._generate(cell, generator, task, fp_model, prior, timing), False, code["generator"]
+            return self._generate(cell, generator, task, target, timing), False, code["generator"]
         path = self.store.calibration_path(cell.generator, key)
         with file_lock(path.with_suffix(".lock"), holder=self._holder,  # one worker generates a set
                        on_wait=_announce_wait(f"calibration set {path.name}")):
@@ -317,7 +319,7 @@ class GridRunner:
             if entry is not None and self._current(path, "calibration set", what, entry.meta.get("code"), code):
                 timing["generate"] = entry.meta["generate_seconds"]
                 return entry.calibration, True, entry.meta["code"]["generator"]
-            calibration = self._generate(cell, generator, task, fp_model, prior, timing)
+            calibration = self._generate(cell, generator, task, target, timing)
             write_calibration(path, calibration, {
                 "generator": cell.generator, "model": cell.model, "seed": cell.seed, "task": cell.task,
                 "options": cell.config()["options"]["generator"], "prior": dataclasses.asdict(prior),
@@ -325,15 +327,18 @@ class GridRunner:
             })
         return calibration, False, code["generator"]
 
-    def _generate(self, cell: Cell, generator: Generator, task: Task, fp_model: nn.Module, prior: ImagePrior,
+    def _generate(self, cell: Cell, generator: Generator, task: Task, target: SynthesisTarget,
                   timing: dict[str, float]) -> CalibrationSet:
+        model = target.load().to(self.device)
         torch.manual_seed(cell.seed)
         start = time.perf_counter()
         calibration = generator.generate(GenerationContext(
-            task=task if generator.uses_real_data else None, model_name=cell.model, model=task.backbone(fp_model), prior=prior, seed=cell.seed,
-            device=self.device,
+            task=task if generator.uses_real_data else None, model_name=cell.model, model=model, prior=target.prior,
+            seed=cell.seed, device=self.device,
         ))
         timing["generate"] = time.perf_counter() - start
+        if target.class_source is not None:  # the record says which classes the images were made for
+            calibration.info["class_source"] = target.class_source
         if not torch.isfinite(calibration.images).all():
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -35,6 +35,19 @@ class ImagePrior:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images * std + mean).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class SynthesisTarget:
+    """What a generator synthesizes through: a module taking images of ``prior``, and that prior.
+
+    ``class_source`` names, for the record and the calibration-set cache key, where the class logits
+    come from when they are not the model's own (docs/methods.md, Class sources); None otherwise.
+    """
+
+    prior: ImagePrior
+    load: Callable[[], nn.Module]  # called only when images are made (a cached set needs no model)
+    class_source: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,14 @@ class Task(ABC):
     def quantization_scope(self) -> str:
         """What :meth:`quantized_part` covers, in words, for the result record."""
         return "whole model"
+
+    def synthesis_target(self, model_name: str, fp_model: nn.Module, classes: bool) -> SynthesisTarget:
+        """What a generator synthesizes through; ``classes``: it needs class logits (harness.support.CLASSES).
+
+        The backbone with the task's prior by default: a classifier's classes are its own. A task
+        whose backbone has none returns its class source when asked for classes.
+        """
+        return SynthesisTarget(self.prior(model_name), lambda: self.backbone(fp_model))
 
     def unmet(self, capability: str, model_name: str) -> str | None:
         """Why these options cannot meet the conditional offer of ``capability`` for ``model_name`` (None: they do).

@@ -8,6 +8,7 @@ quantizer converts the backbone, or with ``quantize=all`` the neck and heads too
 from __future__ import annotations
 
 from abc import abstractmethod
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -19,41 +20,52 @@ from harness.conformance import TaskSetup
 from harness.errors import HarnessError
 from harness.io import file_sha256
 from harness.mm.checkpoint import load_weights
+from harness.mm.class_source import CLASS_SOURCES, BackboneHead, ClassSource, build_classifier, classifier_head, resolve
 from harness.mm.config import cached_weights, load_config
 from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
 from harness.mm.stack import skip_without_stack
 from harness.options import at_least
-from harness.support import ATTENTION, BLOCKS, REAL_IMAGES
-from harness.task import ImagePrior, Task, TaskOptions, register_models
+from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, register_models
 
 SCOPES = ("backbone", "all")
+IMAGENET_CLASSES = 1000  # the class source's classifiers are ImageNet-1k ones
 
 
 @dataclass
 class OpenMMLabOptions(TaskOptions):
     """``config``: a local mmengine config used instead of the model's own (it may inherit from it
     with ``_base_``); ``quantize``: ``backbone`` (README §4 default) or ``all`` (neck and heads too);
-    ``prior_size``: side of calibration images, default the backbone's pre-training size."""
+    ``prior_size``: side of calibration images, default the backbone's pre-training size;
+    ``prior_classifier``: weights of the ImageNet classifier the backbone was pre-trained as, the class
+    source of generators that need classes (default: timm's file in the hub cache), used as
+    ``class_source`` says (docs/methods.md, Class sources)."""
 
     config: str | None = None
     quantize: Literal["backbone", "all"] = "backbone"
     prior_size: int | None = None
+    prior_classifier: str | None = None
+    class_source: Literal["classifier", "backbone_head"] = "classifier"
     batch_size: int = at_least(1, 1)  # mmdet/mmseg evaluate full-resolution images one at a time
     num_workers: int = at_least(0, 2)
 
     def __post_init__(self) -> None:
         if self.quantize not in SCOPES:
             raise ValueError(f"quantize must be one of {', '.join(SCOPES)}, got {self.quantize!r}")
+        if self.class_source not in CLASS_SOURCES:
+            raise ValueError(f"class_source must be one of {', '.join(CLASS_SOURCES)}, got {self.class_source!r}")
         if self.batch_size < 1 or self.num_workers < 0 or (self.prior_size is not None and self.prior_size < 8):
             raise ValueError("batch_size must be >= 1, num_workers >= 0 and prior_size >= 8")
 
 
 @dataclass(frozen=True)
 class OpenMMLabModel:
-    """A registered model: its config reference and the resolution its backbone was pre-trained at."""
+    """A registered model: its config reference, the timm ImageNet classifier its backbone was pre-trained
+    as (the class source, docs/methods.md), and the resolution of that pre-training."""
 
     config: str  # "mmdet::swin/....py" (shipped in the package) or a file path
+    classifier: str  # timm name with its pretrained tag, e.g. "swin_tiny_patch4_window7_224.ms_in1k"
     description: str = ""
     pretrain_size: int = 224
 
@@ -76,7 +88,9 @@ class OpenMMLabTask(Task):
     train_images: ClassVar[str]  # folder under the data root that `real` draws calibration images from
     layout_hint: ClassVar[str]  # the expected layout, in words, for error messages
     Options = OpenMMLabOptions
-    offers = {REAL_IMAGES: None, ATTENTION: None, BLOCKS: None}  # a backbone has no classes (README §4)
+    offers = {REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,  # a backbone has no classes of its own (README §4)
+              CLASSES: "a class source: the ImageNet classifier the backbone was pre-trained as "
+                       "(--task-opt prior_classifier=FILE, or timm's file in the Hugging Face hub cache)"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass's ``models`` registers them: ``model_names`` is derived, never written twice."""
@@ -88,6 +102,7 @@ class OpenMMLabTask(Task):
         super().__init__(options)
         self._configs: dict[str, Any] = {}
         self._weights_ids: dict[str, str] = {}
+        self._class_sources: dict[str, ClassSource] = {}
 
     # -- what a subclass provides -------------------------------------------------------------
     @abstractmethod
@@ -176,6 +191,39 @@ class OpenMMLabTask(Task):
 
     def quantization_scope(self) -> str:
         return "backbone" if self.options.quantize == "backbone" else "backbone, neck and heads"
+
+    def synthesis_target(self, model_name: str, fp_model: nn.Module, classes: bool) -> SynthesisTarget:
+        """The backbone; for a generator that needs classes, the class source (docs/methods.md, Class sources)."""
+        if not classes:
+            return super().synthesis_target(model_name, fp_model, classes)
+        source = self.class_source(model_name)
+        prior = dataclasses.replace(self.prior(model_name), num_classes=IMAGENET_CLASSES)
+        if source.kind == "backbone_head":
+            return SynthesisTarget(prior, lambda: BackboneHead(self.backbone(fp_model), classifier_head(source)),
+                                   source.record())
+        backbone = self.config(model_name).model.backbone
+        return SynthesisTarget(prior, lambda: build_classifier(source, backbone, prior), source.record())
+
+    def class_source(self, model_name: str) -> ClassSource:
+        """The classifier, weights and use the options give for ``model_name``; a HarnessError says what is missing."""
+        if model_name not in self._class_sources:
+            entry, options = self._entry(model_name), self.options
+            try:
+                self._class_sources[model_name] = resolve(options.class_source, entry.classifier,
+                                                          options.prior_classifier,
+                                                          self.config(model_name).model.backbone.type)
+            except HarnessError as error:
+                raise HarnessError(f"no class source for {model_name}: {error}") from None
+        return self._class_sources[model_name]
+
+    def unmet(self, capability: str, model_name: str) -> str | None:
+        if capability != CLASSES:
+            return None
+        try:
+            self.class_source(model_name)
+        except HarnessError as error:
+            return str(error)
+        return None
 
     # -- helpers ------------------------------------------------------------------------------
     def config(self, model_name: str) -> Any:

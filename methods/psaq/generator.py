@@ -7,6 +7,9 @@ of the element count ratio for other sizes (spec step 5 asks to scale it and say
 :func:`harness.priors.synthesis.tv_target`; ``tv_scaling="linear"`` scales by B·H·W instead). On images smaller
 than the roll range (16 px digits, ±15/±30 px) ``torch.roll`` wraps around, so the jitter becomes a
 cyclic shift by nearly any amount; that is kept as the spec's behaviour, ``roll_ranges`` changes it.
+On a detection/segmentation backbone, which has no classes, L_OH is dropped (README §4, PSAQ-ViT V2's
+task-agnostic setting); ``one_hot_on_backbones`` keeps it by synthesizing through the task's class
+source (docs/methods.md, Class sources).
 Every random draw (noise, labels, v, offsets, flips) comes from one generator seeded with the seed.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_optimizer
                                       total_variation, tv_target, warmup_cosine_lr)
 from harness.progress import progress_bar
 from harness.registry import GENERATORS
-from harness.support import ATTENTION
+from harness.support import ATTENTION, CLASSES
 
 
 
@@ -44,6 +47,9 @@ class PSAQOptions(ImageCountOptions):
     eps: float = 1e-8  # step 3: Adam
     pse_weight: float = 1.0  # step 5: L = 1.0·L_PSE + 1.0·L_OH + 0.05·L_TV; 0 ablates the PSE prior
     oh_weight: float = 1.0  # step 5
+    # README §4: a backbone without classes drops L_OH (PSAQ-ViT V2's task-agnostic setting); true keeps it,
+    # synthesizing through the task's class source (docs/methods.md, Class sources)
+    one_hot_on_backbones: bool = False
     tv_weight: float = 0.05  # step 5
     tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # step 5: v ~ U(2500, 3000) for B = 32 at 224 px
     tv_scaling: Literal["sqrt", "linear"] = "sqrt"  # step 5: how v follows the batch size (tv_target explains)
@@ -76,6 +82,10 @@ class PatchSimilarityGenerator(Generator):
     Options = PSAQOptions
     needs = frozenset({ATTENTION})  # the attn·v products of step 5
     smoke_options = {"num_images": 4, "batch_size": 4, "iterations": 2, "warmup": 1}  # conformance kit only
+
+    def required(self) -> frozenset[str]:
+        """Classes too when ``one_hot_on_backbones`` asks for L_OH where the task's model has none of its own."""
+        return self.needs | ({CLASSES} if self.options.one_hot_on_backbones else set())
 
     def generate(self, context: GenerationContext) -> CalibrationSet:
         options = self.options

@@ -83,8 +83,8 @@ class SPDFQGenerator(Generator):
     def generate(self, context: GenerationContext) -> CalibrationSet:
         if not context.prior.num_classes:
             raise HarnessError(f"spdfq needs class logits for its soft-label and MSR targets, and {context.model_name!r} "
-                               "is synthesized through a backbone without classes; on detection and segmentation "
-                               "tasks use psaq, psaq_v2, noise or real")
+                               "came without classes; a detection or segmentation task gives them through its class "
+                               "source (--task-opt prior_classifier=FILE)")
         options, model = self.options, context.model
         generator = torch.Generator().manual_seed(context.seed)
         lr = options.lr or synthesis_lr(model)  # PSAQ-ViT's Adam lr: SPDFQ gives none

@@ -17,6 +17,7 @@ from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
 
 CONFIGS = Path(__file__).parent / "configs"
+SWIN_T, SWIN_S = "swin_tiny_patch4_window7_224.ms_in1k", "swin_small_patch4_window7_224.ms_in1k"
 
 
 @TASKS.register("coco")
@@ -28,14 +29,14 @@ class CocoTask(OpenMMLabTask):
     metric_names = ("box_ap", "mask_ap")
     train_images = "train2017"
     layout_hint = "COCO 2017: ROOT/annotations/instances_val2017.json and ROOT/val2017/*.jpg"
-    models = {
-        "mask_rcnn_swin_t": OpenMMLabModel("mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py",
+    models = {  # the backbones start from Microsoft's ImageNet-1k Swin releases, timm's .ms_in1k weights
+        "mask_rcnn_swin_t": OpenMMLabModel("mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py", SWIN_T,
                                            "mmdet Mask R-CNN, Swin-T backbone (ImageNet-1k, 224 px), FPN, 1x"),
-        "mask_rcnn_swin_s": OpenMMLabModel("mmdet::swin/mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco.py",
+        "mask_rcnn_swin_s": OpenMMLabModel("mmdet::swin/mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco.py", SWIN_S,
                                            "mmdet Mask R-CNN, Swin-S backbone (ImageNet-1k, 224 px), FPN, 3x"),
-        "cascade_mask_rcnn_swin_t": OpenMMLabModel(str(CONFIGS / "cascade-mask-rcnn_swin-t-p4-w7_fpn_coco.py"),
+        "cascade_mask_rcnn_swin_t": OpenMMLabModel(str(CONFIGS / "cascade-mask-rcnn_swin-t-p4-w7_fpn_coco.py"), SWIN_T,
                                                    "mmdet Cascade Mask R-CNN, Swin-T backbone, FPN (--checkpoint)"),
-        "cascade_mask_rcnn_swin_s": OpenMMLabModel(str(CONFIGS / "cascade-mask-rcnn_swin-s-p4-w7_fpn_coco.py"),
+        "cascade_mask_rcnn_swin_s": OpenMMLabModel(str(CONFIGS / "cascade-mask-rcnn_swin-s-p4-w7_fpn_coco.py"), SWIN_S,
                                                    "mmdet Cascade Mask R-CNN, Swin-S backbone, FPN (--checkpoint)"),
     }
 

@@ -20,8 +20,8 @@ from harness.io import file_sha256
 from harness.options import at_least
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, TaskOptions, calibration_indices, register_models
+from harness.timm_weights import hub_checkpoint, load_weights
 from tasks.imagenet.data import LabelledImages, data_config, eval_transform, labelled_images
-from tasks.imagenet.weights import hub_checkpoint, load_weights
 
 
 @dataclass

@@ -100,10 +100,13 @@ def test_generation_is_seeded_clamped_and_records_its_parts(tiny_vit):
     assert first.info["batches"][1]["apa_weight"] == batch["apa_weight"]  # one α1 per model
 
 
-def test_a_backbone_without_classes_is_refused_naming_the_methods_that_work(tiny_vit):
+def test_a_backbone_without_classes_is_refused_naming_the_class_source(tiny_vit):
+    """The runner gives a class source where the task has one; called directly without classes, spdfq says so."""
     backbone_prior = ImagePrior(input_size=PRIOR.input_size, mean=PRIOR.mean, std=PRIOR.std, num_classes=None)
-    with pytest.raises(HarnessError, match="spdfq needs class logits.*use psaq, psaq_v2, noise or real"):
+    with pytest.raises(HarnessError, match=r"spdfq needs class logits .* 'tiny' came without classes; .* source "
+                                           r"\(--task-opt prior_classifier=FILE\)$"):
         _generate(tiny_vit, prior=backbone_prior)
+    assert SPDFQGenerator().required() == {"classes", "attention"}
 
 
 @pytest.mark.parametrize("parts", [(False, False, False), (True, False, False), (False, True, False), (False, False, True)])

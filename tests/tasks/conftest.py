@@ -69,6 +69,34 @@ def run_argv(setup: TaskSetup, out: Path, *args: str) -> list[str]:
             *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")], *args]
 
 
+# the timm ImageNet classifier of each tiny backbone's architecture (tasks/coco/tiny.py, tasks/ade20k/tiny.py)
+TINY_CLASSIFIERS = {
+    "swin": ("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))),
+    "deit": ("deit_small_patch16_224", dict(embed_dim=32, depth=4, num_heads=2, patch_size=8)),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Callable[..., str]:
+    """A random-init ImageNet classifier of a tiny instance's backbone architecture, at its prior size (or
+    ``size``), as a safetensors file: the class source (--task-opt prior_classifier=FILE) where no hub cache is."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    def write(setup: TaskSetup, size: int | None = None) -> str:
+        family = "deit" if "deit" in setup.model_name else "swin"
+        size = size or setup.options["prior_size"]
+        path = tmp_path_factory.getbasetemp() / f"tiny_{family}_{size}px_classifier.safetensors"
+        if not path.exists():
+            name, architecture = TINY_CLASSIFIERS[family]
+            torch.manual_seed(1)
+            model = timm.create_model(name, pretrained=False, img_size=size, **architecture)
+            save_file({key: value.contiguous() for key, value in model.state_dict().items()}, path)
+        return str(path)
+    return write
+
+
 @pytest.fixture(scope="session")
 def run_grid() -> Callable[..., list[dict[str, Any]]]:
     """``python -m harness run`` on a tiny instance (small synthesis budgets); returns the records of ``out``."""

@@ -6,13 +6,17 @@ import re
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
+import timm
 import torch
 
 from harness.arch import instrumented
 from harness.errors import HarnessError
 from harness.bits import parse_bits
+from harness.cli import main
+from harness.io import file_sha256
 from harness.quant.convert import QuantConfig, quantize_model
 from tasks.coco import CocoTask
 
@@ -186,3 +190,87 @@ def test_block_recon_reconstructs_the_swin_blocks_also_with_neck_and_heads_quant
     errors = record["calibrator_info"]["block_mse"]
     assert list(errors) == [f"model.backbone.stages.{stage}.blocks.0" for stage in range(4)]
     assert all(error["learned_tensors"] == 12 and error["before"] > 0 for error in errors.values())
+
+
+def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tiny_classifier, run_grid, tmp_path):
+    """`--methods psaq_v2,spdfq --tasks coco --bits w4a8`: spdfq synthesizes through the classifier the
+    backbone was pre-trained as and calibrates the detector's backbone; psaq_v2 stays label-free."""
+    classifier = tiny_classifier(tiny_coco)
+    records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2,spdfq", "--tasks", "coco", "--bits", "w4a8",
+                       "--task-opt", f"prior_classifier={classifier}", "--gen-opt", "num_images=4",
+                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--gen-opt", "spdfq.iterations=3",
+                       "--gen-opt", "spdfq.warmup=1", "--calib-opt", "psaq_v2.iterations=4",
+                       "--calib-opt", "psaq_v2.rounds=2", "--calib-opt", "block_recon.iterations=2")
+    cells = {record["method"]: record for record in records}
+    assert {method: record["status"] for method, record in cells.items()} == {"psaq_v2": "ok", "spdfq": "ok"}
+    spdfq = cells["spdfq"]
+    assert spdfq["calibration_info"]["class_source"] == {
+        "kind": "classifier", "classifier": "swin_tiny_patch4_window7_224.ms_in1k",
+        "weights_sha256": file_sha256(Path(classifier))[:16]}
+    assert spdfq["options"]["task"]["class_source"] == "classifier" and spdfq["num_calibration_images"] == 4
+    assert len(spdfq["calibrator_info"]["block_mse"]) == 4 and set(spdfq["metrics"]) == {"box_ap", "mask_ap"}
+    assert "class_source" not in cells["psaq_v2"]["calibration_info"]
+
+
+def test_without_a_class_source_spdfq_is_refused_before_the_grid(tiny_coco, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "results"
+    options = dict(tiny_coco.options)
+    argv = ["run", "--methods", "psaq_v2,spdfq", "--tasks", "coco", "--bits", "w4a8", "--models", MODEL,
+            "--data-root", options.pop("data_root"), "--checkpoint", options.pop("checkpoint"), "--results", str(out),
+            *[item for key, value in options.items() for item in ("--task-opt", f"{key}={value}")]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "error: 1 (method, task, model) combination(s) of this grid cannot run, so nothing ran: spdfq on coco "
+        "mask_rcnn_swin_t: generator 'spdfq' needs classes (class logits of the model images are synthesized through): "
+        "no class source for mask_rcnn_swin_t: no weights for swin_tiny_patch4_window7_224.ms_in1k: expected "
+        f"model.safetensors of timm/swin_tiny_patch4_window7_224.ms_in1k in the Hugging Face hub cache, at {tmp_path}/hub/")
+    assert "or pass --task-opt prior_classifier=FILE (--skip-unsupported runs the rest)" in err
+    assert not out.exists()
+    with pytest.raises(HarnessError, match=r"no class source for mask_rcnn_swin_t: prior_classifier /absent.pt does"):
+        _task(tiny_coco, prior_classifier="/absent.pt").class_source(MODEL)
+
+
+def test_backbone_head_puts_the_classifier_s_head_on_the_detector_s_own_backbone(tiny_coco, tiny_classifier):
+    from harness.mm.class_source import BackboneHead
+
+    task = _task(tiny_coco, prior_classifier=tiny_classifier(tiny_coco), class_source="backbone_head")
+    model = task.load_model(MODEL)
+    target = task.synthesis_target(MODEL, model, classes=True)
+    module = target.load()
+    assert isinstance(module, BackboneHead) and module.backbone is model.backbone
+    assert target.prior.num_classes == 1000 and target.class_source["kind"] == "backbone_head"
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = model.backbone(images)[-1]
+        assert torch.allclose(module(images), module.head(features.mean(dim=(2, 3))))
+    assert task.synthesis_target(MODEL, model, classes=False).class_source is None
+
+
+def test_psaq_keeps_its_one_hot_term_through_the_class_source_on_request(tiny_coco, tiny_classifier, run_grid,
+                                                                          tmp_path):
+    """At 64 px: timm's Swin shrinks a window to its stage's feature map, at 32 px the last to one token,
+    which leaves PSAQ-ViT's per-window similarities (class token dropped) empty."""
+    records = run_grid(tiny_coco, tmp_path, "--methods", "psaq", "--tasks", "coco", "--bits", "w4a8",
+                       "--gen-opt", "psaq.num_images=4", "--gen-opt", "psaq.batch_size=4",
+                       "--gen-opt", "psaq.one_hot_on_backbones=true", "--task-opt", "prior_size=64",
+                       "--task-opt", f"prior_classifier={tiny_classifier(tiny_coco, size=64)}")
+    info = records[0]["calibration_info"]
+    assert records[0]["status"] == "ok" and info["one_hot_term"] is True
+    assert info["class_source"]["classifier"] == "swin_tiny_patch4_window7_224.ms_in1k"
+    assert records[0]["label"].startswith("psaq {num_images=4, batch_size=4, iterations=8, warmup=2, "
+                                          "one_hot_on_backbones=True, ")
+
+
+@pytest.mark.parametrize("name", list(CocoTask.models))
+def test_every_registered_backbone_maps_to_its_named_timm_classifier(detseg, name):
+    """The classifier built from the backbone's config has the parameter shapes of the named timm model,
+    so timm's ImageNet weights for it load (checked on the meta device: nothing is allocated)."""
+    from harness.mm.class_source import classifier_architecture
+
+    task, classifier = CocoTask(), CocoTask.models[name].classifier
+    with torch.device("meta"):
+        built = timm.create_model(classifier, **classifier_architecture(task.config(name).model.backbone))
+        named = timm.create_model(classifier)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in named.state_dict().items()}

@@ -1,4 +1,8 @@
-"""Offline weights: a local checkpoint file, or the model's default file already in the Hugging Face hub cache."""
+"""Offline weights of timm classifiers: a local checkpoint file, or the model's default file in the hub cache.
+
+Shared by the imagenet task and the class source of detection/segmentation tasks (docs/methods.md,
+Class sources).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +21,11 @@ from harness.weights import read_state_dict
 HUB_FILENAME = "model.safetensors"  # what timm downloads for a pretrained model with an hf_hub_id
 
 
-def hub_checkpoint(model_name: str) -> Path:
-    """The file ``timm.create_model(name, pretrained=True)`` would download, if it is cached; no network."""
+def hub_checkpoint(model_name: str, instead: str = "--checkpoint FILE") -> Path:
+    """The file ``timm.create_model(name, pretrained=True)`` would download, if it is cached; no network.
+
+    ``instead``: the option that passes a local file, named in the error when the cache lacks it.
+    """
     repo_id = get_pretrained_cfg(model_name).hf_hub_id
     cache_dir = Path(constants.HF_HUB_CACHE)
     found = try_to_load_from_cache(repo_id, HUB_FILENAME, cache_dir=cache_dir)
@@ -27,7 +34,7 @@ def hub_checkpoint(model_name: str) -> Path:
     expected = cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / "<commit>" / HUB_FILENAME
     raise HarnessError(
         f"no weights for {model_name}: expected {HUB_FILENAME} of {repo_id} in the Hugging Face hub cache, at {expected} "
-        f"(fetch it where there is network, e.g. `hf download {repo_id} {HUB_FILENAME}`), or pass --checkpoint FILE"
+        f"(fetch it where there is network, e.g. `hf download {repo_id} {HUB_FILENAME}`), or pass {instead}"
     )
 
 
