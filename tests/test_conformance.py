@@ -3,40 +3,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import huggingface_hub
-import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
 
 from harness.calibrators import MinMaxCalibrator
-from harness.conformance import (REGISTRIES, ConformanceError, ConformanceSkip, Hooks, TaskSetup, cases, check,
-                                 check_task, run_case, smoke_options)
+from harness.conformance import (REGISTRIES, ConformanceError, ConformanceSkip, Hooks, cases, check, check_task,
+                                 run_case, smoke_options)
 from harness.method import CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator
 from harness.method import ImageCountOptions, MethodSpec
 from harness.registry import GENERATORS, METHODS
 from tasks.digits import DigitsTask
-
-IMAGENET_MODEL = "deit_tiny_patch16_224"
-
-
-def tiny_imagenet(workdir: Path) -> TaskSetup:
-    """Two classes of two random JPEGs per split and random-init DeiT-Ti weights: imagenet's contract, offline."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for wnid in ("n01440764", "n01443537"):  # classes 0 and 1 of timm's synset list
-            folder = workdir / split / wnid
-            folder.mkdir(parents=True)
-            for index in range(2):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{index}.JPEG")
-    torch.manual_seed(0)
-    torch.save(timm.create_model(IMAGENET_MODEL, pretrained=False).state_dict(), workdir / "weights.pth")
-    return TaskSetup(options={"data_root": str(workdir), "checkpoint": str(workdir / "weights.pth"), "num_workers": 0},
-                     model_name=IMAGENET_MODEL, limit=None)
-
+from tiny_imagenet import tiny_imagenet
 
 HOOKS = Hooks(task_setups={"imagenet": tiny_imagenet})  # tasks/imagenet needs a self-made dataset
 

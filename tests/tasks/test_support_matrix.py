@@ -1,0 +1,93 @@
+"""Every registered method on every task's tiny instance: it runs, or it is refused exactly as declared.
+
+One grid per instance with every method at W4A8 and each part's smoke options (the conformance kit's
+fast budgets). A pair the declarations call conditional runs with the condition met (a class source
+for the detection/segmentation tasks) and is refused, before anything runs, without it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+
+from harness.conformance import TaskSetup, smoke_options
+from harness.errors import HarnessError
+from harness.grid import GridSpec
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.runner import GridRunner
+from harness.support import declared_verdict, requirements
+from tiny_imagenet import tiny_imagenet
+
+def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str]) -> GridSpec:
+    parts = {(method.generator, method.calibrator) for _, method in METHODS.items()}
+    generator_options = {f"{name}.{key}": value for name in {g for g, _ in parts}
+                         for key, value in smoke_options(GENERATORS.get(name), name).items()}
+    calibrator_options = {f"{name}.{key}": value for name in {c for _, c in parts}
+                          for key, value in smoke_options(CALIBRATORS.get(name), name).items()}
+    return GridSpec(methods=tuple(METHODS.names()), tasks=(task,), models=(setup.model_name,), bits=("w4a8",),
+                    generator_options=generator_options, calibrator_options=calibrator_options,
+                    task_options={**setup.options, **task_options}, limit=setup.limit)
+
+
+@pytest.mark.parametrize("task", ["digits", "imagenet"])
+def test_every_method_runs_on_the_classification_tasks(task, tmp_path, monkeypatch):
+    setup = TaskSetup(model_name="digits_vit_seed0", limit=64) if task == "digits" else tiny_imagenet(tmp_path / "data")
+    _runs_or_is_refused_as_declared(task, setup, {}, tmp_path, monkeypatch)
+
+
+def test_every_method_runs_on_coco_with_a_class_source_and_is_refused_as_declared_without(
+        tiny_coco, tiny_classifier, tmp_path, monkeypatch):
+    _runs_or_is_refused_as_declared("coco", tiny_coco, {"prior_classifier": tiny_classifier(tiny_coco)}, tmp_path,
+                                    monkeypatch)
+
+
+def test_every_method_runs_on_ade20k_with_a_class_source_and_is_refused_as_declared_without(
+        tiny_ade20k, tiny_classifier, tmp_path, monkeypatch):
+    _runs_or_is_refused_as_declared("ade20k", tiny_ade20k, {"prior_classifier": tiny_classifier(tiny_ade20k)},
+                                    tmp_path, monkeypatch)
+
+
+def _runs_or_is_refused_as_declared(task: str, setup: TaskSetup, condition: dict[str, str], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every method runs with ``condition`` (the options meeting the task's conditional offers); without
+    it, exactly the conditional pairs are refused, for the reasons the task instance gives."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    verdicts = {name: declared_verdict(method.generator, method.calibrator, task) for name, method in METHODS.items()}
+    assert "refused" not in {verdict.status for verdict in verdicts.values()}  # every registered pair can run
+    summary = GridRunner(tmp_path / "met").run(_smoke_grid(task, setup, condition))
+    records = {record["method"]: record for record in summary.records}
+    assert set(records) == set(METHODS.names())
+    assert {method: record.get("error") for method, record in records.items() if record["status"] != "ok"} == {}
+    metrics = set(TASKS.get(task).metric_names)
+    assert all(set(record["metrics"]) == metrics for record in records.values())
+
+    conditional = sorted(name for name, verdict in verdicts.items() if verdict.status == "conditional")
+    assert bool(conditional) == bool(condition)  # only the detection/segmentation tasks have conditions
+    if not conditional:
+        return
+    with pytest.raises(HarnessError) as error:  # the same grid without the class source
+        GridRunner(tmp_path / "unmet").run(_smoke_grid(task, setup, {}))
+    message = str(error.value)
+    task_instance = TASKS.get(task)(TASKS.get(task).Options(**setup.options))
+    for name in conditional:
+        method = METHODS.get(name)
+        reasons = [reason for capability in requirements(method.generator, method.calibrator)
+                   if (reason := task_instance.unmet(capability, setup.model_name)) is not None]
+        assert reasons and f"{name} on {task} {setup.model_name}" in message
+        assert all(reason in message for reason in reasons)
+    assert not any(f"{name} on {task}" in message for name in set(METHODS.names()) - set(conditional))
+    assert message.startswith(f"{len(conditional)} (method, task, model) combination(s) of this grid cannot run")
+    assert not (tmp_path / "unmet" / "records").exists()
+
+
+def test_the_declared_matrix_of_the_registered_plugins():
+    """What `list support` shows: only spdfq's classes are conditional, and only on detection/segmentation."""
+    rows = {(name, task): declared_verdict(method.generator, method.calibrator, task)
+            for name, method in METHODS.items() for task in TASKS.names()}
+    conditional = {pair for pair, verdict in rows.items() if verdict.status == "conditional"}
+    assert conditional == {(method, task) for method in ("spdfq", "spdfq_minmax") for task in ("ade20k", "coco")}
+    assert {verdict.status for pair, verdict in rows.items() if pair not in conditional} == {"runs"}
+    assert rows[("spdfq", "coco")].reasons == (
+        "classes from a class source: the ImageNet classifier the backbone was pre-trained as "
+        "(--task-opt prior_classifier=FILE, or timm's file in the Hugging Face hub cache)",)
