@@ -34,14 +34,16 @@ def load_config(reference: str):
 def cached_weights(reference: str) -> tuple[Path | None, str | None]:
     """Where mmengine's downloader would have cached the config's released weights, and their URL.
 
-    The package's ``metafile.yml`` beside the config names the release; mmengine saves downloads in
-    ``torch.hub`` 's ``checkpoints`` folder under the URL's file name. (None, None) when no release is listed.
+    The package's metafile beside the config (mmdet's ``metafile.yml``, mmseg's ``metafile.yaml``)
+    names the release; mmengine saves downloads in ``torch.hub`` 's ``checkpoints`` folder under the
+    URL's file name. (None, None) when no release is listed.
     """
     package, sep, relative = reference.partition("::")
     if not sep:
         return None, None
-    metafile = config_path(reference).parent / "metafile.yml"
-    if not metafile.is_file():
+    metafile = next((path for path in (config_path(reference).parent / f"metafile.{suffix}" for suffix in ("yml", "yaml"))
+                     if path.is_file()), None)
+    if metafile is None:
         return None, None
     entries = (yaml.safe_load(metafile.read_text()) or {}).get("Models", [])
     url = next((entry.get("Weights") for entry in entries if entry.get("Config") == f"configs/{relative}"), None)

@@ -73,3 +73,16 @@ def test_block_recon_reconstructs_every_backbone_block(tiny_ade20k, run_grid, tm
              "upernet_deit_s": [f"layers.{layer}" for layer in range(4)]}[tiny_ade20k.model_name]
     assert records[0]["status"] == "ok" and list(errors) == names
     assert all(error["learned_tensors"] == 12 and error["after"] > 0 for error in errors.values())
+
+
+def test_without_a_checkpoint_the_error_names_the_expected_cached_file(tmp_path, monkeypatch, detseg):
+    """mmseg lists its releases in metafile.yaml (mmdet in metafile.yml)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(HarnessError) as error:
+        ADE20KTask().weights_id("upernet_swin_t")
+    assert str(error.value) == (
+        f"no weights for ade20k model upernet_swin_t: expected {tmp_path}/hub/checkpoints/upernet_swin_tiny_patch4_"
+        "window7_512x512_160k_ade20k_pretrain_224x224_1K_20210531_112542-e380ad3e.pth (mmengine's download cache; "
+        "fetch https://download.openmmlab.com/mmsegmentation/v0.5/swin/upernet_swin_tiny_patch4_window7_512x512_160k_"
+        "ade20k_pretrain_224x224_1K/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_20210531_"
+        "112542-e380ad3e.pth where there is network), or --checkpoint FILE")
