@@ -90,9 +90,12 @@ class ActQuantizer(nn.Module):
         """
         scale, zero_point = scale.detach().to(self.low.dtype), zero_point.detach().to(self.low.dtype)
         self.scale, self.zero_point = scale.clone(), zero_point.clone()
-        top = 2 ** self.bits - 1 if self.kind == "uniform" else 0
-        self.low.copy_((-zero_point * scale).min())
-        self.high.copy_(((top - zero_point) * scale).max() if self.kind == "uniform" else scale.max())
+        if self.kind == "uniform":
+            self.low.copy_((-zero_point * scale).min())
+            self.high.copy_(((2 ** self.bits - 1 - zero_point) * scale).max())
+        else:  # log-√2: levels from 0 up to the scale
+            self.low.zero_()
+            self.high.copy_(scale.max())
         self.offset_after_round = self.kind == "uniform"
         self.observer = None
         self.mode = "quantize"

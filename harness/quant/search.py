@@ -19,13 +19,15 @@ from harness.quant.fake_quant import MIN_SCALE, fake_quant_log_sqrt2, fake_quant
 _QUANTILE_LIMIT = 1 << 24
 
 
-def _quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row linear-interpolation quantile of a (rows, values) tensor."""
+def _quantiles(rows: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    """Per-row linear-interpolation quantiles of a (rows, values) tensor, shape (len(qs), rows): one sort
+    for all of them (torch.quantile casts a scalar q to the input's dtype; so does this)."""
     if rows.numel() <= _QUANTILE_LIMIT:
-        return torch.quantile(rows, q, dim=1)
+        return torch.quantile(rows, torch.tensor(list(qs), dtype=rows.dtype, device=rows.device), dim=1)
     if rows.shape[1] <= _QUANTILE_LIMIT:
-        return torch.cat([_quantile(chunk, q) for chunk in rows.split(max(1, _QUANTILE_LIMIT // rows.shape[1]))])
-    values = np.percentile(rows.detach().cpu().numpy(), q * 100, axis=1)
+        chunks = rows.split(max(1, _QUANTILE_LIMIT // rows.shape[1]))
+        return torch.cat([_quantiles(chunk, qs) for chunk in chunks], dim=1)
+    values = np.percentile(rows.detach().cpu().numpy(), [q * 100 for q in qs], axis=1)
     return torch.as_tensor(values, dtype=rows.dtype, device=rows.device)
 
 
@@ -39,8 +41,8 @@ def percentile_mse_params(rows: torch.Tensor, bits: int,
     rows = rows.detach()
     levels = 2 ** bits - 1
     best_error = best_scale = best_zero_point = None
-    for p in percentiles:
-        high, low = _quantile(rows, p), _quantile(rows, 1.0 - p)
+    quantiles = _quantiles(rows, [*percentiles, *(1.0 - p for p in percentiles)])
+    for high, low in zip(quantiles[:len(percentiles)], quantiles[len(percentiles):]):
         scale = ((high - low) / levels).clamp_min(MIN_SCALE)
         zero_point = (-low / scale).round()
         error = (fake_quant_offset_after_round(rows, scale[:, None], zero_point[:, None], bits) - rows).abs().pow(2)
@@ -59,8 +61,7 @@ def percentile_mse_log_sqrt2_scale(x: torch.Tensor, bits: int, percentiles: Sequ
     """The log-√2 quantizer's scale (its largest level): the percentile of ``x`` with the smallest MSE."""
     flat = x.detach().reshape(1, -1)
     best_error, best_scale = None, None
-    for p in percentiles:
-        scale = _quantile(flat, p)[0]
+    for scale in _quantiles(flat, percentiles)[:, 0]:
         error = (fake_quant_log_sqrt2(flat, scale, bits) - flat).abs().pow(2).mean()
         if best_error is None or error < best_error:
             best_error, best_scale = error, scale

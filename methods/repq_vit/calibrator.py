@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -114,7 +114,7 @@ class RepQCalibrator(Calibrator):
             return lambda x: percentile_mse_params(x.reshape(-1, x.shape[-1]).t(), bits, percentiles)
         return lambda x: tuple(p[0] for p in percentile_mse_params(x.reshape(1, -1), bits, percentiles))
 
-    def _search_weights(self, layers) -> None:
+    def _search_weights(self, layers: Iterable[nn.Module]) -> None:
         for layer in layers:
             if layer.weight_bits:
                 layer.set_weight_params(*percentile_mse_params(layer.weight.flatten(1), layer.weight_bits,
