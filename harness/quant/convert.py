@@ -16,6 +16,7 @@ from harness.instrument import attach_point
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
 
 PROFILES = ("standard", "psaq")
+ATTN_QUANTIZERS = ("uniform", "log2", "log_sqrt2")  # post-softmax quantizers (docs/quantizer.md)
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,14 @@ class QuantConfig:
 
     profile: Literal["standard", "psaq"] = "standard"
     keep_first_last_fp: bool = False
-    attn_quantizer: Literal["uniform", "log2"] = "uniform"  # post-softmax map, `standard` profile
+    attn_quantizer: Literal["uniform", "log2", "log_sqrt2"] = "uniform"  # post-softmax map, `standard` profile
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise HarnessError(f"unknown quantizer profile {self.profile!r}; accepted: {', '.join(PROFILES)}")
-        if self.attn_quantizer not in ("uniform", "log2"):
-            raise HarnessError(f"unknown attention quantizer {self.attn_quantizer!r}; accepted: uniform, log2")
+        if self.attn_quantizer not in ATTN_QUANTIZERS:
+            raise HarnessError(f"unknown attention quantizer {self.attn_quantizer!r}; "
+                               f"accepted: {', '.join(ATTN_QUANTIZERS)}")
 
     @property
     def observe_in_fp(self) -> bool:

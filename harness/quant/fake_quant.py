@@ -5,6 +5,8 @@ Rounding uses a straight-through estimator so the same functions serve learnable
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -59,3 +61,31 @@ def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:
     levels = 2 ** bits - 1
     q = torch.clamp(round_ste(-torch.log2(x.clamp_min(1e-30))), 0, levels)
     return torch.where(q >= levels, torch.zeros_like(x), torch.pow(2.0, -q))
+
+
+def fake_quant_offset_after_round(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                                  bits: int) -> torch.Tensor:
+    """q = clamp(round(x / s) + z, 0, 2^b - 1), x_hat = (q - z) s: the zero point added after rounding.
+
+    The arithmetic of quantizers calibrated by a parameter search (docs/quantizer.md, Searched
+    quantizers): ``z`` may be fractional (a per-tensor zero point averaged over channels) or
+    out of [0, 2^b - 1], and ``s`` / ``z`` may be per channel, broadcast against ``x``.
+    """
+    levels = 2 ** bits - 1
+    return (torch.clamp(torch.round(x / scale) + zero_point, 0, levels) - zero_point) * scale
+
+
+def fake_quant_log_sqrt2(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Log-√2 quantizer for post-softmax maps: x ~ s · 2^(-q/2), q in [0, 2^b - 1]; beyond the last level, 0.
+
+    Half-octave levels resolve the large attention weights better than log2's octaves
+    (docs/quantizer.md, Searched quantizers). The odd levels' factor √2 is formed as
+    (q mod 2)(√2 - 1) + 1 in the tensor's dtype, so it rounds the same way wherever it runs.
+    """
+    levels = 2 ** bits
+    q = torch.round((x / scale).log2() * -2)
+    beyond = q >= levels
+    q = torch.clamp(q, 0, levels - 1)
+    odd_factor = (q % 2) * (math.sqrt(2) - 1) + 1
+    x_hat = torch.pow(2, -torch.ceil(q / 2)) * odd_factor * scale
+    return x_hat.masked_fill(beyond, 0.0)

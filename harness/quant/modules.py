@@ -9,14 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.quant.fake_quant import (
+    MIN_SCALE,
     asymmetric_params,
     fake_quant_asymmetric,
     fake_quant_log2,
+    fake_quant_log_sqrt2,
+    fake_quant_offset_after_round,
     fake_quant_symmetric,
     symmetric_weight_scale,
 )
 
 Mode = Literal["observe", "quantize", "bypass"]
+Kind = Literal["uniform", "log2", "log_sqrt2"]
 
 
 class Observer(Protocol):
@@ -26,19 +30,22 @@ class Observer(Protocol):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric uniform activation quantizer (README §3), or log2 for attention maps.
+    """Per-tensor asymmetric uniform activation quantizer (README §3), or log2 / log-√2 for attention maps.
 
     Modes: ``observe`` passes values through while an observer records them (calibration),
     ``quantize`` applies the frozen range, ``bypass`` is floating point. Ranges live in buffers so
-    a calibrated model is saved and reloaded with its state dict.
+    a calibrated model is saved and reloaded with its state dict. An observer may freeze the
+    quantizer as soon as it has seen a batch (:meth:`set_params`); that batch is then quantized
+    already, so later quantizers observe it quantized (docs/quantizer.md, Searched quantizers).
     """
 
-    def __init__(self, bits: int, kind: Literal["uniform", "log2"] = "uniform") -> None:
+    def __init__(self, bits: int, kind: Kind = "uniform") -> None:
         super().__init__()
         self.bits = bits
         self.kind = kind
         self.mode: Mode = "observe"
         self.observer: Observer | None = None
+        self.offset_after_round = False  # zero point added after rounding (set by set_params)
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.register_buffer("low", torch.tensor(0.0))
@@ -48,9 +55,15 @@ class ActQuantizer(nn.Module):
         if self.mode == "quantize":
             if self.kind == "log2":
                 return fake_quant_log2(x, self.bits)
+            if self.kind == "log_sqrt2":
+                return fake_quant_log_sqrt2(x, self.scale, self.bits)
+            if self.offset_after_round:
+                return fake_quant_offset_after_round(x, self.scale, self.zero_point, self.bits)
             return fake_quant_asymmetric(x, self.scale, self.zero_point, self.bits)
         if self.mode == "observe" and self.observer is not None:
             self.observer.update(x)
+            if self.mode == "quantize":  # the observer froze this quantizer on this batch
+                return self(x)
         return x
 
     def freeze(self, low: torch.Tensor, high: torch.Tensor) -> None:
@@ -59,9 +72,31 @@ class ActQuantizer(nn.Module):
         zero = torch.zeros((), dtype=self.low.dtype)
         low = torch.minimum(torch.as_tensor(low, dtype=self.low.dtype), zero)
         high = torch.maximum(torch.as_tensor(high, dtype=self.low.dtype), zero)
-        scale, zero_point = asymmetric_params(low, high, self.bits)
+        if self.kind == "log_sqrt2":  # the largest level is the top of the range
+            scale, zero_point = high.clamp_min(MIN_SCALE), torch.zeros_like(high)
+        else:
+            scale, zero_point = asymmetric_params(low, high, self.bits)
         for name, value in (("low", low), ("high", high), ("scale", scale), ("zero_point", zero_point)):
             getattr(self, name).copy_(value)
+        self.offset_after_round = False
+        self.observer = None
+        self.mode = "quantize"
+
+    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Fix a searched scale and zero point (per tensor, or per channel of the last dimension) and
+        start quantizing with the zero point added after rounding (docs/quantizer.md, Searched quantizers).
+
+        ``low`` / ``high`` record the represented range (per channel: its extremes over channels).
+        """
+        scale, zero_point = scale.detach().to(self.low.dtype), zero_point.detach().to(self.low.dtype)
+        self.scale, self.zero_point = scale.clone(), zero_point.clone()
+        if self.kind == "uniform":
+            self.low.copy_((-zero_point * scale).min())
+            self.high.copy_(((2 ** self.bits - 1 - zero_point) * scale).max())
+        else:  # log-√2: levels from 0 up to the scale
+            self.low.zero_()
+            self.high.copy_(scale.max())
+        self.offset_after_round = self.kind == "uniform"
         self.observer = None
         self.mode = "quantize"
 
@@ -75,6 +110,9 @@ class ActQuantizer(nn.Module):
 
 class _WeightQuantMixin:
     """Per-output-channel symmetric weight fake quantization with a cached quantized weight.
+
+    A calibrator may give each channel a zero point too (``set_weight_params``): the weight is then
+    quantized asymmetrically, the zero point added after rounding (docs/quantizer.md, Searched quantizers).
 
     The cache is keyed on the tensor versions of weight and scale, so evaluation pays for weight
     quantization once while calibrators that edit weights or scales in place still see fresh values.
@@ -90,6 +128,7 @@ class _WeightQuantMixin:
         self.weight_bits = bits
         scale = symmetric_weight_scale(self.weight, bits) if bits else torch.ones(())
         self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", None)
         self._cache_key: tuple | None = None
         self._cached_weight: torch.Tensor | None = None
 
@@ -104,18 +143,32 @@ class _WeightQuantMixin:
     def set_weight_bits(self, bits: int | None) -> None:
         """Change the bit width (mixed precision) and reset the scale to the min-max default."""
         self.weight_bits = bits
+        self.weight_zero_point = None
         if bits:
             self.weight_scale = symmetric_weight_scale(self.weight, bits)
+
+    def set_weight_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Per-output-channel asymmetric parameters (one value per channel) from a calibrator's search."""
+        shape = (-1, *([1] * (self.weight.dim() - 1)))
+        self.weight_scale = scale.detach().reshape(shape).clone()
+        self.weight_zero_point = zero_point.detach().reshape(shape).clone()
+
+    def _fake_quant_weight(self) -> torch.Tensor:
+        if self.weight_zero_point is not None:
+            return fake_quant_offset_after_round(self.weight, self.weight_scale, self.weight_zero_point,
+                                                 self.weight_bits)
+        return fake_quant_symmetric(self.weight, self.weight_scale, self.weight_bits)
 
     def quantized_weight(self) -> torch.Tensor:
         if not self.weight_bits:
             return self.weight
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.weight_scale.requires_grad):
-            return fake_quant_symmetric(self.weight, self.weight_scale, self.weight_bits)
-        key = (self.weight._version, id(self.weight), self.weight_scale._version, id(self.weight_scale), self.weight_bits)
+            return self._fake_quant_weight()
+        key = (self.weight._version, id(self.weight), self.weight_scale._version, id(self.weight_scale), self.weight_bits,
+               id(self.weight_zero_point))
         if key != self._cache_key:
             with torch.no_grad():
-                self._cached_weight = fake_quant_symmetric(self.weight, self.weight_scale, self.weight_bits)
+                self._cached_weight = self._fake_quant_weight()
             self._cache_key = key
         return self._cached_weight
 

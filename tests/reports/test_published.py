@@ -11,14 +11,14 @@ from reports.published import comparable_method, load_published
 from tasks.imagenet import ImageNetTask
 
 HEADER = "task,model,method,bits,metric,value,source,verified,notes\n"
-METHODS = {"psaq", "psaq_v2", "ranking", "spdfq", "noise", "real", "ptq4vit", "fp"}
+METHODS = {"psaq", "psaq_v2", "ranking", "spdfq", "noise", "real", "ptq4vit", "repq_vit", "fp"}
 
 
 def test_shipped_table_uses_harness_names():
     load_published()  # no duplicate keys, no unknown verified status, every bit spec parses
     with resources.files("reports").joinpath("published.csv").open() as handle:
         table = pd.read_csv(handle)
-    assert len(table) == 90 and set(table["method"]) == METHODS
+    assert len(table) == 120 and set(table["method"]) == METHODS
     assert set(table["task"]) == {"imagenet", "coco", "ade20k"}
     assert set(table.loc[table["task"] == "imagenet", "model"]) == set(ImageNetTask.model_names)
     assert set(table["bits"]) == {"fp", "w4a8", "w8a8", "w4a4", "w6a6", "mp6", "mp8"}
@@ -34,6 +34,8 @@ def test_shipped_table_uses_harness_names():
     (("imagenet", "swin_base_patch4_window7_224", "ptq4vit", "w6a6", "top1"), 84.01, "verified", "twin uniform"),
     (("imagenet", "swin_base_patch4_window7_224", "fp", "fp", "top1"), 85.27, "verified", ""),
     (("coco", "swin_small_patch4_window7_224", "psaq_v2", "w8a8", "mask_ap"), 44.1, "verified", "Swin-S backbone"),
+    (("imagenet", "deit_tiny_patch16_224", "repq_vit", "w4a4", "top1"), 57.43, "verified", "32 images"),
+    (("coco", "cascade_mask_rcnn_swin_s", "repq_vit", "w6a6", "mask_ap"), 44.6, "verified", "51.9 / 45.0"),
 ])
 def test_figures_read_back(key, value, verified, notes):
     # Recalled figures are kept out of lookup by default (docs/results.md), so read them with include_recalled.

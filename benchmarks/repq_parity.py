@@ -1,0 +1,272 @@
+"""RepQ-ViT reference parity: the ``repq`` calibrator against the authors' own code (docs/methods.md, RepQ-ViT).
+
+    python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT [--models deit_tiny] [--bits w4a4,w6a6]
+        [--calib-images 32] [--eval-images 64] [--seed 0] [--dtype float32]
+    python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT --write-fixtures tests/harness/fixtures/repq_parity
+
+``--authors`` is a checkout of github.com/zkkli/RepQ-ViT. Its ``classification/test_quant.py`` is
+imported from there and its ``main()`` runs unchanged; nothing of it is copied. Four shims stand in
+for what needs ImageNet, the network, a GPU or an older timm, and nothing else:
+
+- ``timm.create_model`` returns our random-init timm model (seeded) instead of downloading
+  pretrained weights; the authors' ``build_model`` then swaps in their attention forward and
+  matmul modules as usual;
+- their attention forward takes ``(x)`` only, while the installed timm's blocks also pass
+  ``attn_mask=None, is_causal=False``: ``build_model`` is wrapped to bind a forward that checks those
+  are the defaults and calls theirs with ``x``;
+- the installed timm's attention and MLP hold identity submodules named ``q_norm`` / ``k_norm`` /
+  ``norm`` that the older timm lacked, and the authors' reparameterization loop picks modules by
+  ``'norm' in name``: the ``build_model`` wrapper turns each such identity into a plain attribute
+  (still called, no longer listed by ``named_modules``).
+- ``build_dataset`` returns one loader with the calibration images and one with the evaluation
+  images (labels 0), instead of reading ImageNet folders;
+- ``validate`` records the quantized model's logits on the evaluation images instead of computing
+  accuracy. ``--device cpu`` replaces their default ``cuda``.
+
+The harness side: the same timm weights, ``standard`` profile, calibrator ``repq`` on the same
+calibration images, logits on the same evaluation images. Printed per model and bit width: the
+quantized logits' max abs difference, relative L2 and argmax agreement, and the largest difference
+of the per-tensor quantizer scales, paired by call order.
+
+``--write-fixtures DIR`` runs a small DeiT configuration in float64 with 8 calibration and 4
+evaluation images at W4A4 and W6A6 and writes ``NAME.safetensors`` (float32 timm weights, the
+images, the authors' float64 logits) and ``NAME.json`` (configuration, the authors' commit, the
+authors' scale and zero point of every activation quantizer in call order), which
+``tests/harness/test_repq_parity.py`` checks. Float64 for the reason given in
+``tests/harness/test_psaq_parity.py``: no value lands within float rounding of a rounding boundary.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Iterator
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.bits import BitSpec, parse_bits  # noqa: E402
+from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
+from harness.quant.modules import ActQuantizer  # noqa: E402
+from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
+
+FULL = {
+    "deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "deit_small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+}
+SMALL = {  # the fixture's configuration: DeiT's code paths at 32 px (head dimension 16, a power of two)
+    "deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+}
+
+
+def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
+    coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def authors_commit(checkout: Path) -> str:
+    result = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or "unknown (not a git checkout)"
+
+
+def authors_module(checkout: Path):
+    """The authors' ``classification/test_quant.py`` as a module (it imports their ``utils`` and ``quant``)."""
+    sys.path.insert(0, str(checkout / "classification"))
+    import test_quant
+    return test_quant
+
+
+@contextlib.contextmanager
+def shims(authors, model: nn.Module, calib: torch.Tensor, evaluation: torch.Tensor,
+          captured: dict) -> Iterator[None]:
+    """The three replacements the module docstring lists, undone afterwards."""
+    def create_model(name, pretrained=False, **kwargs):
+        return model
+
+    def build_model(name):
+        built = original_build_model(name)
+        for module in built.modules():
+            if hasattr(module, "matmul1"):
+                module.forward = types.MethodType(_without_mask(module.forward), module)
+        for module in list(built.modules()):
+            for child_name, child in list(module.named_children()):
+                if "norm" in child_name and isinstance(child, nn.Identity):
+                    del module._modules[child_name]
+                    object.__setattr__(module, child_name, child)
+        return built
+
+    def build_dataset(args):
+        labels = lambda images: torch.zeros(len(images), dtype=torch.long)  # noqa: E731
+        return ([(calib, labels(calib))], [(evaluation, labels(evaluation))])
+
+    def validate(args, val_loader, q_model, criterion, device):
+        with torch.no_grad():
+            captured["logits"] = q_model(evaluation)
+        captured["model"] = q_model
+        return 0.0, 0.0, 0.0
+
+    original_build_model = authors.build_model
+    saved = timm.create_model, authors.build_model, authors.build_dataset, authors.validate
+    timm.create_model, authors.build_model, authors.build_dataset, authors.validate = (
+        create_model, build_model, build_dataset, validate)
+    try:
+        yield
+    finally:
+        timm.create_model, authors.build_model, authors.build_dataset, authors.validate = saved
+
+
+def _without_mask(forward):
+    """The authors' bound attention forward, callable the way the installed timm's blocks call it."""
+    def call(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is not None or is_causal:
+            raise SystemExit("the authors' attention forward has no mask")
+        return forward(x)
+    return call
+
+
+def authors_quantizer_calls(model: nn.Module, images: torch.Tensor, authors) -> list[dict]:
+    """The authors' activation quantizers in the order one forward calls them, with their parameters."""
+    from quant.quantizer import LogSqrt2Quantizer, UniformQuantizer
+    weight_quantizers = {id(m.weight_quantizer) for m in model.modules() if hasattr(m, "weight_quantizer")}
+    names = {module: name for name, module in model.named_modules()}
+    calls: list[dict] = []
+    handles = [module.register_forward_hook(lambda m, args, out: calls.append(
+        {"name": names[m], "scale": m.delta.reshape(-1).tolist(),
+         "zero_point": m.zero_point.reshape(-1).tolist() if hasattr(m, "zero_point") else [0.0]}))
+        for module in model.modules()
+        if isinstance(module, (UniformQuantizer, LogSqrt2Quantizer)) and id(module) not in weight_quantizers]
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return calls
+
+
+def harness_quantizer_calls(qmodel: nn.Module, images: torch.Tensor) -> list[dict]:
+    """As :func:`authors_quantizer_calls`; q's scale is divided by timm's 1/sqrt(d), which the harness's
+    q point carries and the authors apply after the product (a power of two: the same floats)."""
+    names = {module: name for name, module in qmodel.named_modules()}
+    factors = {names[m]: qmodel.get_submodule(names[m].removesuffix(".dfq_points.q")).scale
+               for m in names if names[m].endswith(".dfq_points.q")}
+    calls: list[dict] = []
+    handles = [module.register_forward_hook(lambda m, args, out: calls.append(
+        {"name": names[m], "scale": (m.scale / factors.get(names[m], 1.0)).reshape(-1).tolist(),
+         "zero_point": m.zero_point.reshape(-1).tolist()}))
+        for module in qmodel.modules() if isinstance(module, ActQuantizer)]
+    with torch.no_grad():
+        qmodel(images)
+    for handle in handles:
+        handle.remove()
+    return calls
+
+
+def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, evaluation: torch.Tensor,
+        seed: int, dtype: torch.dtype) -> dict:
+    """Calibrate and evaluate both sides in ``dtype``; print and return the comparison."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(**kwargs).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(dtype)
+    calib, evaluation = calib.to(dtype), evaluation.to(dtype)
+    reference = VisionTransformer(**kwargs).eval()
+    reference.load_state_dict(weights)
+    reference.to(dtype)
+    captured: dict = {}
+    args = authors.get_args_parser().parse_args(
+        ["--model", "deit_tiny", "--device", "cpu", "--seed", str(seed), "--calib-batchsize", str(len(calib)),
+         "--w_bits", str(bits.weight_bits), "--a_bits", str(bits.act_bits)])
+    authors.args = args
+    with shims(authors, reference, calib, evaluation, captured):
+        authors.main()
+    reference_logits = captured["logits"]
+    qmodel = quantize_model(model, bits, QuantConfig()).to(dtype)
+    RepQCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(calib), bits=bits, seed=seed, device=torch.device("cpu"),
+        batch_size=len(calib)))
+    with torch.no_grad():
+        logits = qmodel(evaluation)
+    theirs = authors_quantizer_calls(captured["model"], evaluation[:1], authors)
+    ours = harness_quantizer_calls(qmodel, evaluation[:1])
+    scale_gap = max((max(abs(a - b) / abs(a) for a, b in zip(t["scale"], o["scale"]))
+                     for t, o in zip(theirs, ours)), default=float("nan"))
+    zero_point_gap = max((max(abs(a - b) for a, b in zip(t["zero_point"], o["zero_point"]))
+                          for t, o in zip(theirs, ours)), default=float("nan"))
+    gap = (logits - reference_logits).abs().max().item()
+    relative_l2 = ((logits - reference_logits).norm() / reference_logits.norm()).item()
+    agree = (logits.argmax(1) == reference_logits.argmax(1)).sum().item()
+    print(f"\n== {name} {bits} {str(dtype).removeprefix('torch.')}: activation quantizers authors {len(theirs)}, "
+          f"harness {len(ours)}")
+    print(f"  scales: max relative diff {scale_gap:.2e}; zero points: max abs diff {zero_point_gap:.2e}")
+    print(f"  quantized logits: max abs diff {gap:.2e}, relative L2 {relative_l2:.2e}, "
+          f"argmax agreement {agree}/{len(logits)}; logit scale {reference_logits.abs().max().item():.3g}")
+    return {"weights": weights, "reference_logits": reference_logits, "quantizers": theirs,
+            "complete": len(theirs) == len(ours)}
+
+
+def write_fixtures(directory: Path, authors, commit: str, seed: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for name, kwargs in SMALL.items():
+        size = kwargs["img_size"]
+        calib, evaluation = smooth_images(8, size, generator), smooth_images(4, size, generator)
+        tensors = {"calibration_images": calib, "evaluation_images": evaluation}
+        quantizers = {}
+        for spec_bits in ("w4a4", "w6a6"):
+            result = run(name, kwargs, authors, parse_bits(spec_bits), calib, evaluation, seed, torch.float64)
+            if not result["complete"]:
+                raise SystemExit(f"{name}: the quantizer sets differ; no fixture written")
+            tensors[f"authors_logits_{spec_bits}"] = result["reference_logits"]
+            quantizers[spec_bits] = result["quantizers"]
+        tensors.update({f"weights.{k}": v.contiguous() for k, v in result["weights"].items()})
+        save_file(tensors, str(directory / f"{name}.safetensors"))
+        meta = {"authors_repository": "https://github.com/zkkli/RepQ-ViT", "authors_commit": commit,
+                "timm_class": "VisionTransformer", "kwargs": kwargs, "seed": seed, "dtype": "float64",
+                "produced_by": "benchmarks/repq_parity.py --write-fixtures",
+                "quantizers_in_call_order": quantizers}
+        (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"wrote {directory / name}.safetensors/.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authors", type=Path, required=True, help="checkout of github.com/zkkli/RepQ-ViT")
+    parser.add_argument("--models", default="deit_tiny", help=f"any of {', '.join(FULL)}")
+    parser.add_argument("--bits", default="w4a4,w6a6")
+    parser.add_argument("--calib-images", type=int, default=32)
+    parser.add_argument("--eval-images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--write-fixtures", type=Path, help="write the test fixtures (small configuration) here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    authors = authors_module(args.authors)
+    commit = authors_commit(args.authors)
+    print(f"authors' code: {args.authors} at {commit}")
+    if args.write_fixtures:
+        write_fixtures(args.write_fixtures, authors, commit, args.seed)
+        return
+    generator = torch.Generator().manual_seed(args.seed)
+    for name in args.models.split(","):
+        size = FULL[name]["img_size"]
+        calib = smooth_images(args.calib_images, size, generator)
+        evaluation = smooth_images(args.eval_images, size, generator)
+        for spec_bits in args.bits.split(","):
+            run(name, FULL[name], authors, parse_bits(spec_bits), calib, evaluation, args.seed,
+                getattr(torch, args.dtype))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Per-channel activation quantization folded into per-tensor by reparameterization (docs/quantizer.md,
+Reparameterized per-channel quantizers).
+
+A LayerNorm whose output feeds one Linear can carry a per-channel scale s_c and zero point z_c on
+that output at no inference cost: with the per-tensor target s = mean(s_c), z = mean(z_c),
+r_c = s_c / s and b_c = -z_c s_c / r_c + z s, the norm's affine becomes (γ / r, β / r - b) and the
+Linear's weight columns are multiplied by r with its bias raised by W' b. The Linear computes the same
+function of the norm's input, and the quantizer at its input becomes per-tensor (s, z).
+"""
+from __future__ import annotations
+
+import torch
+from timm.models.swin_transformer import PatchMerging
+from torch import nn
+
+from harness.arch import is_instrumented_block
+
+
+def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Linear]]:
+    """(LayerNorm, the Linear its output feeds) in timm ViT/DeiT/Swin: norm1 → qkv, norm2 → fc1, and
+    patch merging's norm → reduction; in forward order."""
+    pairs = []
+    for module in model.modules():
+        if is_instrumented_block(module) and hasattr(module, "norm1") and hasattr(module, "mlp"):
+            pairs += [(module.norm1, module.attn.qkv), (module.norm2, module.mlp.fc1)]
+        elif isinstance(module, PatchMerging):
+            pairs.append((module.norm, module.reduction))
+    return [(norm, linear) for norm, linear in pairs
+            if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and isinstance(linear, nn.Linear)]
+
+
+@torch.no_grad()
+def fold_channel_params(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor,
+                        zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold per-channel (scale, zero point) of ``norm``'s output into ``norm`` and ``linear``, in place;
+    returns the per-tensor (scale, zero point) that now quantizes ``linear``'s input."""
+    scale, zero_point = scale.reshape(-1), zero_point.reshape(-1)
+    channel_low = -zero_point * scale
+    target_scale, target_zero_point = torch.mean(scale), torch.mean(zero_point)
+    target_low = -target_zero_point * target_scale
+    ratio = scale / target_scale
+    shift = channel_low / ratio - target_low
+    norm.weight.div_(ratio)
+    norm.bias.div_(ratio).sub_(shift)
+    linear.weight.mul_(ratio)
+    correction = torch.mm(linear.weight, shift.reshape(-1, 1)).reshape(-1)
+    if linear.bias is None:
+        linear.bias = nn.Parameter(correction)
+    else:
+        linear.bias.add_(correction)
+    return target_scale, target_zero_point

@@ -1,0 +1,68 @@
+"""Quantizer parameters chosen by a search over percentile clipping ranges (docs/quantizer.md, Searched quantizers).
+
+For each candidate percentile p the range [quantile(1 - p), quantile(p)] gives a scale and zero
+point; the candidate with the smallest mean squared quantization error wins (the first one on a tie).
+The search runs on rows: one row per output channel of a weight, per channel of an activation, or a
+single row for a per-tensor quantizer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from harness.quant.fake_quant import MIN_SCALE, fake_quant_log_sqrt2, fake_quant_offset_after_round
+
+# torch.quantile refuses inputs of more than 2^24 elements; larger rows use numpy's percentile
+# (the same linear interpolation).
+_QUANTILE_LIMIT = 1 << 24
+
+
+def _quantiles(rows: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    """Per-row linear-interpolation quantiles of a (rows, values) tensor, shape (len(qs), rows): one sort
+    for all of them (torch.quantile casts a scalar q to the input's dtype; so does this)."""
+    if rows.numel() <= _QUANTILE_LIMIT:
+        return torch.quantile(rows, torch.tensor(list(qs), dtype=rows.dtype, device=rows.device), dim=1)
+    if rows.shape[1] <= _QUANTILE_LIMIT:
+        chunks = rows.split(max(1, _QUANTILE_LIMIT // rows.shape[1]))
+        return torch.cat([_quantiles(chunk, qs) for chunk in chunks], dim=1)
+    values = np.percentile(rows.detach().cpu().numpy(), [q * 100 for q in qs], axis=1)
+    return torch.as_tensor(values, dtype=rows.dtype, device=rows.device)
+
+
+def percentile_mse_params(rows: torch.Tensor, bits: int,
+                          percentiles: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row asymmetric scale and zero point, each row's best of the percentile candidates.
+
+    The zero point is round(-low / scale), neither widened to contain 0 nor clamped; quantization
+    adds it after rounding (:func:`fake_quant_offset_after_round`).
+    """
+    rows = rows.detach()
+    levels = 2 ** bits - 1
+    best_error = best_scale = best_zero_point = None
+    quantiles = _quantiles(rows, [*percentiles, *(1.0 - p for p in percentiles)])
+    for high, low in zip(quantiles[:len(percentiles)], quantiles[len(percentiles):]):
+        scale = ((high - low) / levels).clamp_min(MIN_SCALE)
+        zero_point = (-low / scale).round()
+        error = (fake_quant_offset_after_round(rows, scale[:, None], zero_point[:, None], bits) - rows).abs().pow(2)
+        error = error.mean(dim=1)
+        if best_error is None:
+            best_error, best_scale, best_zero_point = error, scale, zero_point
+            continue
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero_point = torch.where(better, zero_point, best_zero_point)
+    return best_scale, best_zero_point
+
+
+def percentile_mse_log_sqrt2_scale(x: torch.Tensor, bits: int, percentiles: Sequence[float]) -> torch.Tensor:
+    """The log-√2 quantizer's scale (its largest level): the percentile of ``x`` with the smallest MSE."""
+    flat = x.detach().reshape(1, -1)
+    best_error, best_scale = None, None
+    for scale in _quantiles(flat, percentiles)[:, 0]:
+        error = (fake_quant_log_sqrt2(flat, scale, bits) - flat).abs().pow(2).mean()
+        if best_error is None or error < best_error:
+            best_error, best_scale = error, scale
+    return best_scale

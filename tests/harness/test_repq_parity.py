@@ -1,0 +1,78 @@
+"""The ``repq`` calibrator against RepQ-ViT's own code (docs/methods.md, RepQ-ViT, Parity).
+
+The fixtures in ``fixtures/repq_parity/`` were written by
+
+    python benchmarks/repq_parity.py --authors CHECKOUT --write-fixtures tests/harness/fixtures/repq_parity
+
+with CHECKOUT a clone of github.com/zkkli/RepQ-ViT at commit a160561b9233945e6680132f129d13041b787318
+(also in the JSON file). The script built a random-init timm ``VisionTransformer`` (seed 0) at a small
+DeiT configuration, ran the authors' ``classification/test_quant.py`` ``main()`` on it in float64 with
+8 smooth random calibration images (shims for the data loader, the pretrained-weight download and the
+accuracy loop, listed in the script), and recorded the logits of 4 more images at W4A4 and W6A6 and
+every activation quantizer's scale and zero point in the order a forward calls them (after
+reparameterization: all per tensor). Float64 for the reason ``test_psaq_parity.py`` gives.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
+
+from harness.bits import parse_bits
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.modules import ActQuantizer
+from methods.repq_vit.calibrator import RepQCalibrator
+
+FIXTURE = Path(__file__).parent / "fixtures" / "repq_parity" / "deit_small_config"
+
+
+def _calibrated(bits: str) -> tuple[torch.nn.Module, dict, dict]:
+    meta = json.loads(FIXTURE.with_suffix(".json").read_text())
+    tensors = load_file(str(FIXTURE.with_suffix(".safetensors")))
+    model = VisionTransformer(**meta["kwargs"]).eval()
+    model.load_state_dict({k.removeprefix("weights."): v for k, v in tensors.items() if k.startswith("weights.")})
+    model.double()
+    spec = parse_bits(bits)
+    qmodel = quantize_model(model, spec, QuantConfig()).double()
+    RepQCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(tensors["calibration_images"].double()), bits=spec, seed=0,
+        device=torch.device("cpu")))
+    return qmodel, meta, tensors
+
+
+@pytest.mark.parametrize("bits", ["w4a4", "w6a6"])
+def test_same_quantized_logits_as_the_authors(bits):
+    qmodel, _, tensors = _calibrated(bits)
+    with torch.no_grad():
+        logits = qmodel(tensors["evaluation_images"].double())
+    torch.testing.assert_close(logits, tensors[f"authors_logits_{bits}"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("bits", ["w4a4", "w6a6"])
+def test_same_activation_quantizers_as_the_authors_in_call_order(bits):
+    qmodel, meta, tensors = _calibrated(bits)
+    names = {module: name for name, module in qmodel.named_modules()}
+    calls = []
+    handles = [m.register_forward_hook(lambda m, args, out: calls.append(m))
+               for m in qmodel.modules() if isinstance(m, ActQuantizer)]
+    with torch.no_grad():
+        qmodel(tensors["evaluation_images"][:1].double())
+    for handle in handles:
+        handle.remove()
+    theirs = meta["quantizers_in_call_order"][bits]
+    assert len(calls) == len(theirs) == 18
+    for ours, reference in zip(calls, theirs):
+        name = names[ours]
+        # q carries timm's 1/sqrt(d) = 1/4 here, which the authors apply after q·kᵀ
+        factor = qmodel.get_submodule(name.removesuffix(".dfq_points.q")).scale if name.endswith(".q") else 1.0
+        assert ours.scale.dim() == 0, f"{name} is still per channel"
+        assert ours.kind == ("log_sqrt2" if name.endswith(".attn") else "uniform")
+        torch.testing.assert_close(ours.scale / factor, torch.tensor(reference["scale"][0], dtype=torch.float64),
+                                   rtol=1e-12, atol=0, msg=lambda m: f"{name} ({reference['name']}): {m}")
+        if ours.kind == "uniform":
+            assert ours.zero_point.item() == pytest.approx(reference["zero_point"][0], abs=1e-9), name

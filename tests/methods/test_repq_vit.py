@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from harness.bits import parse_bits
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.modules import act_quantizers, weight_quantized_layers
+from harness.registry import CALIBRATORS, METHODS, discover_plugins
+from methods.repq_vit.calibrator import RepQCalibrator, RepQOptions
+
+CPU = torch.device("cpu")
+BITS = parse_bits("w4a4")
+
+
+def _calibrate(model, **options):
+    qmodel = quantize_model(model, BITS, QuantConfig())
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    context = CalibrationContext(fp_model=model, calibration=CalibrationSet(images), bits=BITS, seed=0, device=CPU,
+                                 batch_size=4)
+    info = RepQCalibrator(RepQOptions(**options)).calibrate(qmodel, context)
+    return qmodel, images, info
+
+
+def test_registered_with_the_authors_defaults():
+    discover_plugins()
+    assert CALIBRATORS.get("repq") is RepQCalibrator
+    assert (METHODS.get("repq_vit").generator, METHODS.get("repq_vit").calibrator) == ("real", "repq")
+    options = RepQOptions()
+    assert (options.percentiles, options.input_bits, options.post_softmax) == ([0.999, 0.9999, 0.99999], 8,
+                                                                               "log_sqrt2")
+
+
+@pytest.mark.parametrize("model_name", ["tiny_vit", "tiny_swin"])
+def test_quantizers_end_per_tensor_with_log_sqrt2_softmax_and_8_bit_image(model_name, request):
+    model = request.getfixturevalue(model_name)
+    qmodel, images, info = _calibrate(model)
+    quantizers = dict(act_quantizers(qmodel))
+    assert info["reparameterized_norms"] == (4 if model_name == "tiny_vit" else 9)
+    assert all(q.frozen and q.scale.dim() == 0 for q in quantizers.values())
+    softmax = [q for name, q in quantizers.items() if name.endswith("dfq_points.attn")]
+    assert len(softmax) == (2 if model_name == "tiny_vit" else 4) and all(q.kind == "log_sqrt2" for q in softmax)
+    assert quantizers["patch_embed.proj.dfq_points.in"].bits == 8
+    assert all(layer.weight_zero_point is not None for _, layer in weight_quantized_layers(qmodel))
+    with torch.no_grad():
+        logits = qmodel(images)
+    assert torch.isfinite(logits).all()
+
+
+def test_reparameterization_keeps_the_fp_function(tiny_vit):
+    qmodel, images, _ = _calibrate(tiny_vit)
+    for _, quantizer in act_quantizers(qmodel):
+        quantizer.mode = "bypass"
+    for _, layer in weight_quantized_layers(qmodel):
+        layer.weight_bits = None
+    with torch.no_grad():
+        torch.testing.assert_close(qmodel(images), tiny_vit(images), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(qmodel.blocks[0].norm1.weight, tiny_vit.blocks[0].norm1.weight)
+
+
+def test_without_reparameterization_the_post_norm_quantizers_stay_per_channel(tiny_vit):
+    qmodel, _, info = _calibrate(tiny_vit, reparameterize=False, post_softmax="uniform")
+    assert info["reparameterized_norms"] == 0
+    assert qmodel.blocks[0].attn.qkv.dfq_points["in"].scale.shape == (32,)
+    assert qmodel.blocks[0].attn.dfq_points["attn"].kind == "uniform"
