@@ -1,0 +1,75 @@
+"""ONNX export with Q/DQ pairs (docs/deploy.md): round trip through ONNX Runtime and the "simulated only" reasons."""
+import pytest
+import torch
+
+from harness.bits import parse_bits
+from harness.calibrators import MinMaxCalibrator
+from harness.errors import HarnessError
+from harness.export import deploy_model, deployability
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+
+
+def _calibrated(model, bits, config=QuantConfig()):
+    torch.manual_seed(1)
+    qmodel = quantize_model(model, parse_bits(bits), config)
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(torch.randn(8, 3, 32, 32)), bits=parse_bits(bits), seed=0,
+        device=torch.device("cpu")))
+    return qmodel
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_deployed_model_computes_the_fake_quantized_values_in_torch(tiny_vit, bits):
+    qmodel = _calibrated(tiny_vit, bits)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        difference = (deploy_model(qmodel)(images) - qmodel(images)).abs().max().item()
+    assert deployability(qmodel).deployable
+    assert difference < 1e-5  # x @ Wᵀ as MatMul instead of F.linear: float32 summation order only
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_onnx_runtime_round_trip_matches_fake_quant(tiny_vit, bits, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    onnx = pytest.importorskip("onnx", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.export import OnnxRuntimeModel, export_onnx
+
+    qmodel = _calibrated(tiny_vit, bits)
+    images = torch.randn(6, 3, 32, 32)
+    path = export_onnx(qmodel, images[:2], tmp_path / "model.onnx")
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    # 2 blocks x (qkv, proj, fc1, fc2 inputs + q, k, v, attn) + patch embedding + head inputs
+    assert ops.count("QuantizeLinear") == 18
+    assert ops.count("DequantizeLinear") == 18 + 10  # and the 10 weights
+    limit = 2 ** (int(bits[1]) - 1)
+    int_weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
+                   and t.dims and len(t.dims) > 1]
+    assert len(int_weights) == 10 and all(w.min() >= -limit and w.max() <= limit - 1 for w in int_weights)
+    with torch.no_grad():
+        expected = qmodel(images)
+    actual = OnnxRuntimeModel(path, threads=1)(images)  # another batch size than exported with
+    # integer accumulation and requantization in the runtime move a few values by one step
+    assert (actual - expected).abs().max().item() < 0.02 * expected.abs().max().item()
+    assert torch.equal(actual.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("bits, config, reason", [
+    ("w8a4", QuantConfig(), "4-bit activations: ONNX Runtime has integer kernels for 8-bit activations only"),
+    ("w8a8", QuantConfig(attn_quantizer="log2"), "log2 post-softmax quantizer"),
+    ("w8a8", QuantConfig(profile="psaq"), "quantizer outside the standard placement"),
+    ("w16a8", QuantConfig(), "16-bit weights do not fit the int8 storage"),
+])
+def test_placements_without_integer_form_are_simulated_only(tiny_vit, bits, config, reason):
+    qmodel = _calibrated(tiny_vit, bits, config)
+    check = deployability(qmodel)
+    assert not check.deployable and any(line.startswith(reason) for line in check.reasons)
+    with pytest.raises(HarnessError, match="^simulated only: "):
+        deploy_model(qmodel)
+
+
+def test_uncalibrated_model_is_refused(tiny_vit):
+    check = deployability(quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig()))
+    assert check.reasons == ("activation quantizer not calibrated (its range is not frozen) "
+                             "(18 quantizer(s), e.g. patch_embed.proj.in)",)
