@@ -99,6 +99,23 @@ class Cell:
         return config_hash(self.identity(weights_id))
 
 
+def cell_from_record(record: dict[str, Any]) -> Cell:
+    """The cell a record was computed for, options rebuilt from their stored values (docs/results.md)."""
+    options = record.get("options") or {}
+    generator, calibrator = record["generator"], record["calibrator"]
+    return Cell(
+        record["method"], generator, calibrator, record["task"], record["model"], parse_bits(record["bits"]),
+        record["seed"],
+        build_options(GENERATORS.get(generator).Options, options.get("generator") or {},
+                      generator, f"generator {generator!r}"),
+        build_options(CALIBRATORS.get(calibrator).Options, options.get("calibrator") or {},
+                      calibrator, f"calibrator {calibrator!r}"),
+        build_options(TASKS.get(record["task"]).Options, options.get("task") or {}, record["task"],
+                      f"task {record['task']!r}"),
+        QuantConfig(**options.get("quant") or {}), options.get("limit"),
+    )
+
+
 def record_configuration(record: dict[str, Any]) -> str:
     """A hash of what a record's result depends on except its seed: records sharing it are seeds of one
     configuration, the only records a leaderboard may average (docs/results.md, Leaderboard rows)."""

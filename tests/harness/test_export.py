@@ -1,4 +1,6 @@
 """ONNX export with Q/DQ pairs (docs/deploy.md): round trip through ONNX Runtime and the "simulated only" reasons."""
+import json
+
 import pytest
 import torch
 
@@ -73,3 +75,39 @@ def test_uncalibrated_model_is_refused(tiny_vit):
     check = deployability(quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig()))
     assert check.reasons == ("activation quantizer not calibrated (its range is not frozen) "
                              "(18 quantizer(s), e.g. patch_embed.proj.in)",)
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("../records/x", "error: malformed cell id '../records/x': a cell id is 16 hexadecimal digits (records/<id>.json)"),
+    ("0123456789abcdef", "error: no valid record for cell 0123456789abcdef in {records}"),
+])
+def test_export_of_a_bad_or_missing_cell_is_one_line_exit_2(tmp_path, capsys, cell, message):
+    from harness.cli import main
+
+    code = main(["export", "--cell", cell, "--results", str(tmp_path), str(tmp_path / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == message.format(records=tmp_path / "records") + "\n"
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
+    from harness.cli import main
+    from harness.records import RECORD_SCHEMA
+
+    (tmp_path / "records").mkdir()
+    record = {"schema": RECORD_SCHEMA, "cell_id": "0123456789abcdef", "status": "error", "error": "boom"}
+    (tmp_path / "records" / "0123456789abcdef.json").write_text(json.dumps(record))
+    code = main(["export", "--cell", "0123456789abcdef", "--results", str(tmp_path), str(tmp_path / "m.onnx")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: no valid record for cell 0123456789abcdef in {tmp_path / 'records'} "
+                                       "(field 'method' is missing, expected str)\n")
+
+
+def test_a_cell_is_rebuilt_from_its_record_with_the_same_id():
+    from harness.grid import GridSpec, cell_from_record, expand
+
+    spec = GridSpec(methods=("psaq",), tasks=("digits",), bits=("w4a8", "mp4a8"), seeds=(3,), calib="ranking",
+                    generator_options={"iterations": 200}, quant=QuantConfig(keep_first_last_fp=True), limit=50)
+    for cell in expand(spec):
+        rebuilt = cell_from_record(json.loads(json.dumps(cell.config())))
+        assert rebuilt == cell and rebuilt.cell_id("w") == cell.cell_id("w")
