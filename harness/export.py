@@ -236,13 +236,19 @@ def _has_quantizers(model: nn.Module) -> bool:
 
 
 class OnnxRuntimeModel(nn.Module):
-    """An ONNX Runtime CPU session behind a module's call, so tasks evaluate it like the torch model."""
+    """An ONNX Runtime CPU session behind a module's call, so tasks evaluate it like the torch model.
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    ``optimize=False`` runs the graph as written, Q/DQ as the reference float operators, without
+    the fusions into integer kernels (to separate rounding from accumulation, docs/deploy.md).
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, optimize: bool = True) -> None:
         super().__init__()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
