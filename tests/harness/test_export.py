@@ -111,3 +111,23 @@ def test_a_cell_is_rebuilt_from_its_record_with_the_same_id():
     for cell in expand(spec):
         rebuilt = cell_from_record(json.loads(json.dumps(cell.config())))
         assert rebuilt == cell and rebuilt.cell_id("w") == cell.cell_id("w")
+
+
+def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtime(tmp_path, capsys):
+    """run, then export the cell: the file evaluated by the task in ONNX Runtime gives the record's top-1."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.cli import main
+    from harness.export import OnnxRuntimeModel
+    from harness.registry import TASKS
+
+    common = ["--results", str(tmp_path), "--threads", "1"]
+    assert main(["run", "--methods", "real", "--tasks", "digits", "--models", "digits_vit_seed0", "--bits", "w8a8",
+                 "--seeds", "0", "--limit", "100", "--no-progress", "--no-report", *common]) == 0
+    (record_path,) = (tmp_path / "records").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert main(["export", "--cell", record_path.stem, "--format", "onnx", *common, str(tmp_path / "cell.onnx")]) == 0
+    assert capsys.readouterr().out.endswith(f"written: {tmp_path / 'cell.onnx'}\n")
+    deployed = TASKS.get("digits")().evaluate(OnnxRuntimeModel(tmp_path / "cell.onnx", threads=1), "digits_vit_seed0",
+                                              limit=100)
+    assert abs(deployed["top1"] - record["metrics"]["top1"]) <= 1.0  # at most one of the 100 images
