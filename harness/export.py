@@ -155,12 +155,12 @@ class _DeployedWeight(nn.Module):
             weight = torch.clamp(torch.round(weight / scale), -limit, limit - 1).to(torch.int8)
             self.register_buffer("scale", scale.flatten())
             self.register_buffer("zero_point", torch.zeros_like(self.scale, dtype=torch.int8))
-        self.register_buffer("weight", weight.t().contiguous() if transpose else weight)
+        self.register_buffer("values", weight.t().contiguous() if transpose else weight)
 
     def forward(self) -> torch.Tensor:
         if not self.bits:
-            return self.weight
-        return _dequantize_weight(self.weight, self.scale, self.zero_point, self.axis)
+            return self.values
+        return _dequantize_weight(self.values, self.scale, self.zero_point, self.axis)
 
 
 class _DeployLinear(nn.Module):

@@ -21,9 +21,10 @@ def _calibrated(model, bits, config=QuantConfig()):
     return qmodel
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
-def test_deployed_model_computes_the_fake_quantized_values_in_torch(tiny_vit, bits):
-    qmodel = _calibrated(tiny_vit, bits)
+@pytest.mark.parametrize("bits, config", [("w8a8", QuantConfig()), ("w4a8", QuantConfig()),
+                                          ("w4a8", QuantConfig(keep_first_last_fp=True))])
+def test_deployed_model_computes_the_fake_quantized_values_in_torch(tiny_vit, bits, config):
+    qmodel = _calibrated(tiny_vit, bits, config)
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         difference = (deploy_model(qmodel)(images) - qmodel(images)).abs().max().item()
