@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-first-last-fp", action="store_true", default=None,
                      help="leave patch embedding and head in FP")
     run.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    run.add_argument("--deploy", help="also export each quantized cell and measure it in this runtime: "
+                                      "onnxruntime (accuracy, latency, size; docs/deploy.md)")
     run.add_argument("--results", type=Path, help="results directory, as for `report` (default: results)")
     run.add_argument("--out", type=Path, help="deprecated spelling of --results")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
+import statistics
+import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from harness.errors import HarnessError
 from harness.instrument import POINTS
 from harness.quant.fake_quant import fake_quant_asymmetric
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, weight_quantized_layers
+from harness.task import Task
 
 OPSET = 18
 ACT_BITS = 8  # the only activation width with integer kernels in ONNX Runtime (docs/deploy.md, What lowers)
@@ -202,7 +206,7 @@ def deploy_model(qmodel: nn.Module) -> nn.Module:
     check = deployability(qmodel)
     if not check.deployable:
         raise HarnessError(check.summary())
-    model = copy.deepcopy(qmodel).float().eval()
+    model = copy.deepcopy(qmodel).float().cpu().eval()
     for name, layer in list(model.named_modules()):
         if isinstance(layer, (QuantLinear, QuantConv2d)):
             deployed = (_DeployLinear if isinstance(layer, QuantLinear) else _DeployConv2d)(layer)
@@ -217,7 +221,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
     A quantized model goes through :func:`deploy_model` first, so an undeployable one is refused.
     """
-    deployable = deploy_model(model) if _has_quantizers(model) else copy.deepcopy(model).float().eval()
+    deployable = deploy_model(model) if _has_quantizers(model) else copy.deepcopy(model).float().cpu().eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -296,3 +300,45 @@ def export_cell(results: Path, cell_id: str, path: Path, device: str = "cpu") ->
         raise HarnessError(f"cell {cell_id} is {check.summary()}")
     example = torch.zeros(2, *task.prior(cell.model).input_size)
     return export_onnx(qmodel.cpu(), example, path)
+
+
+def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model: nn.Module,
+                       simulated: dict[str, float], limit: int | None, repeats: int = 5) -> dict:
+    """The record's ``deployment`` block (docs/deploy.md, The grid option): deployable or the reason
+    not; the task's metrics in ONNX Runtime and their difference from the fake-quant ``simulated``;
+    latency at batch 1 and 32 (2 warm-up runs, median of ``repeats``) and file size, each against
+    the FP model exported the same way."""
+    import onnxruntime as ort
+
+    block: dict = {"runtime": "onnxruntime", "version": ort.__version__}
+    check = deployability(qmodel)
+    if check.deployable and task.quantized_part(qmodel) is not qmodel:
+        check = Deployability((f"the task quantizes {task.quantization_scope()}: export covers whole classifiers only",))
+    if not check.deployable:
+        return {**block, "deployable": False, "reason": check.summary()}
+    threads = torch.get_num_threads()
+    images = torch.randn(32, *task.prior(model_name).input_size, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"quantized": export_onnx(qmodel, images[:2], Path(folder) / "quantized.onnx"),
+                 "fp": export_onnx(fp_model, images[:2], Path(folder) / "fp.onnx")}
+        sessions = {kind: OnnxRuntimeModel(path, threads) for kind, path in paths.items()}
+        metrics = task.evaluate(sessions["quantized"], model_name, limit=limit)
+        latency = {f"batch{batch}": {kind: 1e3 * _median_seconds(session, images[:batch], repeats)
+                                     for kind, session in sessions.items()} for batch in (1, 32)}
+        sizes = {kind: path.stat().st_size for kind, path in paths.items()}
+    return {**block, "deployable": True, "threads": threads, "metrics": metrics,
+            "difference": {name: metrics[name] - simulated[name] for name in metrics if name in simulated},
+            "latency_ms": latency,
+            "speedup": {batch: times["fp"] / times["quantized"] for batch, times in latency.items()},
+            "size_mb": sizes["quantized"] / 2**20, "size_ratio": sizes["quantized"] / sizes["fp"]}
+
+
+def _median_seconds(model: nn.Module, images: torch.Tensor, repeats: int) -> float:
+    for _ in range(2):
+        model(images)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -132,6 +132,12 @@ class GridRunner:
         from harness.executors import check_executor
 
         check_executor(executor)
+        if any(cell.deploy for cell in cells):
+            try:
+                import onnx, onnxruntime, onnxscript  # noqa: F401  (the exporter and the runtime)
+            except ImportError as error:
+                raise HarnessError(f"--deploy onnxruntime needs the deploy extra ({error}); "
+                                   "pip install -e '.[deploy]'") from None
         self.store.check_writable()
         sizes = {}
         for cell in cells:
@@ -178,7 +184,7 @@ class GridRunner:
     def _reusable(self, cell: Cell, cell_id: str) -> dict[str, Any] | None:
         """A finished record, unless --force asks to redo records older than this run (or it is stale)."""
         path, record = self.store.path(cell_id), self.store.finished(cell_id)
-        if record is None or self._forced(path):
+        if record is None or self._forced(path) or (cell.deploy and "deployment" not in record):
             return None
         return record if self._current(path, "record", _what(cell, record), record.get("code"), cell.code()) else None
 
@@ -251,7 +257,14 @@ class GridRunner:
         start = time.perf_counter()
         metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
         timing["evaluate"] = time.perf_counter() - start
-        return {
+        deployment = {}
+        if cell.deploy:
+            from harness.export import measure_deployment
+
+            start = time.perf_counter()
+            deployment["deployment"] = measure_deployment(task, cell.model, qmodel, fp_model, metrics, cell.limit)
+            timing["deploy"] = time.perf_counter() - start
+        return {**deployment,
             "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
             "calibration_data": "real" if GENERATORS.get(cell.generator).uses_real_data else "data-free",

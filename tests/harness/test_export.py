@@ -1,4 +1,5 @@
 """ONNX export with Q/DQ pairs (docs/deploy.md): round trip through ONNX Runtime and the "simulated only" reasons."""
+import dataclasses
 import json
 
 import pytest
@@ -132,3 +133,36 @@ def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtim
     deployed = TASKS.get("digits")().evaluate(OnnxRuntimeModel(tmp_path / "cell.onnx", threads=1), "digits_vit_seed0",
                                               limit=100)
     assert abs(deployed["top1"] - record["metrics"]["top1"]) <= 1.0  # at most one of the 100 images
+
+
+def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.grid import GridSpec
+    from harness.runner import GridRunner
+
+    spec = GridSpec(methods=("real",), tasks=("digits",), models=("digits_vit_seed0",), bits=("w8a8", "w4a4"),
+                    seeds=(0,), limit=50)
+    runner = GridRunner(tmp_path)
+    plain = {r["bits"]: r for r in runner.run(spec).records}
+    assert all("deployment" not in r for r in plain.values())
+    summary = GridRunner(tmp_path).run(dataclasses.replace(spec, deploy="onnxruntime"))
+    records = {r["bits"]: r for r in summary.records}
+    assert summary.computed == 2  # records without a deployment block are recomputed when one is asked for
+    assert {bits: r["cell_id"] for bits, r in records.items()} == {bits: r["cell_id"] for bits, r in plain.items()}
+    w8a8, w4a4 = records["w8a8"]["deployment"], records["w4a4"]["deployment"]
+    assert w8a8["deployable"] and w8a8["metrics"]["top1"] == pytest.approx(records["w8a8"]["metrics"]["top1"], abs=2.0)
+    assert w8a8["difference"]["top1"] == w8a8["metrics"]["top1"] - records["w8a8"]["metrics"]["top1"]
+    assert set(w8a8["latency_ms"]) == {"batch1", "batch32"} and 0 < w8a8["size_ratio"] < 1
+    assert w4a4 == {"runtime": "onnxruntime", "version": w4a4["version"], "deployable": False,
+                    "reason": "simulated only: 4-bit activations: ONNX Runtime has integer kernels for 8-bit "
+                              "activations only (34 quantizer(s), e.g. patch_embed.proj.in)"}
+    assert GridRunner(tmp_path).run(dataclasses.replace(spec, deploy="onnxruntime")).skipped == 2
+
+
+def test_deploy_names_an_unknown_runtime():
+    from harness.gridfile import spec_from_settings
+
+    assert spec_from_settings({"deploy": "onnxruntime"}).deploy == "onnxruntime"
+    with pytest.raises(HarnessError, match="^deploy accepts onnxruntime, got 'tensorrt'$"):
+        spec_from_settings({"deploy": "tensorrt"})
