@@ -11,6 +11,7 @@ recomputed only on request (``recompute_stale``), never reused without a word.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import socket
 import sys
@@ -132,12 +133,10 @@ class GridRunner:
         from harness.executors import check_executor
 
         check_executor(executor)
-        if any(cell.deploy for cell in cells):
-            try:
-                import onnx, onnxruntime, onnxscript  # noqa: F401  (the exporter and the runtime)
-            except ImportError as error:
-                raise HarnessError(f"--deploy onnxruntime needs the deploy extra ({error}); "
-                                   "pip install -e '.[deploy]'") from None
+        missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing and any(cell.deploy for cell in cells):
+            raise HarnessError(f"--deploy onnxruntime needs the deploy extra ({', '.join(missing)} missing): "
+                               "pip install -e '.[deploy]'")
         self.store.check_writable()
         sizes = {}
         for cell in cells:

@@ -140,6 +140,7 @@ def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path)
     pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
     from harness.grid import GridSpec
     from harness.runner import GridRunner
+    from reports.render import write_report
 
     spec = GridSpec(methods=("real",), tasks=("digits",), models=("digits_vit_seed0",), bits=("w8a8", "w4a4"),
                     seeds=(0,), limit=50)
@@ -158,6 +159,10 @@ def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path)
                     "reason": "simulated only: 4-bit activations: ONNX Runtime has integer kernels for 8-bit "
                               "activations only (34 quantizer(s), e.g. patch_embed.proj.in)"}
     assert GridRunner(tmp_path).run(dataclasses.replace(spec, deploy="onnxruntime")).skipped == 2
+    write_report(tmp_path, tmp_path / "report", ("md",))
+    page = (tmp_path / "report" / "digits.md").read_text()
+    assert f"| real | w8a8 | 1 | deployable | {w8a8['metrics']['top1']:.2f} | {w8a8['difference']['top1']:+.2f} |" in page
+    assert "| real | w4a4 | 1 | simulated only: 4-bit activations: ONNX Runtime has integer kernels" in page
 
 
 def test_deploy_names_an_unknown_runtime():
