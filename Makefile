@@ -25,7 +25,7 @@ $(DETSEG_STAMP): $(STAMP) scripts/install_detseg.sh
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off --upgrade "pip>=24"
-	$(PY) -m pip install --progress-bar off -e ".[test,cluster]"
+	$(PY) -m pip install --progress-bar off -e ".[test,cluster,deploy]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup

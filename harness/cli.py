@@ -1,4 +1,4 @@
-"""``python -m harness run | list | report | new-method | new-task``: bad input is one line on stderr, exit 2."""
+"""``python -m harness run | list | report | export | new-method | new-task``: bad input is one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-first-last-fp", action="store_true", default=None,
                      help="leave patch embedding and head in FP")
     run.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    run.add_argument("--deploy", help="also export each quantized cell and measure it in this runtime: "
+                                      "onnxruntime (accuracy, latency, size; docs/deploy.md)")
     run.add_argument("--results", type=Path, help="results directory, as for `report` (default: results)")
     run.add_argument("--out", type=Path, help="deprecated spelling of --results")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -79,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", type=_csv, default=("html", "md"),
                         help="comma-separated output formats: html (one self-contained page), md (default: html,md)")
 
+    export = commands.add_parser("export", help="export a finished cell's calibrated model to ONNX with Q/DQ pairs",
+                                 description="Recalibrate a cell from its record (reusing the cached calibration "
+                                             "set) and write it with QuantizeLinear/DequantizeLinear pairs; "
+                                             "placements without an integer form are refused (docs/deploy.md).")
+    export.add_argument("out", type=Path, help="the ONNX file to write")
+    export.add_argument("--cell", required=True, help="cell id (the name of its record, records/<id>.json)")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
+    export.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    export.add_argument("--threads", type=int, help="torch CPU threads (default: one per available core)")
+
     method = commands.add_parser("new-method", help="write a method plugin folder (and its test) from the template",
                                  description="Scaffold a working method: a generator and a calibrator called NAME, "
                                              "the MethodSpec pairing them, and a test running the conformance kit.")
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
-        return {"run": command_run, "list": command_list, "report": command_report,
+        return {"run": command_run, "list": command_list, "report": command_report, "export": command_export,
                 "new-method": command_new_method, "new-task": command_new_task}[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -267,6 +279,14 @@ def command_report(args: argparse.Namespace) -> int:
         raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --results {args.results}` first")
     for page in write_report(args.results, args.out or args.results / "report", args.format):
         print(f"written: {page}")
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from harness.export import export_cell
+
+    _set_threads(args.threads)
+    print(f"written: {export_cell(args.results, args.cell, args.out)}")
     return 0
 
 

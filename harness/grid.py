@@ -19,6 +19,7 @@ from harness.quant.convert import QuantConfig
 from harness.records import RECORD_SCHEMA
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, unknown_name_message
 
+DEPLOY_RUNTIMES = ("onnxruntime",)  # --deploy: where a calibrated cell is also measured (docs/deploy.md)
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
 
 DEFAULT_METHODS = ("real", "noise")
@@ -43,6 +44,7 @@ class GridSpec:
     task_options: dict[str, Any] = field(default_factory=dict)
     quant: QuantConfig = field(default_factory=QuantConfig)
     limit: int | None = None
+    deploy: str | None = None  # a runtime of DEPLOY_RUNTIMES: records gain a deployment block
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Cell:
     task_options: Any
     quant: QuantConfig
     limit: int | None
+    deploy: str | None = None  # a measurement added to the record, not part of the cell's identity
 
     def config(self) -> dict[str, Any]:
         """The resolved config as stored in the record."""
@@ -97,6 +100,23 @@ class Cell:
 
     def cell_id(self, weights_id: str) -> str:
         return config_hash(self.identity(weights_id))
+
+
+def cell_from_record(record: dict[str, Any]) -> Cell:
+    """The cell a record was computed for, options rebuilt from their stored values (docs/results.md)."""
+    options = record.get("options") or {}
+    generator, calibrator = record["generator"], record["calibrator"]
+    return Cell(
+        record["method"], generator, calibrator, record["task"], record["model"], parse_bits(record["bits"]),
+        record["seed"],
+        build_options(GENERATORS.get(generator).Options, options.get("generator") or {},
+                      generator, f"generator {generator!r}"),
+        build_options(CALIBRATORS.get(calibrator).Options, options.get("calibrator") or {},
+                      calibrator, f"calibrator {calibrator!r}"),
+        build_options(TASKS.get(record["task"]).Options, options.get("task") or {}, record["task"],
+                      f"task {record['task']!r}"),
+        QuantConfig(**options.get("quant") or {}), options.get("limit"),
+    )
 
 
 def record_configuration(record: dict[str, Any]) -> str:
@@ -158,7 +178,8 @@ def expand(spec: GridSpec) -> list[Cell]:
         task_options = build_options(task_cls.Options, spec.task_options, task_name, f"task {task_name!r}")
         for model in models_by_task[task_name]:
             cells.append(Cell(method_name, generator_name, calibrator_name, task_name, model, bit_spec, seed,
-                              generator_options, calibrator_options, task_options, spec.quant, spec.limit))
+                              generator_options, calibrator_options, task_options, spec.quant, spec.limit,
+                              None if bit_spec.is_fp else spec.deploy))
     _check_scopes(spec, cells)
     return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
 

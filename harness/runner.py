@@ -11,6 +11,7 @@ recomputed only on request (``recompute_stale``), never reused without a word.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import socket
 import sys
@@ -139,6 +140,10 @@ class GridRunner:
         from harness.executors import check_executor
 
         check_executor(executor)
+        missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing and any(cell.deploy for cell in cells):
+            raise HarnessError(f"--deploy onnxruntime needs the deploy extra ({', '.join(missing)} missing): "
+                               "pip install -e '.[deploy]'")
         self.store.check_writable()
         sizes = {}
         for cell in cells:
@@ -185,7 +190,7 @@ class GridRunner:
     def _reusable(self, cell: Cell, cell_id: str) -> dict[str, Any] | None:
         """A finished record, unless --force asks to redo records older than this run (or it is stale)."""
         path, record = self.store.path(cell_id), self.store.finished(cell_id)
-        if record is None or self._forced(path):
+        if record is None or self._forced(path) or (cell.deploy and "deployment" not in record):
             return None
         return record if self._current(path, "record", _what(cell, record), record.get("code"), cell.code()) else None
 
@@ -253,20 +258,19 @@ class GridRunner:
             return {"metrics": fp_metrics, "fp_metrics": fp_metrics, "num_calibration_images": 0}
         calibration, cache_hit, generator_code = self._calibration_set(cell, task, fp_model, weights_id, timing)
         start = time.perf_counter()
-        qmodel = quantize_model(fp_model, cell.bits, cell.quant, part=task.quantized_part)
-        calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
-        calibrator_info = calibrator.calibrate(task.quantized_part(qmodel), CalibrationContext(
-            fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
-            device=self.device, backbone=task.part_backbone,
-        ))
-        unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
-        if unfrozen:
-            raise HarnessError(f"calibrator {cell.calibrator!r} left {len(unfrozen)} quantizers unfrozen, e.g. {unfrozen[0]}")
+        qmodel, calibrator_info = self._calibrate(cell, task, fp_model, calibration)
         timing["calibrate"] = time.perf_counter() - start
         start = time.perf_counter()
         metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
         timing["evaluate"] = time.perf_counter() - start
-        return {
+        deployment = {}
+        if cell.deploy:
+            from harness.export import measure_deployment
+
+            start = time.perf_counter()
+            deployment["deployment"] = measure_deployment(task, cell.model, qmodel, fp_model, metrics, cell.limit)
+            timing["deploy"] = time.perf_counter() - start
+        return {**deployment,
             "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
             "calibration_data": "real" if GENERATORS.get(cell.generator).uses_real_data else "data-free",
@@ -279,6 +283,33 @@ class GridRunner:
                 "weight_quantized_layers": sum(1 for _, m in weight_quantized_layers(qmodel) if m.weight_bits),
             },
         }
+
+    def _calibrate(self, cell: Cell, task: Task, fp_model: nn.Module,
+                   calibration: CalibrationSet) -> tuple[nn.Module, dict[str, Any] | None]:
+        """A quantized copy of the FP model, calibrated by the cell's calibrator; and what the calibrator reports."""
+        qmodel = quantize_model(fp_model, cell.bits, cell.quant, part=task.quantized_part)
+        calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
+        calibrator_info = calibrator.calibrate(task.quantized_part(qmodel), CalibrationContext(
+            fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
+            device=self.device, backbone=task.part_backbone,
+        ))
+        unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
+        if unfrozen:
+            raise HarnessError(f"calibrator {cell.calibrator!r} left {len(unfrozen)} quantizers unfrozen, e.g. {unfrozen[0]}")
+        return qmodel, calibrator_info
+
+    def cell_id(self, cell: Cell) -> str:
+        """The id the cell's record has in this store (it depends on the task's weights)."""
+        return cell.cell_id(self._weights_id(cell))
+
+    def calibrated_model(self, cell: Cell) -> tuple[nn.Module, Task]:
+        """The cell's calibrated quantized model, rebuilt as the grid computes it (the calibration set from
+        the cache when the generator's sets are cached), and its task. For export (docs/deploy.md)."""
+        weights_id = self._weights_id(cell)
+        task = self._task(cell)
+        fp_model = self._load_fp_model(cell, weights_id)
+        calibration = self._calibration_set(cell, task, fp_model, weights_id, {})[0]
+        return self._calibrate(cell, task, fp_model, calibration)[0], task
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
         """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""

@@ -40,6 +40,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
         row.update({f"memory.{k}": v for k, v in record.get("memory", {}).items()})
+        row.update(_deployment_columns(record.get("deployment")))
         row["weights_id"] = record.get("weights_id")
         row["configuration"] = record_configuration(record)
         rows.append(row)
@@ -121,6 +122,19 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     costs["cells"] = grouped.size()
     costs["cache_hits"] = grouped["cache_hit"].sum()
     return costs.reset_index()
+
+
+def _deployment_columns(deployment: dict[str, Any] | None) -> dict[str, Any]:
+    """``deploy.*`` columns of a record measured with ``--deploy`` (docs/deploy.md, The grid option)."""
+    if not deployment:
+        return {}
+    if not deployment.get("deployable"):
+        return {"deploy.status": deployment.get("reason", "simulated only")}
+    columns = {"deploy.status": "deployable", "deploy.speedup1": deployment["speedup"]["batch1"],
+               "deploy.speedup32": deployment["speedup"]["batch32"], "deploy.size_ratio": deployment["size_ratio"]}
+    columns.update({f"deploy.metric.{k}": v for k, v in deployment["metrics"].items()})
+    columns.update({f"deploy.difference.{k}": v for k, v in deployment["difference"].items()})
+    return columns
 
 
 def bits_order(bits: str) -> tuple:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -102,12 +102,28 @@ class CostRow:
 
 
 @dataclass(frozen=True)
+class DeploymentRow:
+    """One configuration and bit width run with ``--deploy``: means over its measured seeds (docs/deploy.md)."""
+
+    label: str
+    bits: str
+    cells: int
+    status: str  # "deployable", or "simulated only: <reasons>"
+    metric: float | None  # the primary metric through the runtime
+    difference: float | None  # runtime - fake-quant, primary metric
+    speedup1: float | None  # FP latency / quantized latency, batch 1
+    speedup32: float | None  # batch 32
+    size_ratio: float | None  # quantized file / FP file
+
+
+@dataclass(frozen=True)
 class ModelSection:
     model: str
     subset: str
     anchor: str
     leaderboards: list[Leaderboard]
     costs: list[CostRow]
+    deployment: list[DeploymentRow] = field(default_factory=list)
 
     @property
     def uses_cuda(self) -> bool:
@@ -211,7 +227,8 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
                                      seeds[metric], data)
                         for metric in metrics if (model, subset) in stats[metric]]
         sections.append(ModelSection(model=model, subset=subset, anchor=f"{slug(task)}--{slug(model)}--{slug(subset)}",
-                                     leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)])))
+                                     leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)]),
+                                     deployment=_deployment_rows(frame, model, subset, primary)))
     galleries = [
         Figure(name=f"{slug(task)}--gallery--{slug(generator)}", svg=gallery_svg(f"{task}: {generator}", rows),
                caption=f"{generator}: the first {IMAGES_PER_ROW} calibration images per model (lowest cached seed), "
@@ -306,6 +323,25 @@ def _cost_rows(costs: pd.DataFrame) -> list[CostRow]:
                     evaluate_s=_number(row.get("time.evaluate")), peak_rss_mb=_number(row.get("memory.peak_rss_mb")),
                     peak_cuda_mb=_number(row.get("memory.peak_cuda_mb")))
             for row in costs.to_dict("records")]
+
+
+def _deployment_rows(frame: pd.DataFrame, model: str, subset: str, metric: str) -> list[DeploymentRow]:
+    """The deployment table of a section: rows measured with ``--deploy`` only, by label and bit width."""
+    if "deploy.status" not in frame.columns:
+        return []
+    measured = frame[(frame["model"] == model) & (frame["subset"] == subset) & frame["deploy.status"].notna()]
+    rows = []
+    groups = sorted(measured.groupby(["label", "bits"]), key=lambda item: (item[0][0], bits_order(item[0][1])))
+    for (label, bits), group in groups:
+        mean = {column: _number(group[column].mean()) if column in group else None
+                for column in (f"deploy.metric.{metric}", f"deploy.difference.{metric}", "deploy.speedup1",
+                               "deploy.speedup32", "deploy.size_ratio")}
+        rows.append(DeploymentRow(label=str(label), bits=str(bits), cells=len(group),
+                                  status="; ".join(sorted(set(group["deploy.status"]))),
+                                  metric=mean[f"deploy.metric.{metric}"], difference=mean[f"deploy.difference.{metric}"],
+                                  speedup1=mean["deploy.speedup1"], speedup32=mean["deploy.speedup32"],
+                                  size_ratio=mean["deploy.size_ratio"]))
+    return rows
 
 
 def _number(value: Any) -> float | None:

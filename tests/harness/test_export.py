@@ -1,0 +1,188 @@
+"""ONNX export with Q/DQ pairs (docs/deploy.md): round trip through ONNX Runtime and the "simulated only" reasons."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from harness.bits import parse_bits
+from harness.calibrators import MinMaxCalibrator
+from harness.errors import HarnessError
+from harness.export import deploy_model, deployability
+from harness.method import CalibrationContext, CalibrationSet
+from harness.quant.convert import QuantConfig, quantize_model
+
+
+def _calibrated(model, bits, config=QuantConfig()):
+    torch.manual_seed(1)
+    qmodel = quantize_model(model, parse_bits(bits), config)
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=model, calibration=CalibrationSet(torch.randn(8, 3, 32, 32)), bits=parse_bits(bits), seed=0,
+        device=torch.device("cpu")))
+    return qmodel
+
+
+@pytest.mark.parametrize("bits, config", [("w8a8", QuantConfig()), ("w4a8", QuantConfig()),
+                                          ("w4a8", QuantConfig(keep_first_last_fp=True))])
+def test_deployed_model_computes_the_fake_quantized_values_in_torch(tiny_vit, bits, config):
+    qmodel = _calibrated(tiny_vit, bits, config)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        difference = (deploy_model(qmodel)(images) - qmodel(images)).abs().max().item()
+    assert deployability(qmodel).deployable
+    assert difference < 1e-5  # x @ Wᵀ as MatMul instead of F.linear: float32 summation order only
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_onnx_runtime_round_trip_matches_fake_quant(tiny_vit, bits, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    onnx = pytest.importorskip("onnx", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.export import OnnxRuntimeModel, export_onnx
+
+    qmodel = _calibrated(tiny_vit, bits)
+    images = torch.randn(6, 3, 32, 32)
+    path = export_onnx(qmodel, images[:2], tmp_path / "model.onnx")
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    # 2 blocks x (qkv, proj, fc1, fc2 inputs + q, k, v, attn) + patch embedding + head inputs
+    assert ops.count("QuantizeLinear") == 18
+    assert ops.count("DequantizeLinear") == 18 + 10  # and the 10 weights
+    limit = 2 ** (int(bits[1]) - 1)
+    int_weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
+                   and t.dims and len(t.dims) > 1]
+    assert len(int_weights) == 10 and all(w.min() >= -limit and w.max() <= limit - 1 for w in int_weights)
+    with torch.no_grad():
+        expected = qmodel(images)
+    actual = OnnxRuntimeModel(path, threads=1)(images)  # another batch size than exported with
+    # integer accumulation and requantization in the runtime move a few values by one step
+    assert (actual - expected).abs().max().item() < 0.02 * expected.abs().max().item()
+    assert torch.equal(actual.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("bits, config, reason", [
+    ("w8a4", QuantConfig(), "4-bit activations: ONNX Runtime has integer kernels for 8-bit activations only"),
+    ("w8a8", QuantConfig(attn_quantizer="log2"), "log2 post-softmax quantizer"),
+    ("w8a8", QuantConfig(attn_quantizer="log_sqrt2"), "log_sqrt2 post-softmax quantizer"),
+    ("w8a8", QuantConfig(profile="psaq"), "quantizer outside the standard placement"),
+    ("w16a8", QuantConfig(), "16-bit weights do not fit the int8 storage"),
+])
+def test_placements_without_integer_form_are_simulated_only(tiny_vit, bits, config, reason):
+    qmodel = _calibrated(tiny_vit, bits, config)
+    check = deployability(qmodel)
+    assert not check.deployable and any(line.startswith(reason) for line in check.reasons)
+    with pytest.raises(HarnessError, match="^simulated only: "):
+        deploy_model(qmodel)
+
+
+def test_repq_searched_parameters_are_simulated_only(tiny_vit):
+    """Asymmetric per-channel weights and zero points added after rounding have no Q/DQ form here."""
+    from methods.repq_vit.calibrator import RepQCalibrator
+
+    torch.manual_seed(1)
+    qmodel = quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig())
+    RepQCalibrator().calibrate(qmodel, CalibrationContext(
+        fp_model=tiny_vit, calibration=CalibrationSet(torch.randn(8, 3, 32, 32)), bits=parse_bits("w8a8"), seed=0,
+        device=torch.device("cpu")))
+    reasons = deployability(qmodel).reasons
+    assert any(line.startswith("asymmetric weights") for line in reasons)
+    assert any(line.startswith("searched or per-channel activation parameters") for line in reasons)
+
+
+def test_uncalibrated_model_is_refused(tiny_vit):
+    check = deployability(quantize_model(tiny_vit, parse_bits("w8a8"), QuantConfig()))
+    assert check.reasons == ("activation quantizer not calibrated (its range is not frozen) "
+                             "(18 quantizer(s), e.g. patch_embed.proj.in)",)
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("../records/x", "error: malformed cell id '../records/x': a cell id is 16 hexadecimal digits (records/<id>.json)"),
+    ("0123456789abcdef", "error: no valid record for cell 0123456789abcdef in {records}"),
+])
+def test_export_of_a_bad_or_missing_cell_is_one_line_exit_2(tmp_path, capsys, cell, message):
+    from harness.cli import main
+
+    code = main(["export", "--cell", cell, "--results", str(tmp_path), str(tmp_path / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == message.format(records=tmp_path / "records") + "\n"
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
+    from harness.cli import main
+    from harness.records import RECORD_SCHEMA
+
+    (tmp_path / "records").mkdir()
+    record = {"schema": RECORD_SCHEMA, "cell_id": "0123456789abcdef", "status": "error", "error": "boom"}
+    (tmp_path / "records" / "0123456789abcdef.json").write_text(json.dumps(record))
+    code = main(["export", "--cell", "0123456789abcdef", "--results", str(tmp_path), str(tmp_path / "m.onnx")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: no valid record for cell 0123456789abcdef in {tmp_path / 'records'} "
+                                       "(field 'method' is missing, expected str)\n")
+
+
+def test_a_cell_is_rebuilt_from_its_record_with_the_same_id():
+    from harness.grid import GridSpec, cell_from_record, expand
+
+    spec = GridSpec(methods=("psaq",), tasks=("digits",), bits=("w4a8", "mp4a8"), seeds=(3,), calib="ranking",
+                    generator_options={"iterations": 200}, quant=QuantConfig(keep_first_last_fp=True), limit=50)
+    for cell in expand(spec):
+        rebuilt = cell_from_record(json.loads(json.dumps(cell.config())))
+        assert rebuilt == cell and rebuilt.cell_id("w") == cell.cell_id("w")
+
+
+def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtime(tmp_path, capsys):
+    """run, then export the cell: the file evaluated by the task in ONNX Runtime gives the record's top-1."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.cli import main
+    from harness.export import OnnxRuntimeModel
+    from harness.registry import TASKS
+
+    common = ["--results", str(tmp_path), "--threads", "1"]
+    assert main(["run", "--methods", "real", "--tasks", "digits", "--models", "digits_vit_seed0", "--bits", "w8a8",
+                 "--seeds", "0", "--limit", "100", "--no-progress", "--no-report", *common]) == 0
+    (record_path,) = (tmp_path / "records").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert main(["export", "--cell", record_path.stem, "--format", "onnx", *common, str(tmp_path / "cell.onnx")]) == 0
+    assert capsys.readouterr().out.endswith(f"written: {tmp_path / 'cell.onnx'}\n")
+    deployed = TASKS.get("digits")().evaluate(OnnxRuntimeModel(tmp_path / "cell.onnx", threads=1), "digits_vit_seed0",
+                                              limit=100)
+    assert abs(deployed["top1"] - record["metrics"]["top1"]) <= 1.0  # at most one of the 100 images
+
+
+def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from harness.grid import GridSpec
+    from harness.runner import GridRunner
+    from reports.render import write_report
+
+    spec = GridSpec(methods=("real",), tasks=("digits",), models=("digits_vit_seed0",), bits=("w8a8", "w4a4"),
+                    seeds=(0,), limit=50)
+    runner = GridRunner(tmp_path)
+    plain = {r["bits"]: r for r in runner.run(spec).records}
+    assert all("deployment" not in r for r in plain.values())
+    summary = GridRunner(tmp_path).run(dataclasses.replace(spec, deploy="onnxruntime"))
+    records = {r["bits"]: r for r in summary.records}
+    assert summary.computed == 2  # records without a deployment block are recomputed when one is asked for
+    assert {bits: r["cell_id"] for bits, r in records.items()} == {bits: r["cell_id"] for bits, r in plain.items()}
+    w8a8, w4a4 = records["w8a8"]["deployment"], records["w4a4"]["deployment"]
+    assert w8a8["deployable"] and w8a8["metrics"]["top1"] == pytest.approx(records["w8a8"]["metrics"]["top1"], abs=2.0)
+    assert w8a8["difference"]["top1"] == w8a8["metrics"]["top1"] - records["w8a8"]["metrics"]["top1"]
+    assert set(w8a8["latency_ms"]) == {"batch1", "batch32"} and 0 < w8a8["size_ratio"] < 1
+    assert w4a4 == {"runtime": "onnxruntime", "version": w4a4["version"], "deployable": False,
+                    "reason": "simulated only: 4-bit activations: ONNX Runtime has integer kernels for 8-bit "
+                              "activations only (34 quantizer(s), e.g. patch_embed.proj.in)"}
+    assert GridRunner(tmp_path).run(dataclasses.replace(spec, deploy="onnxruntime")).skipped == 2
+    write_report(tmp_path, tmp_path / "report", ("md",))
+    page = (tmp_path / "report" / "digits.md").read_text()
+    assert f"| real | w8a8 | 1 | deployable | {w8a8['metrics']['top1']:.2f} | {w8a8['difference']['top1']:+.2f} |" in page
+    assert "| real | w4a4 | 1 | simulated only: 4-bit activations: ONNX Runtime has integer kernels" in page
+
+
+def test_deploy_names_an_unknown_runtime():
+    from harness.gridfile import spec_from_settings
+
+    assert spec_from_settings({"deploy": "onnxruntime"}).deploy == "onnxruntime"
+    with pytest.raises(HarnessError, match="^deploy accepts onnxruntime, got 'tensorrt'$"):
+        spec_from_settings({"deploy": "tensorrt"})
