@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.fused import FusedKernels
+
 
 # The smallest scale a quantizer uses, float32's machine epsilon as in PSAQ-ViT's code (docs/quantizer.md,
 # Arithmetic); learned scales are projected back to it.
@@ -45,13 +47,38 @@ def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torc
     The order is PSAQ-ViT's (docs/quantizer.md, Arithmetic): ``round(x / s) + z`` or ``x * (1 / s)``
     are the same in exact arithmetic but one step apart in float32 on a few elements in 10^5. ``s``
     stays a tensor on ``x``'s device, since a division by a Python scalar may run as a multiplication
-    by its reciprocal. Without gradients the steps run in place on one buffer: activation fake
-    quantization is memory-bound.
+    by its reciprocal. Without gradients activation fake quantization is memory-bound: a per-tensor
+    quantizer runs as one fused pass over ``x`` (:func:`_quantize_values`), other shapes of scale
+    (an observer's candidate ranges) as six passes in place on one buffer.
     """
     levels = 2 ** bits - 1
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return (torch.clamp(round_ste(x / scale + zero_point), 0, levels) - zero_point) * scale
+    if scale.dim() or zero_point.dim():
+        return _quantize_values(x, scale, zero_point, levels)
+    if x.is_contiguous():  # one compiled kernel serves every contiguous shape
+        return _KERNELS.pick(_quantize_values)(x.view(-1), scale, zero_point, levels).view(x.shape)
+    return _KERNELS.pick(_quantize_values)(x, scale, zero_point, levels)
+
+
+def _quantize_values(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
+    # the operations of docs/quantizer.md, Arithmetic, step 4, in order; compiled, the same
+    # operations in one loop, so every bit is the eager result's (checked exactly on first use)
     return x.div(scale).add_(zero_point).round_().clamp_(0, levels).sub_(zero_point).mul_(scale)
+
+
+def _exercise_kernels() -> None:
+    """The fused quantizer at sizes that take the vectorized and parallel loops, on a contiguous and on a
+    permuted input (a view of attention's q, k or v), in float32 and float64."""
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        values = torch.randn(4, 65, 3, 2, 32, generator=generator, dtype=dtype) * 3
+        scale, zero_point = asymmetric_params(values.amin(), values.amax(), 8)
+        for x in (values, values.permute(2, 0, 3, 1, 4)[0]):
+            fake_quant_asymmetric(x, scale, zero_point, 8)
+
+
+_KERNELS = FusedKernels("the activation quantizer", probe=lambda: _exercise_kernels(), tolerance=0.0)
 
 
 def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from harness.fused import ENVIRONMENT_SWITCH
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext
 from harness.priors import patch_similarity
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.fake_quant import fake_quant_asymmetric
 from harness.task import ImagePrior
 from methods.psaq.generator import PSAQOptions, PatchSimilarityGenerator
 
@@ -75,6 +76,14 @@ def deit_tiny() -> torch.nn.Module:
     """DeiT-T's architecture at 224 px, random init (no weights here)."""
     torch.manual_seed(0)
     return timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fused_kernels_checked() -> None:
+    """The fused quantizer compiles and is checked against eager torch once per process, reading values
+    then; what is counted here is every forward after that."""
+    values = torch.randn(1000)
+    fake_quant_asymmetric(values, values.abs().max() / 127, torch.tensor(128.0), 8)
 
 
 CONFIGS = {"standard": QuantConfig(), "standard-log2": QuantConfig(attn_quantizer="log2"),
