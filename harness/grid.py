@@ -19,7 +19,7 @@ from harness.quant.convert import QuantConfig
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
 
 RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
-EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
+EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint", "eval_cache")
 
 DEFAULT_METHODS = ("real", "noise")
 DEFAULT_TASKS = ("digits",)
