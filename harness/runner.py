@@ -246,10 +246,8 @@ class GridRunner:
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
         """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""
-        task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
         task_code = {"task": cell.code()["task"]}
-        path = (self.store.root / "fp" /
-                f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{task_code['task']['version']}.json")
+        path = fp_metric_path(self.store, cell, weights_id)
         with file_lock(path.with_suffix(".lock"), holder=self._holder):
             cached = read_record(path)
             if (cached is not None and not self._forced(path)
@@ -268,12 +266,9 @@ class GridRunner:
         generator = GENERATORS.get(cell.generator)(cell.generator_options)
         prior = task.prior(cell.model)
         code = {component: cell.code()[component] for component in ("generator", "task")}
-        key = config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
-                           "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                           "prior": str(prior), "versions": {name: c["version"] for name, c in code.items()}})
         if not generator.bit_independent:
             return self._generate(cell, generator, task, fp_model, prior, timing), False, code["generator"]
-        path = self.store.calibration_path(cell.generator, key)
+        path = self.store.calibration_path(cell.generator, calibration_key(cell, prior, weights_id))
         with file_lock(path.with_suffix(".lock"), holder=self._holder):  # one worker generates a set
             entry = read_calibration(path) if path.exists() and not self._forced(path) else None
             what = f"{cell.generator} {cell.model} seed {cell.seed}"
@@ -301,6 +296,21 @@ class GridRunner:
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
         return calibration
+
+
+def calibration_key(cell: Cell, prior: ImagePrior, weights_id: str) -> str:
+    """The cache key of a cell's calibration set: (generator, options, model, weights, seed, prior, versions)."""
+    code = cell.code()
+    return config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
+                        "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
+                        "prior": str(prior), "versions": {name: code[name]["version"] for name in ("generator", "task")}})
+
+
+def fp_metric_path(store: ResultStore, cell: Cell, weights_id: str) -> Path:
+    """Where a cell's FP metric is cached: one per (task, model, weights, task options, limit, task version)."""
+    task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
+    version = cell.code()["task"]["version"]
+    return store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{version}.json"
 
 
 def _what(cell: Cell, record: dict[str, Any]) -> str:
