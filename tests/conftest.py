@@ -8,10 +8,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 
 @pytest.fixture(autouse=True, scope="session")
-def harness_cache(tmp_path_factory) -> Iterator[None]:
-    """Tests never write into the user's harness cache (the imagenet task keeps decoded images there)."""
+def isolated_caches(tmp_path_factory) -> Iterator[None]:
+    """Tests never write into the user's harness cache (the imagenet task keeps decoded images there)
+    and never reach the Hugging Face hub (tests of fetching stand in for its download function)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DFQ_HARNESS_CACHE", str(tmp_path_factory.mktemp("harness_cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
         yield
 
 

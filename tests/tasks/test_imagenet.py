@@ -22,7 +22,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torchvision import transforms
 
 from harness.errors import HarnessError
-from tasks.imagenet import ImageNetOptions, ImageNetTask, cache
+from tasks.imagenet import ImageNetOptions, ImageNetTask, cache, weights
 from tasks.imagenet.data import eval_transform, labelled_images
 
 MODEL = "deit_tiny_patch16_224"
@@ -371,3 +371,78 @@ def test_transforms_without_one_to_tensor_step_are_not_cached():
     assert cache.split_transform(transforms.Compose([transforms.CenterCrop(4), transforms.ToTensor(),
                                                      transforms.RandomErasing()])) is None
     assert ImageNetOptions().workers() == len(os.sched_getaffinity(0)) and ImageNetOptions(num_workers=3).workers() == 3
+
+
+# filename -> what the stand-in hub does: write the file at the path given, or raise
+DOWNLOADS: dict = {}
+
+
+@pytest.fixture
+def online(monkeypatch) -> list[tuple[str, str, str | None]]:
+    """The hub reachable, its download function stood in for: it writes a file into the cache layout the
+    real one uses and records each (repo, filename, revision) asked for."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def download(repo_id, filename, revision=None, cache_dir=None):
+        asked.append((repo_id, filename, revision))
+        behaviour = DOWNLOADS.get(filename)
+        if isinstance(behaviour, Exception):
+            raise behaviour
+        folder = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text("0123abcd")
+        (folder / "snapshots" / "0123abcd").mkdir(parents=True, exist_ok=True)
+        path = folder / "snapshots" / "0123abcd" / filename
+        behaviour(path)
+        return str(path)
+    monkeypatch.setattr(weights, "hf_hub_download", download)
+    return asked
+
+
+def test_without_a_checkpoint_the_hub_file_is_fetched_once_then_loaded_strictly(source_model, hub_cache, online,
+                                                                                monkeypatch):
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", lambda path: save_file(source_model.state_dict(), path))
+    task = _task()
+    with torch.no_grad():
+        assert torch.equal(task.load_model(MODEL)(_sample_input()), source_model(_sample_input()))
+    assert online == [("timm/deit_tiny_patch16_224.fb_in1k", "model.safetensors", None)]
+    fetched = next(hub_cache.rglob("model.safetensors"))
+    assert task.weights_id(MODEL) == _sha16(fetched)
+    _task().load_model(MODEL)  # now in the hub cache: not fetched again
+    assert len(online) == 1
+
+
+def test_a_repository_without_safetensors_gives_timms_other_file(source_model, hub_cache, online, monkeypatch):
+    missing = weights._NOT_IN_REPOSITORY.__new__(weights._NOT_IN_REPOSITORY)  # built without an HTTP response
+    Exception.__init__(missing, "404: model.safetensors is not in the repository")
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", missing)
+    monkeypatch.setitem(DOWNLOADS, "pytorch_model.bin", lambda path: torch.save(source_model.state_dict(), path))
+    with torch.no_grad():
+        assert torch.equal(_task().load_model(MODEL)(_sample_input()), source_model(_sample_input()))
+    assert [filename for _, filename, _ in online] == ["model.safetensors", "pytorch_model.bin"]
+
+
+def test_a_fetched_file_for_another_model_is_refused(hub_cache, online, monkeypatch):
+    other = timm.create_model("deit_tiny_distilled_patch16_224").state_dict()
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", lambda path: save_file(other, path))
+    with pytest.raises(HarnessError, match="does not fit deit_tiny_patch16_224"):
+        _task().load_model(MODEL)
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_alternatives(hub_cache, online, monkeypatch):
+    unreachable = huggingface_hub.errors.LocalEntryNotFoundError("cannot reach huggingface.co")
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", unreachable)
+    with pytest.raises(HarnessError) as error:
+        _task().load_model(MODEL)
+    message = str(error.value)
+    assert "fetching model.safetensors of timm/deit_tiny_patch16_224.fb_in1k" in message
+    assert "cannot reach huggingface.co" in message and "--checkpoint FILE" in message and "\n" not in message
+
+
+def test_offline_nothing_is_fetched_and_the_message_stays(hub_cache, online, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HarnessError, match="HF_HUB_OFFLINE is set") as error:
+        _task().load_model(MODEL)
+    assert online == [] and str(hub_cache / "models--timm--deit_tiny_patch16_224.fb_in1k") in str(error.value)
