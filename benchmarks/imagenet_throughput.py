@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
-from harness.memory import prefer_huge_pages
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
 from harness.quant.convert import QuantConfig, quantize_model
@@ -114,7 +113,8 @@ def measure(workdir: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
         cache.preprocessed_images(samples, parts.pixels, root / "val", workers)))
     figures["cache_hit"] = rate(len(samples), lambda: drain(entry[0].loader(64, parts.tensor, min(4, workers))))
     task = ImageNetTask(ImageNetOptions(data_root=str(root), batch_size=sizes.batch, num_workers=workers))
-    keys = {cache.cache_key(samples, cache.split_transform(eval_transform(name)).pixels, root / "val") for name in MODELS}
+    keys = {cache.cache_key(samples, cache.split_transform(eval_transform(name)).pixels, root / "val")
+            for name in MODELS}
     figures["one_entry_for_all_models"] = len(keys) == 1
     for name in MODELS:
         torch.manual_seed(0)
@@ -146,7 +146,8 @@ def report(figures: dict[str, Any]) -> str:
              f"({figures['cache_hit'] / figures['cache_build']:.1f}x the build)",
              "models at 224 px, random init, images/s (forward on cached batches; whole evaluations):"]
     for name, row in figures["models"].items():
-        lines.append(f"  {name:30s} FP {row['FP']:7.1f}   W8A8 {row['W8A8']:7.1f} ({row['FP'] / row['W8A8']:.2f}x FP's time)"
+        lines.append(f"  {name:30s} FP {row['FP']:7.1f}   "
+                     f"W8A8 {row['W8A8']:7.1f} ({row['FP'] / row['W8A8']:.2f}x FP's time)"
                      f"   W4A8 {row['W4A8']:7.1f} ({row['FP'] / row['W4A8']:.2f}x)   "
                      f"first cell {row['first cell']:7.1f}   later cell {row['later cell']:7.1f}")
     shared = "one cache entry serves" if figures["one_entry_for_all_models"] else "separate cache entries for"
@@ -162,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="loader workers")
     parser.add_argument("--workdir", type=Path, help="keep the synthetic folder and cache here (default: a temp dir)")
     args = parser.parse_args(argv)
-    prefer_huge_pages()
     set_progress(False)
     sizes = QUICK if args.quick else FULL
     sizes = Sizes(args.images or sizes.images, sizes.short_side, args.eval_images or sizes.eval_images, sizes.batch,

@@ -1,7 +1,6 @@
 """Evaluation time of calibrated fake-quant models over the FP model's (target <= 1.1 for DeiT-S).
 
-Random init (no weights needed), batch 32 at 224 px, CPU, timm's default (fused) attention for FP,
-huge-page allocation as the harness's command line sets it (``THP_MEM_ALLOC_ENABLE=0`` compares).
+Random init (no weights needed), batch 32 at 224 px, CPU, timm's default (fused) attention for FP.
 Run from a checkout with ``PYTHONPATH=.`` so the checkout's harness is measured.
 The FP and quantized forwards take turns, round after round, so they share the machine's
 conditions; best times (wall-clock and process CPU time, the latter less sensitive to other
@@ -24,7 +23,6 @@ import torch
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
 from harness.fused import ENVIRONMENT_SWITCH
-from harness.memory import HUGE_PAGES_SWITCH, prefer_huge_pages
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
 
@@ -90,7 +88,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--eager", action="store_true", help="also time the quantizer without fused kernels")
     args = parser.parse_args()
-    prefer_huge_pages()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
@@ -103,8 +100,8 @@ def main() -> None:
             runs[f"{bits} eager"] = with_fusion(False, lambda qmodel=qmodel: qmodel(images))
     with torch.no_grad():
         times = interleaved_times(runs, args.rounds)
-    print(f"{args.model} {args.profile}, batch {args.batch} at 224 px, {args.threads} threads, {args.rounds} rounds, "
-          f"{HUGE_PAGES_SWITCH}={os.environ[HUGE_PAGES_SWITCH]} (target: fake-quant / FP <= 1.1)")
+    print(f"{args.model} {args.profile}, batch {args.batch} at 224 px, {args.threads} threads, {args.rounds} rounds "
+          f"(target: fake-quant / FP <= 1.1)")
     print("\n".join(summary(times)))
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.memory import prefer_huge_pages
 
 EXIT_USAGE = 2
 
@@ -101,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prefer_huge_pages()  # before any tensor is made (harness/memory.py)
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -301,9 +301,10 @@ class GridRunner:
 def calibration_key(cell: Cell, prior: ImagePrior, weights_id: str) -> str:
     """The cache key of a cell's calibration set: (generator, options, model, weights, seed, prior, versions)."""
     code = cell.code()
+    versions = {name: code[name]["version"] for name in ("generator", "task")}
     return config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
                         "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                        "prior": str(prior), "versions": {name: code[name]["version"] for name in ("generator", "task")}})
+                        "prior": str(prior), "versions": versions})
 
 
 def fp_metric_path(store: ResultStore, cell: Cell, weights_id: str) -> Path:

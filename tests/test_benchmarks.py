@@ -24,7 +24,8 @@ def test_imagenet_throughput_quick(tmp_path, capsys):
     figures = throughput.main(["--quick", "--workdir", str(tmp_path), "--workers", "0"])
     val = tmp_path / "imagenet" / "val"
     jpegs = sorted(val.glob("*/*.JPEG"))
-    assert len([folder for folder in val.iterdir() if folder.is_dir()]) == 1000 and len(jpegs) == figures["images"] == 24
+    assert len([folder for folder in val.iterdir() if folder.is_dir()]) == 1000
+    assert len(jpegs) == figures["images"] == 24
     assert all(40 <= min(Image.open(path).size) < 80 for path in jpegs)
     rates = [figures[key] for key in ("decode_transform", "cache_build", "cache_hit")]
     rates += [value for row in figures["models"].values() for value in row.values()]

@@ -64,8 +64,8 @@ def batch_to_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def decoder_versions() -> dict[str, str | None]:
     """Pillow and its JPEG library: another decoder may produce other pixels from the same file."""
-    return {"pillow": PIL.__version__, "jpeg": features.version("jpg"),
-            "libjpeg_turbo": features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None}
+    turbo = features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None
+    return {"pillow": PIL.__version__, "jpeg": features.version("jpg"), "libjpeg_turbo": turbo}
 
 
 def cache_key(samples: list[tuple[Path, int]], pixels: transforms.Compose, split_dir: Path) -> str:

@@ -44,7 +44,8 @@ def hub_checkpoint(model_name: str) -> Path:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
         if isinstance(found, str):
             return Path(found)
-    expected = cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / "<commit>" / filenames[0]
+    folder = cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+    expected = folder / "snapshots" / "<commit>" / filenames[0]
     if hub_offline():
         raise HarnessError(
             f"no weights for {model_name}: expected {filenames[0]} of {repo_id} in the Hugging Face hub cache, at "
