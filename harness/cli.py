@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="do not rewrite OUT/report at the end of the grid")
     run.add_argument("--skip-unsupported", action="store_true",
                      help="skip the cells a task cannot support (see `list support`) instead of refusing the grid")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the cells, what OUT already holds and the time the rest should take; run nothing")
+    run.add_argument("--workers-estimate", type=int, default=1, metavar="K",
+                     help="with --dry-run: also the total time on K workers (e.g. K Ray GPUs)")
 
     listing = commands.add_parser("list", help="list methods, generators, calibrators, tasks, models, bit specs")
     listing.add_argument("what", nargs="?", default="all",
@@ -150,6 +154,12 @@ def command_run(args: argparse.Namespace) -> int:
     settings = load_grid_file(args.grid) if args.grid else {}
     settings.update({key: getattr(args, key) for key in GRID_KEYS if getattr(args, key, None) is not None})
     spec = spec_from_settings(settings)
+    if args.dry_run:
+        from harness.plan import format_plan, plan_grid
+
+        plan = plan_grid(spec, args.out, force=args.force, recompute_stale=args.recompute_stale)
+        print(format_plan(plan, args.workers_estimate))
+        return 0
     _check_device(args.device)
     set_progress(not args.no_progress)
     runner = GridRunner(results, device=args.device, force=args.force, recompute_stale=args.recompute_stale)

@@ -32,8 +32,11 @@ class FusedKernels:
     turns every ``FusedKernels`` to eager torch for the rest of the process, with one warning.
     """
 
-    def __init__(self, purpose: str, probe: Callable[[], None] | None = None) -> None:
+    def __init__(self, purpose: str, probe: Callable[[], None] | None = None, tolerance: float = 1e-3) -> None:
         self.purpose = purpose
+        # how far a compiled kernel's first result may be from eager torch's, relative to its largest
+        # value (see :func:`disagreement`); 0 for kernels whose eager operations fix every bit
+        self.tolerance = tolerance
         # runs every kernel once, at sizes that take the vectorized and parallel loops, before the first
         # real call: a kernel that disagrees with eager torch turns fusion off before any result depends
         # on it (not half-way through one)
@@ -77,7 +80,7 @@ class FusedKernels:
             else:
                 if function not in self._checked:
                     expected = function(*args)
-                    _failure = disagreement(result, expected, getattr(function, "__name__", "kernel"))
+                    _failure = disagreement(result, expected, getattr(function, "__name__", "kernel"), self.tolerance)
                     if _failure is not None:
                         self._warn()
                         return expected

@@ -20,7 +20,7 @@ from harness.records import RECORD_SCHEMA
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, unknown_name_message
 
 DEPLOY_RUNTIMES = ("onnxruntime",)  # --deploy: where a calibrated cell is also measured (docs/deploy.md)
-EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint")
+EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint", "eval_cache")
 
 DEFAULT_METHODS = ("real", "noise")
 DEFAULT_TASKS = ("digits",)

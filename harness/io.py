@@ -19,7 +19,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs the user's umask
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared results folder needs the user's umask
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -31,7 +31,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

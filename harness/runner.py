@@ -313,10 +313,8 @@ class GridRunner:
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
         """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""
-        task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
         task_code = {"task": cell.code()["task"]}
-        path = (self.store.root / "fp" /
-                f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{task_code['task']['version']}.json")
+        path = fp_metric_path(self.store, cell, weights_id)
         with file_lock(path.with_suffix(".lock"), holder=self._holder, on_wait=_announce_wait(f"FP metric {path.name}")):
             cached = read_record(path)
             if (cached is not None and not self._forced(path)
@@ -336,13 +334,9 @@ class GridRunner:
         target = task.synthesis_target(cell.model, fp_model, CLASSES in generator.required())
         prior = target.prior
         code = {component: cell.code()[component] for component in ("generator", "task")}
-        key = config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
-                           "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                           "prior": str(prior), "versions": {name: c["version"] for name, c in code.items()},
-                           **({"class_source": target.class_source} if target.class_source else {})})
         if not generator.bit_independent:
             return self._generate(cell, generator, task, target, timing), False, code["generator"]
-        path = self.store.calibration_path(cell.generator, key)
+        path = self.store.calibration_path(cell.generator, calibration_key(cell, prior, weights_id, target.class_source))
         with file_lock(path.with_suffix(".lock"), holder=self._holder,  # one worker generates a set
                        on_wait=_announce_wait(f"calibration set {path.name}")):
             entry = read_calibration(path) if path.exists() and not self._forced(path) else None
@@ -385,6 +379,23 @@ def _announce_wait(what: str) -> Callable[[str], None]:
 
 def _kind(path: Path) -> str:
     return "directory" if path.is_dir() else "special file"
+
+
+def calibration_key(cell: Cell, prior: ImagePrior, weights_id: str, class_source: str | None = None) -> str:
+    """The cache key of a cell's calibration set: (generator, options, model, weights, seed, prior, versions,
+    and the class source where a task's backbone borrows classes: docs/methods.md, Class sources)."""
+    code = cell.code()
+    versions = {name: code[name]["version"] for name in ("generator", "task")}
+    return config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
+                        "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
+                        "prior": str(prior), "versions": versions, **({"class_source": class_source} if class_source else {})})
+
+
+def fp_metric_path(store: ResultStore, cell: Cell, weights_id: str) -> Path:
+    """Where a cell's FP metric is cached: one per (task, model, weights, task options, limit, task version)."""
+    task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
+    version = cell.code()["task"]["version"]
+    return store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{version}.json"
 
 
 def _what(cell: Cell, record: dict[str, Any]) -> str:

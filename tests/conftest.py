@@ -1,9 +1,21 @@
 import os
+from typing import Iterator
 
 import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_caches(tmp_path_factory) -> Iterator[None]:
+    """Tests never write into the user's harness cache (the imagenet task keeps decoded images there)
+    and never reach the Hugging Face hub (tests of fetching stand in for its download function)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DFQ_HARNESS_CACHE", str(tmp_path_factory.mktemp("harness_cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
 
 # the CI machine has 2 cores, more threads oversubscribe; DFQ_HARNESS_TEST_THREADS=1 checks another thread count
 torch.set_num_threads(int(os.environ.get("DFQ_HARNESS_TEST_THREADS", "2")))

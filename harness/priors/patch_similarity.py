@@ -152,30 +152,40 @@ def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float, weights: Tenso
     """
     weights = samples.new_ones(samples.shape[1]) if weights is None else weights
     points = points.detach()
-    form = _kernel_form(points, bandwidth) if grid_spans_samples else DIRECT
-    return _KernelSum.apply(samples, points, weights, bandwidth, form)
+    if not grid_spans_samples or points.numel() < 2:
+        return _KernelSum.apply(samples, points, weights, bandwidth, DIRECT, None)
+    if _width_read_on_host(points):
+        return _KernelSum.apply(samples, points, weights, bandwidth, _kernel_form(points, bandwidth), None)
+    return _KernelSum.apply(samples, points, weights, bandwidth, ON_DEVICE, _grid_is_narrow(points, bandwidth))
 
 
 class KernelForm(NamedTuple):
-    """One exact way to evaluate the kernel sums and their gradient w.r.t. the samples."""
+    """One exact way to evaluate the kernel sums and their gradient w.r.t. the samples.
+
+    The functions take (samples, points, weights, scale) and (samples, points, weights, grad, scale),
+    plus, for the form chosen on the device, the grid's narrowness flag last.
+    """
 
     name: str
-    sums: Callable[[Tensor, Tensor, Tensor, float], Tensor]
-    gradients: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
+    sums: Callable[..., Tensor]
+    gradients: Callable[..., Tensor]
 
 
 class _KernelSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, samples: Tensor, points: Tensor, weights: Tensor, bandwidth: float, form: KernelForm) -> Tensor:
-        ctx.save_for_backward(samples, points, weights)
+    def forward(ctx, samples: Tensor, points: Tensor, weights: Tensor, bandwidth: float, form: KernelForm,
+                narrow: Tensor | None) -> Tensor:
+        flag = () if narrow is None else (narrow,)
+        ctx.save_for_backward(samples, points, weights, *flag)
         ctx.bandwidth, ctx.gradients = bandwidth, form.gradients
-        return _KERNELS.pick(form.sums)(samples, points, weights, -0.5 / bandwidth ** 2)
+        return _KERNELS.pick(form.sums)(samples, points, weights, -0.5 / bandwidth ** 2, *flag)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
-        samples, points, weights = ctx.saved_tensors
-        gradients = _KERNELS.pick(ctx.gradients)(samples, points, weights, grad.contiguous(), -0.5 / ctx.bandwidth ** 2)
-        return gradients, None, None, None, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
+        samples, points, weights, *flag = ctx.saved_tensors
+        gradients = _KERNELS.pick(ctx.gradients)(samples, points, weights, grad.contiguous(),
+                                                 -0.5 / ctx.bandwidth ** 2, *flag)
+        return gradients, None, None, None, None, None
 
 
 def _kernel(samples: Tensor, point: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -209,7 +219,7 @@ def _kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, grad: Te
 
 
 def _kernel_form(points: Tensor, bandwidth: float) -> KernelForm:
-    """The cheapest exact form for a grid of ``points`` that spans the samples.
+    """The cheapest exact form for a grid of ``points`` that spans the samples, read on the host.
 
     On a grid at most 10h wide no sample is farther than 10h from any point, so every term is
     above e^-50 and kept by :func:`_kernel` too (``NEGLIGIBLE_EXPONENT``), and none of the factors
@@ -221,6 +231,19 @@ def _kernel_form(points: Tensor, bandwidth: float) -> KernelForm:
         return DIRECT
     width = float(points[-1] - points[0]) / bandwidth
     return FACTORIZED if -0.5 * width ** 2 >= NEGLIGIBLE_EXPONENT else DIRECT
+
+
+def _width_read_on_host(points: Tensor) -> bool:
+    """Whether the form is picked by reading the grid's width on the host: free for CPU tensors; on an
+    accelerator the read would wait for every queued kernel, every block and iteration, so there both
+    forms run and the device keeps the one :func:`_kernel_form` would pick (:data:`ON_DEVICE`)."""
+    return points.device.type == "cpu"
+
+
+def _grid_is_narrow(points: Tensor, bandwidth: float) -> Tensor:
+    """:func:`_kernel_form`'s test as a 0-dim bool tensor on the points' device (float64, as the host's)."""
+    width = (points[-1] - points[0]).double() / bandwidth
+    return -0.5 * (width * width) >= NEGLIGIBLE_EXPONENT
 
 
 def _grid_terms(samples: Tensor, points: Tensor, weights: Tensor, scale: float) -> Iterator[tuple[int, Tensor]]:
@@ -257,8 +280,21 @@ def _grid_kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, gra
     return total * (-2 * scale)
 
 
+def _chosen_kernel_sums(samples: Tensor, points: Tensor, weights: Tensor, scale: float, narrow: Tensor) -> Tensor:
+    # a wide grid's factorized terms may overflow; the selection drops them, the direct sums are finite
+    return torch.where(narrow, _grid_kernel_sums(samples, points, weights, scale),
+                       _kernel_sums(samples, points, weights, scale))
+
+
+def _chosen_kernel_gradients(samples: Tensor, points: Tensor, weights: Tensor, grad: Tensor, scale: float,
+                             narrow: Tensor) -> Tensor:
+    return torch.where(narrow, _grid_kernel_gradients(samples, points, weights, grad, scale),
+                       _kernel_gradients(samples, points, weights, grad, scale))
+
+
 DIRECT = KernelForm("direct", _kernel_sums, _kernel_gradients)
 FACTORIZED = KernelForm("factorized", _grid_kernel_sums, _grid_kernel_gradients)
+ON_DEVICE = KernelForm("chosen on the device", _chosen_kernel_sums, _chosen_kernel_gradients)
 _KERNELS = FusedKernels("the patch-similarity prior", probe=lambda: _exercise_kernels())
 
 

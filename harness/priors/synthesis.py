@@ -58,10 +58,20 @@ def random_roll_flip(images: Tensor, max_shift: int, flip_probability: float, ge
     return rolled.flip(3) if flip else rolled
 
 
-def clamp_pixels(images: Tensor, prior: ImagePrior) -> Tensor:
-    """Spec step 6: clamp each channel to [(0 - mean_c)/std_c, (1 - mean_c)/std_c] of the model's own mean/std."""
-    low, high = (bound.to(images.device, images.dtype) for bound in prior.clamp_bounds())
+def clamp_pixels(images: Tensor, prior: ImagePrior | tuple[Tensor, Tensor]) -> Tensor:
+    """Spec step 6: clamp each channel to [(0 - mean_c)/std_c, (1 - mean_c)/std_c] of the model's own mean/std.
+
+    A synthesis loop passes the bounds already on the images' device (:func:`pixel_bounds`): copying
+    them there at every step would make the host wait for the device each time.
+    """
+    low, high = pixel_bounds(prior, images) if isinstance(prior, ImagePrior) else prior
     return torch.clamp(images, low, high)
+
+
+def pixel_bounds(prior: ImagePrior, images: Tensor) -> tuple[Tensor, Tensor]:
+    """The clamp bounds of step 6 on ``images``' device and dtype, (1, C, 1, 1) each."""
+    low, high = prior.clamp_bounds()
+    return low.to(images.device, images.dtype), high.to(images.device, images.dtype)
 
 
 def total_variation(images: Tensor) -> Tensor:

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from harness.fused import FusedKernels
+
 
 # The smallest scale a quantizer uses, float32's machine epsilon as in PSAQ-ViT's code (docs/quantizer.md,
 # Arithmetic); learned scales are projected back to it.
@@ -47,13 +49,67 @@ def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torc
     The order is PSAQ-ViT's (docs/quantizer.md, Arithmetic): ``round(x / s) + z`` or ``x * (1 / s)``
     are the same in exact arithmetic but one step apart in float32 on a few elements in 10^5. ``s``
     stays a tensor on ``x``'s device, since a division by a Python scalar may run as a multiplication
-    by its reciprocal. Without gradients the steps run in place on one buffer: activation fake
-    quantization is memory-bound.
+    by its reciprocal. Without gradients activation fake quantization is memory-bound: a per-tensor
+    quantizer runs as one fused pass over ``x`` (:func:`_quantize_values`), other shapes of scale
+    (an observer's candidate ranges) as six passes in place on one buffer.
     """
     levels = 2 ** bits - 1
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return (torch.clamp(round_ste(x / scale + zero_point), 0, levels) - zero_point) * scale
+    rows = _as_rows(x) if scale.dim() == zero_point.dim() == 0 and x.numel() else None
+    if rows is None:
+        return _quantize_values(x, scale, zero_point, levels)
+    matrix, shape, order = rows
+    with torch.no_grad():  # one compiled variant whatever the caller's grad mode (nothing here needs gradients)
+        quantized = _KERNELS.pick(_quantize_values)(matrix, scale, zero_point, levels)
+    return quantized.view(shape).permute(order)
+
+
+def _quantize_values(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
+    # the operations of docs/quantizer.md, Arithmetic, step 4, in order; compiled, the same
+    # operations in one loop, so every bit is the eager result's (checked exactly on first use)
     return x.div(scale).add_(zero_point).round_().clamp_(0, levels).sub_(zero_point).mul_(scale)
+
+
+def _as_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]] | None:
+    """``x``'s elements as a (rows, columns) matrix with unit column stride, so that a few compiled
+    variants serve every tensor: a contiguous tensor, or a slice such as attention's q, k or v (heads x
+    head dim contiguous, one row per token, rows a fixed pitch apart). Also the shape of the dense result
+    in ``x``'s memory order and the permutation back to ``x``'s dimensions: the layout eager torch gives
+    an elementwise result. None when the elements do not fall into such rows (eager torch then).
+    """
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+    sizes = [(x.shape[d], x.stride(d)) for d in order if x.shape[d] > 1]
+    columns = 1
+    while sizes and sizes[-1][1] == columns:  # the contiguous trailing block
+        columns *= sizes.pop()[0]
+    if any(stride != next_stride * next_size for (_, stride), (next_size, next_stride) in zip(sizes, sizes[1:])):
+        return None  # the rows are not evenly spaced
+    if not sizes and x.dim():  # contiguous: rows of the last dimension, as a matmul input has
+        columns = x.shape[-1]
+    pitch = sizes[-1][1] if sizes else columns
+    if pitch < columns:
+        return None  # overlapping (expanded) elements
+    # a tensor over x's memory with no view or autograd link to x: the compiler then guards on this
+    # layout alone, not on whatever x was sliced from
+    matrix = torch.empty(0, dtype=x.dtype, device=x.device).set_(
+        x.untyped_storage(), x.storage_offset(), (x.numel() // columns, columns), (pitch, 1))
+    return matrix, [x.shape[d] for d in order], [order.index(d) for d in range(x.dim())]
+
+
+def _exercise_kernels() -> None:
+    """The fused quantizer at sizes that take the vectorized and parallel loops, on a contiguous and on a
+    permuted input (a view of attention's q, k or v), in float32 and float64."""
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        values = torch.randn(4, 65, 3, 2, 32, generator=generator, dtype=dtype) * 3
+        scale, zero_point = asymmetric_params(values.amin(), values.amax(), 8)
+        for x in (values, values.permute(2, 0, 3, 1, 4)[0]):
+            with torch.no_grad():
+                fake_quant_asymmetric(x, scale, zero_point, 8)
+
+
+_KERNELS = FusedKernels("the activation quantizer", probe=lambda: _exercise_kernels(), tolerance=0.0)
 
 
 def fake_quant_log2(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -25,9 +25,9 @@ from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import Probe, attn_v_probes, patch_similarity_loss
-from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_optimizer, random_roll_flip, synthesis_lr,
-                                      total_variation, tv_target, warmup_cosine_lr)
-from harness.progress import progress_bar
+from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip,
+                                      synthesis_lr, total_variation, tv_target, warmup_cosine_lr)
+from harness.progress import progress_bar, show_losses
 from harness.registry import GENERATORS
 from harness.support import ATTENTION, CLASSES
 
@@ -114,6 +114,7 @@ class PatchSimilarityGenerator(Generator):
         target = tv_target((size, channels, height, width), generator, *options.tv_target_range,
                            scaling=options.tv_scaling)  # step 5
         labels_on_device = labels.to(context.device)
+        bounds = pixel_bounds(prior, images)  # step 6
         images.requires_grad_(True)
         optimizer = pixel_optimizer(images, lr, options.betas, options.eps)  # step 3
         bar = progress_bar(range(options.iterations * len(options.roll_ranges)), desc=description, leave=False)
@@ -133,8 +134,8 @@ class PatchSimilarityGenerator(Generator):
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    images.copy_(clamp_pixels(images, prior))  # step 6
-                bar.set_postfix({name: f"{value.item():.3f}" for name, value in terms.items()}, refresh=False)
+                    images.copy_(clamp_pixels(images, bounds))  # step 6
+                show_losses(bar, step, terms)
         report = {"tv_target": target, "final_loss": {name: value.item() for name, value in terms.items()}}
         return images.detach(), labels, report
 

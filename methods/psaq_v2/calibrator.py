@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.method import CalibrationContext, Calibrator
 from harness.priors.patch_similarity import Probe, attn_v_probes
 from harness.priors.synthesis import pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
-from harness.progress import progress_bar
+from harness.progress import progress_bar, show_losses
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
 from harness.quant.modules import act_quantizers, weight_quantized_layers
@@ -157,32 +157,33 @@ class _Loop:
         sample_steps, student_steps = options.steps_per_round
         bar = progress_bar(total=options.iterations, desc="psaq_v2", leave=False)
         rounds, postfix = [], {}
+        bounds = tuple(bound.to(self.images) for bound in bounds)  # once: a copy to the device waits for it
         for round_index in range(options.rounds):
             log = {"round": round_index, "d_start": self.measure()}
             for step in range(sample_steps):
                 lr = warmup_cosine_lr(step, options.image_lr, sample_steps, round(options.image_warmup * sample_steps))
                 postfix.update(self.sample_step(probes, lr, bounds))
+                show_losses(bar, bar.n, postfix, spec=".4g")
                 bar.update()
-                bar.set_postfix(postfix, refresh=False)
             log["d_after_samples"] = self.measure()
             clean = [self.images[s].detach() for s in self.slices]
             with torch.no_grad():
                 teacher_outputs = [self.teacher(chunk) for chunk in clean]
             for _ in range(student_steps):
-                postfix["D_student"] = f"{self.student_step(clean, teacher_outputs):.4f}"
+                postfix["D_student"] = self.student_step(clean, teacher_outputs)
+                show_losses(bar, bar.n, postfix, spec=".4g")
                 bar.update()
-                bar.set_postfix(postfix, refresh=False)
             log["d_after_student"] = self.measure()
             rounds.append(log)
         bar.close()
         return rounds
 
-    def sample_step(self, probes: list[Probe], lr: float, bounds: tuple[Tensor, Tensor]) -> dict[str, str]:
+    def sample_step(self, probes: list[Probe], lr: float, bounds: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         """One Adam step on the images for L_x, gradients accumulated over batches (only into the images)."""
         options, total = self.options, len(self.images)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        grad, loss_sum = torch.zeros_like(self.images), 0.0
+        grad, loss_sum = torch.zeros_like(self.images), self.images.new_zeros(())
         for piece, target in zip(self.slices, self.targets):
             augmented = random_roll_flip(self.images[piece], options.max_shift, options.flip_probability, self.generator)
             teacher_output = self.teacher(augmented)
@@ -190,22 +191,21 @@ class _Loop:
             distance = discrepancy(teacher_output, self.student(augmented), self.kind, options.temperature)
             loss = (terms["pse"] + options.tv_weight * terms["tv"] - options.adv_weight * distance) * len(augmented) / total
             grad += torch.autograd.grad(loss, self.images)[0]  # the student's parameters get no gradient here
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
         self.images.grad = grad
         self.optimizer.step()
         with torch.no_grad():
-            low, high = (bound.to(self.images) for bound in bounds)
-            self.images.copy_(torch.clamp(self.images, low, high))
-        return {"L_x": f"{loss_sum:.3f}"}
+            self.images.copy_(torch.clamp(self.images, *bounds))
+        return {"L_x": loss_sum}
 
-    def student_step(self, clean: list[Tensor], teacher_outputs: list[Any]) -> float:
-        """One Adam step on the student's weights and scales for D on the unjittered samples."""
-        total, value = len(self.images), 0.0
+    def student_step(self, clean: list[Tensor], teacher_outputs: list[Any]) -> Tensor:
+        """One Adam step on the student's weights and scales for D on the unjittered samples; returns D."""
+        total, value = len(self.images), self.images.new_zeros(())
         self.student_optimizer.zero_grad(set_to_none=True)
         for chunk, teacher_output in zip(clean, teacher_outputs):
             loss = discrepancy(teacher_output, self.student(chunk), self.kind, self.options.temperature)
             (loss * len(chunk) / total).backward()
-            value += loss.item() * len(chunk) / total
+            value += loss.detach() * (len(chunk) / total)
         self.student_optimizer.step()
         keep_scales_positive(self.scales)
         return value

@@ -20,8 +20,9 @@ from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions
 from harness.priors.patch_similarity import attn_v_probes
-from harness.priors.synthesis import clamp_pixels, pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
-from harness.progress import progress_bar
+from harness.priors.synthesis import (clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip, tv_target,
+                                      warmup_cosine_lr)
+from harness.progress import progress_bar, show_losses
 from harness.registry import GENERATORS
 from harness.support import ATTENTION
 from methods.psaq_v2.losses import prior_terms
@@ -81,6 +82,7 @@ class PSAQV2InitGenerator(Generator):
         images = clamp_pixels(noise, prior).to(context.device).requires_grad_(True)
         target = tv_target((size, channels, height, width), generator, *options.tv_target_range)
         optimizer = pixel_optimizer(images, options.lr, options.betas)
+        bounds = pixel_bounds(prior, images)
         with attn_v_probes(context.model) as probes:
             if not probes:
                 raise HarnessError(f"psaq_v2_init found no attention it can probe; supported: {SUPPORTED}")
@@ -97,6 +99,6 @@ class PSAQV2InitGenerator(Generator):
                 (terms["pse"] + options.tv_weight * terms["tv"]).backward()
                 optimizer.step()
                 with torch.no_grad():
-                    images.copy_(clamp_pixels(images, prior))
-                bar.set_postfix({name: f"{value.item():.3f}" for name, value in terms.items()}, refresh=False)
+                    images.copy_(clamp_pixels(images, bounds))
+                show_losses(bar, step, terms)
         return images.detach()

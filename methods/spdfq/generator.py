@@ -28,9 +28,9 @@ from harness.method import CalibrationSet, GenerationContext, Generator, ImageCo
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
 from harness.priors.patch_similarity import Probe
-from harness.priors.synthesis import (clamp_pixels, pixel_optimizer, synthesis_lr, total_variation, tv_target,
-                                      warmup_cosine_lr)
-from harness.progress import progress_bar
+from harness.priors.synthesis import (clamp_pixels, pixel_bounds, pixel_optimizer, synthesis_lr, total_variation,
+                                      tv_target, warmup_cosine_lr)
+from harness.progress import progress_bar, show_losses
 from harness.registry import GENERATORS
 from harness.support import ATTENTION, CLASSES
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
@@ -113,6 +113,7 @@ class SPDFQGenerator(Generator):
         tv_goal = tv_target((size, channels, height, width), generator, *options.tv_target_range)
         images.requires_grad_(True)
         optimizer = pixel_optimizer(images, lr, options.betas, options.eps)
+        bounds = pixel_bounds(prior, images)
         priors: list[Tensor] | None = None
         bar = progress_bar(range(options.iterations), desc=description, leave=False)
         with attention_probes(model) as probes:
@@ -142,8 +143,8 @@ class SPDFQGenerator(Generator):
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    images.copy_(clamp_pixels(images, prior))
-                bar.set_postfix({k: f"{v.item():.3g}" for k, v in terms.items()}, refresh=False)
+                    images.copy_(clamp_pixels(images, bounds))
+                show_losses(bar, step, terms, spec=".3g")
         report = {"tv_target": tv_goal, "apa_weight": alpha,
                   "final_loss": {name: value.item() for name, value in terms.items()}}
         return images.detach(), labels, report

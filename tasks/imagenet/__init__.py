@@ -1,7 +1,9 @@
 """Task ``imagenet``: ImageNet-1k val top-1/top-5 of timm's DeiT, ViT and Swin models (spec §4).
 
-Offline by design: weights come from ``--checkpoint`` or the local Hugging Face hub cache, data from
-``--data-root`` (or ``$IMAGENET_ROOT``) in the standard folder layout.
+Weights come from ``--checkpoint``, the local Hugging Face hub cache or the hub
+(:mod:`tasks.imagenet.weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard
+folder layout. Val images are decoded once per eval transform into a shared cache
+(:mod:`tasks.imagenet.cache`); ``--task-opt eval_cache=false`` decodes in every evaluation instead.
 """
 from __future__ import annotations
 
@@ -21,19 +23,31 @@ from harness.options import at_least
 from harness.registry import TASKS
 from harness.task import ImagePrior, Task, TaskOptions, calibration_indices, register_models
 from harness.timm_weights import hub_checkpoint, load_weights
+from tasks.imagenet.cache import preprocessed_images, split_transform
 from tasks.imagenet.data import LabelledImages, data_config, eval_transform, labelled_images
+
+
+# workers that turn cached uint8 batches into normalized floats: ~30 ms a batch of 64 each, so four
+# keep up with a GPU's forward; decoding JPEGs takes every core instead
+CACHED_BATCH_WORKERS = 4
 
 
 @dataclass
 class ImageNetOptions(TaskOptions):
-    """``data_root`` falls back to ``$IMAGENET_ROOT``; ``num_workers`` decode JPEGs beside the model."""
+    """``data_root`` falls back to ``$IMAGENET_ROOT``; ``num_workers`` (None: one per core available)
+    decode JPEGs beside the model; ``eval_cache`` keeps decoded val images for later evaluations."""
 
-    num_workers: int = at_least(0, 2)
+    num_workers: int | None = at_least(0, None)
+    eval_cache: bool = True
 
     def __post_init__(self) -> None:
         self.data_root = self.data_root or os.environ.get("IMAGENET_ROOT") or None
-        if self.batch_size < 1 or self.num_workers < 0:
+        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+
+    def workers(self) -> int:
+        """``num_workers``, or the cores this process may run on."""
+        return len(os.sched_getaffinity(0)) if self.num_workers is None else self.num_workers
 
 
 @TASKS.register("imagenet")
@@ -75,7 +89,15 @@ class ImageNetTask(Task):
         return torch.cat([images for images, _ in loader])
 
     def evaluate(self, model: nn.Module, model_name: str, limit: int | None = None) -> dict[str, float]:
-        loader = self._loader(labelled_images(self._root() / "val")[:limit], model_name)
+        split = self._root() / "val"
+        samples = labelled_images(split)[:limit]
+        parts = split_transform(eval_transform(self._checked(model_name))) if self.options.eval_cache else None
+        if parts is None:
+            loader = self._loader(samples, model_name)
+        else:
+            cached = preprocessed_images(samples, parts.pixels, split, self.options.workers())
+            loader = cached.loader(self.options.batch_size, parts.tensor,
+                                   min(CACHED_BATCH_WORKERS, self.options.workers()))
         return topk_accuracy(model, loader, topk=(1, 5), total=len(loader))
 
     def evaluation_size(self, model_name: str) -> int:
@@ -110,4 +132,4 @@ class ImageNetTask(Task):
 
     def _loader(self, samples: list[tuple[Path, int]], model_name: str) -> DataLoader:
         dataset = LabelledImages(samples, eval_transform(self._checked(model_name)))
-        return DataLoader(dataset, batch_size=self.options.batch_size, num_workers=self.options.num_workers)
+        return DataLoader(dataset, batch_size=self.options.batch_size, num_workers=self.options.workers())

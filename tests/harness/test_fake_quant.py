@@ -1,5 +1,8 @@
+import pytest
 import torch
 
+from harness.fused import ENVIRONMENT_SWITCH
+from harness.quant import fake_quant
 from harness.quant.fake_quant import (
     asymmetric_params,
     fake_quant_asymmetric,
@@ -76,3 +79,24 @@ def test_round_ste_passes_gradient():
     round_ste(x).sum().backward()
     assert torch.equal(round_ste(x.detach()), torch.tensor([0.0, 2.0]))
     assert torch.equal(x.grad, torch.ones(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_the_fused_quantizer_gives_the_eager_operations_bits(dtype, bits, monkeypatch):
+    """Compiled into one pass, the same operations in the same order: every value identical, on a
+    contiguous tensor and on a permuted view (attention's q, k, v), as the eager path gives them."""
+    values = torch.randn(3, 5, 4, 197, 64, generator=torch.Generator().manual_seed(bits), dtype=dtype) * 2.5
+    scale, zero_point = asymmetric_params(values.amin() * 0.9, values.amax() * 0.8, bits)  # some values clipped
+    results = []
+    for switch in ("0", "1"):
+        monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
+        inputs = (values, values.permute(2, 0, 3, 1, 4)[1])
+        results.append([fake_quant_asymmetric(x, scale, zero_point, bits) for x in inputs])
+    if not fake_quant._KERNELS.enabled:
+        pytest.skip(f"fused kernels not used here ({fake_quant._KERNELS.failure}); the eager fallback ran")
+    for eager, fused in zip(*results):
+        assert torch.equal(eager, fused) and eager.stride() == fused.stride()
+    levels = results[0][0].unique()
+    assert len(levels) >= 0.95 * 2 ** bits  # nearly every level used
+    assert levels[0] == -zero_point * scale and levels[-1] == (2 ** bits - 1 - zero_point) * scale  # both ends clip

@@ -71,6 +71,21 @@ def test_a_compiled_kernel_that_disagrees_with_eager_torch_is_not_used(monkeypat
     assert not kernels.enabled
 
 
+def test_kernels_whose_operations_fix_every_bit_tolerate_no_difference(monkeypatch):
+    """The quantizer's fused pass must give eager torch's bits: one value one step off is a disagreement."""
+    _compile_with(monkeypatch, lambda function, dynamic: lambda x: function(x).index_add(0, torch.tensor([5]),
+                                                                                          torch.tensor([1e-6])))
+    kernels = FusedKernels("an exact test", tolerance=0.0)
+
+    def halve(x):
+        return x / 2
+
+    with pytest.warns(RuntimeWarning, match="compiled halve differs from eager torch by 1.01e-06"):
+        assert torch.equal(kernels.pick(halve)(torch.ones(8)), torch.full((8,), 0.5))
+    assert not kernels.enabled
+    assert fused.disagreement(torch.ones(8) * (1 + 1e-6), torch.ones(8), "k", tolerance=0.0) is not None
+
+
 def test_disagreement_tolerates_reordered_sums_and_names_real_differences():
     values = torch.linspace(-3, 3, 101)
     assert fused.disagreement(values * (1 + 1e-6), values, "k") is None

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
+import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import huggingface_hub
@@ -15,9 +19,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from torchvision import transforms
 
 from harness.errors import HarnessError
-from tasks.imagenet import ImageNetOptions, ImageNetTask
+from tasks.imagenet import ImageNetOptions, ImageNetTask, cache, weights
+from tasks.imagenet.data import eval_transform, labelled_images
 
 MODEL = "deit_tiny_patch16_224"
 # classes 0, 1 and 999 of timm's synset list: the 999 folder proves labels are not folder ranks
@@ -269,3 +275,174 @@ def test_unknown_model_and_bad_options_are_refused():
     with pytest.raises(ValueError):
         ImageNetOptions(num_workers=-1)
     assert len(ImageNetTask.model_names) == 8 and ImageNetTask.metric_names == ("top1", "top5")
+
+
+def _decodes(monkeypatch) -> list[str]:
+    """The names of the files the eval cache decodes from now on (in this process: num_workers=0)."""
+    decoded, getitem = [], cache._DecodedPixels.__getitem__
+
+    def counted(self, index):
+        decoded.append(self.samples[index][0].name)
+        return getitem(self, index)
+    monkeypatch.setattr(cache._DecodedPixels, "__getitem__", counted)
+    return decoded
+
+
+def _cached_batches(root: Path, model_name: str, batch_size: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    parts = cache.split_transform(eval_transform(model_name))
+    samples = labelled_images(root / "val")
+    entry = cache.preprocessed_images(samples, parts.pixels, root / "val", num_workers=0)
+    return list(entry.loader(batch_size, parts.tensor))
+
+
+@pytest.mark.parametrize("model_name", [MODEL, "vit_small_patch16_224"])
+def test_cached_batches_are_the_decoded_tensors_bit_for_bit(root, model_name):
+    """Grayscale, RGB, JPEG and PNG files of several sizes; DeiT's and ViT's normalizations share the pixels."""
+    transform = eval_transform(model_name)
+    samples = labelled_images(root / "val")
+    decoded = torch.stack([transform(Image.open(path).convert("RGB")) for path, _ in samples])
+    batches = _cached_batches(root, model_name)
+    assert [len(images) for images, _ in batches] == [3, 1]
+    assert torch.equal(torch.cat([images for images, _ in batches]), decoded)
+    assert torch.cat([labels for _, labels in batches]).tolist() == [label for _, label in samples]
+
+
+def test_a_grid_decodes_each_val_image_once_per_eval_transform(root, monkeypatch, tmp_path):
+    monkeypatch.setenv("DFQ_HARNESS_CACHE", str(tmp_path / "cache"))
+    decoded = _decodes(monkeypatch)
+    model = _biased_model({1: 10.0, 999: 9.0, 0: -10.0})
+    cached = [_task(root).evaluate(model, name) for name in (MODEL, "swin_tiny_patch4_window7_224", MODEL)]
+    assert sorted(decoded) == sorted(path.name for path, _ in labelled_images(root / "val"))  # 4 decodes, not 12
+    assert cached == [{"top1": 25.0, "top5": 50.0}] * 3 == [_task(root, eval_cache=False).evaluate(model, MODEL)] * 3
+    assert len(decoded) == 4 and len(list((tmp_path / "cache" / "imagenet_eval").glob("*/images.npy"))) == 1
+
+
+def test_the_cache_key_follows_the_decode_side_transform_and_the_files(root, tmp_path):
+    samples = labelled_images(root / "val")
+    deit, vit = (cache.split_transform(eval_transform(name)) for name in (MODEL, "vit_small_patch16_224"))
+    key = cache.cache_key(samples, deit.pixels, root / "val")
+    assert cache.cache_key(samples, vit.pixels, root / "val") == key  # another normalization, the same pixels
+    wider = cache.split_transform(create_transform(input_size=(3, 224, 224), crop_pct=0.95, interpolation="bicubic"))
+    assert cache.cache_key(samples, wider.pixels, root / "val") != key
+    assert cache.cache_key(samples[:3], deit.pixels, root / "val") != key
+    moved = tmp_path / "val"
+    shutil.copytree(root / "val", moved)  # the same files elsewhere (modification times kept): the same pixels
+    assert cache.cache_key(labelled_images(moved), deit.pixels, moved) == key
+    touched = moved / "n01443537" / "chelsea.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1))
+    assert cache.cache_key(labelled_images(moved), deit.pixels, moved) != key
+
+
+def test_concurrent_runners_build_the_cache_once(root, monkeypatch, tmp_path):
+    """Two runners ask at once: one decodes every image, the other waits and reads the finished copy."""
+    decoded, getitem = [], cache._DecodedPixels.__getitem__
+
+    def slow(self, index):
+        time.sleep(0.05)
+        decoded.append(index)
+        return getitem(self, index)
+    monkeypatch.setattr(cache._DecodedPixels, "__getitem__", slow)
+    parts = cache.split_transform(eval_transform(MODEL))
+    samples = labelled_images(root / "val")
+    store = tmp_path / "store"
+    (store / f".{cache.cache_key(samples, parts.pixels, root / 'val')}.dead").mkdir(parents=True)  # a crashed build
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        entries = list(pool.map(lambda _: cache.preprocessed_images(samples, parts.pixels, root / "val", 0, store),
+                                range(2)))
+    assert sorted(decoded) == [0, 1, 2, 3]  # each image once
+    assert entries[0].directory == entries[1].directory and np.array_equal(entries[0].images, entries[1].images)
+    assert sorted(path.name for path in store.iterdir()) == sorted([entries[0].directory.name,
+                                                                    f"{entries[0].directory.name}.lock"])
+
+
+def test_a_failed_build_leaves_nothing_half_written(root, monkeypatch, tmp_path):
+    def broken(self, index):
+        raise OSError("disk full")
+    parts = cache.split_transform(eval_transform(MODEL))
+    samples = labelled_images(root / "val")
+    monkeypatch.setattr(cache._DecodedPixels, "__getitem__", broken)
+    with pytest.raises(OSError, match="disk full"):
+        cache.preprocessed_images(samples, parts.pixels, root / "val", 0, tmp_path)
+    assert [path.suffix for path in tmp_path.iterdir()] == [".lock"]
+
+
+def test_transforms_without_one_to_tensor_step_are_not_cached():
+    assert cache.split_transform(lambda image: image) is None
+    assert cache.split_transform(transforms.Compose([transforms.CenterCrop(4), transforms.ToTensor(),
+                                                     transforms.RandomErasing()])) is None
+    assert ImageNetOptions().workers() == len(os.sched_getaffinity(0)) and ImageNetOptions(num_workers=3).workers() == 3
+
+
+# filename -> what the stand-in hub does: write the file at the path given, or raise
+DOWNLOADS: dict = {}
+
+
+@pytest.fixture
+def online(monkeypatch) -> list[tuple[str, str, str | None]]:
+    """The hub reachable, its download function stood in for: it writes a file into the cache layout the
+    real one uses and records each (repo, filename, revision) asked for."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def download(repo_id, filename, revision=None, cache_dir=None):
+        asked.append((repo_id, filename, revision))
+        behaviour = DOWNLOADS.get(filename)
+        if isinstance(behaviour, Exception):
+            raise behaviour
+        folder = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text("0123abcd")
+        (folder / "snapshots" / "0123abcd").mkdir(parents=True, exist_ok=True)
+        path = folder / "snapshots" / "0123abcd" / filename
+        behaviour(path)
+        return str(path)
+    monkeypatch.setattr(weights, "hf_hub_download", download)
+    return asked
+
+
+def test_without_a_checkpoint_the_hub_file_is_fetched_once_then_loaded_strictly(source_model, hub_cache, online,
+                                                                                monkeypatch):
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", lambda path: save_file(source_model.state_dict(), path))
+    task = _task()
+    with torch.no_grad():
+        assert torch.equal(task.load_model(MODEL)(_sample_input()), source_model(_sample_input()))
+    assert online == [("timm/deit_tiny_patch16_224.fb_in1k", "model.safetensors", None)]
+    fetched = next(hub_cache.rglob("model.safetensors"))
+    assert task.weights_id(MODEL) == _sha16(fetched)
+    _task().load_model(MODEL)  # now in the hub cache: not fetched again
+    assert len(online) == 1
+
+
+def test_a_repository_without_safetensors_gives_timms_other_file(source_model, hub_cache, online, monkeypatch):
+    missing = weights._NOT_IN_REPOSITORY.__new__(weights._NOT_IN_REPOSITORY)  # built without an HTTP response
+    Exception.__init__(missing, "404: model.safetensors is not in the repository")
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", missing)
+    monkeypatch.setitem(DOWNLOADS, "pytorch_model.bin", lambda path: torch.save(source_model.state_dict(), path))
+    with torch.no_grad():
+        assert torch.equal(_task().load_model(MODEL)(_sample_input()), source_model(_sample_input()))
+    assert [filename for _, filename, _ in online] == ["model.safetensors", "pytorch_model.bin"]
+
+
+def test_a_fetched_file_for_another_model_is_refused(hub_cache, online, monkeypatch):
+    other = timm.create_model("deit_tiny_distilled_patch16_224").state_dict()
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", lambda path: save_file(other, path))
+    with pytest.raises(HarnessError, match="does not fit deit_tiny_patch16_224"):
+        _task().load_model(MODEL)
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_alternatives(hub_cache, online, monkeypatch):
+    unreachable = huggingface_hub.errors.LocalEntryNotFoundError("cannot reach huggingface.co")
+    monkeypatch.setitem(DOWNLOADS, "model.safetensors", unreachable)
+    with pytest.raises(HarnessError) as error:
+        _task().load_model(MODEL)
+    message = str(error.value)
+    assert "fetching model.safetensors of timm/deit_tiny_patch16_224.fb_in1k" in message
+    assert "cannot reach huggingface.co" in message and "--checkpoint FILE" in message and "\n" not in message
+
+
+def test_offline_nothing_is_fetched_and_the_message_stays(hub_cache, online, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HarnessError, match="HF_HUB_OFFLINE is set") as error:
+        _task().load_model(MODEL)
+    assert online == [] and str(hub_cache / "models--timm--deit_tiny_patch16_224.fb_in1k") in str(error.value)
