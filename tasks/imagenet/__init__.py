@@ -1,7 +1,7 @@
 """Task ``imagenet``: ImageNet-1k val top-1/top-5 of timm's DeiT, ViT and Swin models (spec §4).
 
 Weights come from ``--checkpoint``, the local Hugging Face hub cache or the hub
-(:mod:`tasks.imagenet.weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard
+(:mod:`harness.timm_weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard
 folder layout. Val images are decoded once per eval transform into a shared cache
 (:mod:`tasks.imagenet.cache`); ``--task-opt eval_cache=false`` decodes in every evaluation instead.
 """

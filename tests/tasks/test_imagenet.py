@@ -22,7 +22,8 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torchvision import transforms
 
 from harness.errors import HarnessError
-from tasks.imagenet import ImageNetOptions, ImageNetTask, cache, weights
+from harness import timm_weights as weights
+from tasks.imagenet import ImageNetOptions, ImageNetTask, cache
 from tasks.imagenet.data import eval_transform, labelled_images
 
 MODEL = "deit_tiny_patch16_224"
