@@ -69,7 +69,7 @@ def test_a_missing_class_source_says_what_to_supply(tmp_path, monkeypatch):
     assert str(error.value) == (
         "no weights for deit_small_patch16_224.fb_in1k: expected model.safetensors of timm/deit_small_patch16_224.fb_in1k "
         f"in the Hugging Face hub cache, at {tmp_path}/hub/models--timm--deit_small_patch16_224.fb_in1k/snapshots/"
-        "<commit>/model.safetensors (fetch it where there is network, e.g. `hf download "
+        "<commit>/model.safetensors (HF_HUB_OFFLINE is set; fetch it where there is network, e.g. `hf download "
         "timm/deit_small_patch16_224.fb_in1k model.safetensors`), or pass --task-opt prior_classifier=FILE")
     with pytest.raises(HarnessError, match=re.escape(f"prior_classifier {tmp_path}/absent.pt does not exist")):
         resolve("classifier", "deit_small_patch16_224.fb_in1k", str(tmp_path / "absent.pt"), "VisionTransformer")
