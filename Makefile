@@ -7,7 +7,7 @@ DETSEG_STAMP := $(VENV)/.detseg-$(shell cat pyproject.toml scripts/install_detse
 
 # Tests whose values depend on floating-point rounding, run on torch's generic CPU kernels in CI:
 # what another CPU's rounding gives (ATEN_CPU_CAPABILITY switches the kernels, as a different CPU does).
-NUMERICS_TESTS := tests/harness/test_fake_quant.py tests/harness/test_learnable.py tests/harness/test_quantizer.py \
+NUMERICS_TESTS := tests/harness/test_repq_parity.py tests/harness/test_fake_quant.py tests/harness/test_learnable.py tests/harness/test_quantizer.py \
                   tests/harness/test_fused.py tests/tasks/test_digits.py tests/methods/test_psaq.py \
                   tests/harness/test_psaq_parity.py
 
