@@ -55,7 +55,9 @@ class ADE20KTask(OpenMMLabTask):
         return {"image folder": root / prefix["img_path"], "label-map folder": root / prefix["seg_map_path"]}
 
     def metric_config(self, root: Path, config: Any) -> dict[str, Any]:
-        return config.test_evaluator.copy()
+        metric = config.test_evaluator.copy()
+        metric.prefix = self.name  # IoUMetric has no default prefix, and logs a warning on every run without one
+        return metric
 
     def harness_metrics(self, raw: dict[str, float]) -> dict[str, float]:
-        return {"miou": float(raw["mIoU"]), "aacc": float(raw["aAcc"])}
+        return {"miou": float(raw[f"{self.name}/mIoU"]), "aacc": float(raw[f"{self.name}/aAcc"])}

@@ -109,15 +109,18 @@ def run_grid() -> Callable[..., list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def warnings_printed() -> Callable[..., tuple[int, list[str]]]:
     """``python -m harness run`` as a user starts it (a fresh interpreter, no test-runner warning filters)
-    on a tiny instance; returns its exit status and the warning lines on its stderr (``file:line: XWarning: ...``)."""
+    on a tiny instance; returns its exit status and the warnings it printed: Python's on stderr
+    (``file:line: XWarning: ...``) and mmengine's logger's on either stream (``... - mmengine - WARNING - ...``)."""
     def run(setup: TaskSetup, out: Path, *args: str) -> tuple[int, list[str]]:
         environment = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
         completed = subprocess.run([sys.executable, "-m", "harness", *run_argv(setup, out, *args), "--threads", "1"],
                                    cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600)
         # the harness's own notice that fused kernels fell back to eager torch (on CPUs where torch.compile
         # cannot build them, e.g. generic kernels) is the harness speaking to the user, not a library's warning
-        return completed.returncode, [line for line in completed.stderr.splitlines()
-                                      if re.search(r"\w+Warning: ", line) and "fused kernels unavailable" not in line]
+        printed = [line for line in completed.stderr.splitlines()
+                   if re.search(r"\w+Warning: ", line) and "fused kernels unavailable" not in line]
+        logged = [line for line in (completed.stdout + completed.stderr).splitlines() if " - mmengine - WARNING - " in line]
+        return completed.returncode, printed + logged
     return run
 
 

@@ -59,7 +59,8 @@ def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrum
 
 
 def test_a_run_prints_no_library_warnings(tiny_ade20k, warnings_printed, tmp_path):
-    """mmseg warns about its own ADE20K configs (reduce_zero_label, avg_non_ignore) once per dataset built."""
+    """mmseg warns about its own ADE20K configs (reduce_zero_label, avg_non_ignore) once per dataset built,
+    and mmengine's logger about a metric without a prefix."""
     status, warnings = warnings_printed(tiny_ade20k, tmp_path, "--methods", "noise,real", "--tasks", "ade20k",
                                         "--bits", "w8a8")
     assert status == 0 and warnings == []
