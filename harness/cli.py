@@ -158,7 +158,7 @@ def command_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from harness.plan import format_plan, plan_grid
 
-        plan = plan_grid(spec, args.out, force=args.force, recompute_stale=args.recompute_stale)
+        plan = plan_grid(spec, results, force=args.force, recompute_stale=args.recompute_stale)
         print(format_plan(plan, args.workers_estimate))
         return 0
     _check_device(args.device)

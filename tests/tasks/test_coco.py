@@ -192,7 +192,8 @@ def test_block_recon_reconstructs_the_swin_blocks_also_with_neck_and_heads_quant
     assert all(error["learned_tensors"] == 12 and error["before"] > 0 for error in errors.values())
 
 
-def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tiny_classifier, run_grid, tmp_path):
+def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tiny_classifier, run_grid, grid_argv,
+                                                                  tmp_path, capsys):
     """`--methods psaq_v2,spdfq --tasks coco --bits w4a8`: spdfq synthesizes through the classifier the
     backbone was pre-trained as and calibrates the detector's backbone; psaq_v2 stays label-free."""
     classifier = tiny_classifier(tiny_coco)
@@ -210,6 +211,13 @@ def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tin
     assert spdfq["options"]["task"]["class_source"] == "classifier" and spdfq["num_calibration_images"] == 4
     assert len(spdfq["calibrator_info"]["block_mse"]) == 4 and set(spdfq["metrics"]) == {"box_ap", "mask_ap"}
     assert "class_source" not in cells["psaq_v2"]["calibration_info"]
+    # the dry run finds spdfq's set where the run put it (its key includes the class source)
+    capsys.readouterr()
+    assert main(grid_argv(tiny_coco, tmp_path, "--methods", "spdfq", "--tasks", "coco", "--bits", "w4a4", "--dry-run",
+                         "--task-opt", f"prior_classifier={classifier}", "--gen-opt", "num_images=4",
+                         "--gen-opt", "spdfq.iterations=3", "--gen-opt", "spdfq.warmup=1")) == 0
+    planned = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spdfq ")]
+    assert [line[5:7] for line in planned] == [["to", "run"]] and planned[0][7] == "cached"
 
 
 def test_without_a_class_source_spdfq_is_refused_before_the_grid(tiny_coco, tmp_path, monkeypatch, capsys):
