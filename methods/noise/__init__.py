@@ -1,4 +1,4 @@
-"""Baseline ``noise``: x ~ N(0, 1) in the normalized input space (spec methods.md, Baselines).
+"""Baseline ``noise``: x ~ N(0, 1) in the normalized input space (docs/methods.md, Baselines).
 
 The floor every data-free method must beat.
 """

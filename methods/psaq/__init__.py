@@ -1,4 +1,4 @@
-"""PSAQ-ViT (``psaq``; Li et al., ECCV 2022; spec methods.md, PSAQ-ViT).
+"""PSAQ-ViT (``psaq``; Li et al., ECCV 2022; docs/methods.md, PSAQ-ViT).
 
 Generator ``psaq`` (:mod:`methods.psaq.generator`): Gaussian noise optimized so that every block's
 patch-similarity entropy is high, with random target labels and a total-variation prior. The

@@ -1,4 +1,4 @@
-"""PSAQ-ViT V2 (``psaq_v2``; Li et al., TNNLS 2024; spec methods.md, PSAQ-ViT V2).
+"""PSAQ-ViT V2 (``psaq_v2``; Li et al., TNNLS 2024; docs/methods.md, PSAQ-ViT V2).
 
 Its samples and its student evolve together, so the method is split where the runner allows:
 generator ``psaq_v2_init`` (:mod:`methods.psaq_v2.generator`) makes the bit-independent first

@@ -1,4 +1,4 @@
-"""Ranking-loss PTQ (``ranking``; Liu et al., NeurIPS 2021; spec methods.md, Ranking-loss PTQ).
+"""Ranking-loss PTQ (``ranking``; Liu et al., NeurIPS 2021; docs/methods.md, Ranking-loss PTQ).
 
 Calibrator ``ranking`` (:mod:`methods.ranking.calibrator`): per-layer scale search with Pearson
 correlation and the attention ranking loss, bias correction, and nuclear-norm mixed precision

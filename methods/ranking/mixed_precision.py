@@ -1,4 +1,4 @@
-"""Mixed-precision bit allocation (spec methods.md, Ranking-loss PTQ; README §2, ``mpX``).
+"""Mixed-precision bit allocation (docs/methods.md, Ranking-loss PTQ; docs/quantizer.md, Bit specs, ``mpX``).
 
 Sensitivity of a layer is a nuclear norm: of the attention map for the layers of an attention
 module (qkv and proj share their module's map), of the layer's output feature otherwise (MLP fc1,

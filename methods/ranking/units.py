@@ -1,10 +1,10 @@
 """Where the matmuls are in a quantized model, and their FP inputs on the calibration images.
 
-Sites (spec methods.md, Ranking-loss PTQ: "every matmul"): every weight-quantized Linear and the
+Sites (docs/methods.md, Ranking-loss PTQ: every matmul): every weight-quantized Linear and the
 patch-embedding Conv2d (input at its ``in`` point, weight per channel), and per attention module
 q·kᵀ (points ``q``, ``k``; the ``attn`` map adds the ranking loss) and attn·v (points ``attn``,
 ``v``). FP values are captured from the quantized model itself with every quantizer bypassed and
-weights unquantized, which is the FP model with the same module names (README §3: the instrumented
+weights unquantized, which is the FP model with the same module names (docs/quantizer.md, What is quantized: the instrumented
 forward equals timm's).
 """
 from __future__ import annotations

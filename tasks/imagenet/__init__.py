@@ -1,4 +1,4 @@
-"""Task ``imagenet``: ImageNet-1k val top-1/top-5 of timm's DeiT, ViT and Swin models (spec §4).
+"""Task ``imagenet``: ImageNet-1k val top-1/top-5 of timm's DeiT, ViT and Swin models (README, Tasks).
 
 Weights come from ``--checkpoint``, the local Hugging Face hub cache or the hub
 (:mod:`harness.timm_weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard

@@ -20,7 +20,7 @@ def data_config(model_name: str) -> dict:
 
 
 def eval_transform(model_name: str) -> Callable[[Image.Image], torch.Tensor]:
-    """timm's own eval preprocessing for the model (spec §4), so FP accuracy matches timm's tables."""
+    """timm's own eval preprocessing for the model (README, Tasks), so FP accuracy matches timm's tables."""
     return create_transform(**data_config(model_name))
 
 
