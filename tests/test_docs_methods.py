@@ -80,7 +80,8 @@ def project_plugins() -> dict[str, type]:
     """Generators and calibrators of this repository by name (their names do not collide)."""
     plugins = {}
     for registry in (GENERATORS, CALIBRATORS):
-        plugins.update({name: cls for name, cls in registry.items() if cls.__module__.split(".")[0] in PROJECT_PACKAGES})
+        plugins.update({name: cls for name, cls in registry.items()
+                        if cls.__module__.split(".")[0] in PROJECT_PACKAGES})
     return plugins
 
 
@@ -113,7 +114,8 @@ def test_every_option_is_documented(plugin):
 
 
 def test_every_method_is_listed_with_its_parts():
-    (rows,) = [rows for header, rows in tables(METHODS_DOC.read_text()) if header[:3] == ["method", "generator", "calibrator"]]
+    (rows,) = [rows for header, rows in tables(METHODS_DOC.read_text())
+               if header[:3] == ["method", "generator", "calibrator"]]
     listed = {names(row[0])[0]: (names(row[1])[0], names(row[2])[0]) for row in rows}
     plugins = project_plugins()
     own = {name: (spec.generator, spec.calibrator) for name, spec in METHODS.items()

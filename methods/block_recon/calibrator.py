@@ -1,4 +1,6 @@
-"""Calibrator ``block_recon``: learn quantizer scales block by block (docs/methods.md, SPDFQ, Calibrator: block reconstruction).
+"""Calibrator ``block_recon``: learn quantizer scales block by block.
+
+docs/methods.md, SPDFQ, Calibrator: block reconstruction.
 
 For every transformer block l, in order: minimize ||X_l - X̂_l||² (mean squared error) between the FP
 block's output and the quantized block's output over the block's quantizer scales, with Adam
@@ -26,15 +28,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from harness.arch import is_instrumented_block
-from harness.method import CalibrationContext, Calibrator
-from harness.progress import progress_bar
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture
-from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import BLOCKS
+from harness.api import (BLOCKS, CALIBRATORS, LAYER_INPUT, LAYER_OUTPUT, CalibrationContext, Calibrator, MinMaxObserver,
+                         Target, call_arguments, capture, fix_scales, is_instrumented_block, keep_scales_positive,
+                         learnable_scales, observe_and_freeze, progress_bar)
 
 
 @dataclass

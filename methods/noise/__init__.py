@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.registry import GENERATORS, METHODS
+from harness.api import GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
 
 
 @GENERATORS.register("noise")

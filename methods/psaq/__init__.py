@@ -7,8 +7,7 @@ writes a cached calibration set as a PNG grid.
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.psaq.generator import PatchSimilarityGenerator
 
 METHODS.add("psaq", MethodSpec(generator="psaq", calibrator="minmax",

@@ -7,8 +7,7 @@ min-max initializes the student on them and runs the adaptive teacher-student lo
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.psaq_v2.calibrator import PSAQV2Calibrator, PSAQV2Options
 from methods.psaq_v2.generator import InitOptions, PSAQV2InitGenerator
 

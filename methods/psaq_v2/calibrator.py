@@ -19,18 +19,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.arch import SUPPORTED
-from harness.errors import HarnessError
-from harness.method import CalibrationContext, Calibrator
-from harness.priors.patch_similarity import Probe, attn_v_probes
-from harness.priors.synthesis import pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
-from harness.progress import progress_bar, show_losses
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError,
+                         MinMaxObserver, Probe, act_quantizers, attn_v_probes, fix_scales, keep_scales_positive,
+                         learnable_scales, observe_and_freeze, pixel_optimizer, progress_bar, random_roll_flip,
+                         show_losses, tv_target, warmup_cosine_lr, weight_quantized_layers)
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
@@ -71,9 +63,9 @@ class PSAQV2Options:
     max_shift: int = 15  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
     flip_probability: float = 0.5  # PSAQ-ViT step 4
     discrepancy: Literal["auto", "kl", "mse"] = "auto"  # auto: KL for classifiers, MSE of features for backbones
-    # the student of docs/methods.md, PSAQ-ViT V2: weights through the straight-through estimator, learnable scales: `quantized`
-    # trains exactly those (the weights of quantized layers + scales); `all` also LayerNorms, biases,
-    # position embeddings and tokens, which fit the 32 samples rather than the quantization error.
+    # the student of docs/methods.md, PSAQ-ViT V2 (weights through the straight-through estimator, learnable
+    # scales): `quantized` trains exactly those (the weights of quantized layers + scales); `all` also
+    # LayerNorms, biases, position embeddings and tokens, which fit the 32 samples rather than the quantization error.
     student_params: Literal["quantized", "all"] = "quantized"
     bandwidth: float = 0.01  # PSAQ-ViT step 5: KDE of L_PSE
     kde_points: int = 10  # PSAQ-ViT step 5

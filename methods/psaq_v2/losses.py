@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.priors.patch_similarity import Probe, patch_similarity_loss
-from harness.priors.synthesis import total_variation
+from harness.api import Probe, patch_similarity_loss, total_variation
 
 Discrepancy = Literal["auto", "kl", "mse"]
 DISCREPANCIES = ("auto", "kl", "mse")

@@ -8,8 +8,7 @@ correlation and the attention ranking loss, bias correction, and nuclear-norm mi
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.ranking.calibrator import RankingCalibrator, RankingOptions
 
 METHODS.add("ranking", MethodSpec(generator="real", calibrator="ranking",

@@ -23,13 +23,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from harness.method import CalibrationContext, Calibrator
-from harness.progress import progress_bar
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, MinMaxObserver, act_quantizers,
+                         observe_and_freeze, progress_bar, weight_quantized_layers)
 from methods.ranking.mixed_precision import allocate_bits, average_bits, layer_sensitivity
 from methods.ranking.objective import element_pairs
 from methods.ranking.search import alternating_search, bias_correction, candidate_grid

@@ -13,15 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.progress import progress_bar
-from harness.quant.fake_quant import (
-    asymmetric_params,
-    fake_quant_asymmetric,
-    fake_quant_log2,
-    fake_quant_symmetric,
-    symmetric_weight_scale,
-)
-from harness.quant.modules import ActQuantizer
+from harness.api import (ActQuantizer, asymmetric_params, fake_quant_asymmetric, fake_quant_log2, fake_quant_symmetric,
+                         progress_bar, symmetric_weight_scale)
 from methods.ranking.objective import pearson, ranking_loss
 
 MIN_GAIN = 1e-6  # a move must beat the current objective by more than float noise (Pearson of a rescaled output)
@@ -186,7 +179,7 @@ def _attention_maps(fp_map: torch.Tensor, scores: torch.Tensor,
 
 @torch.no_grad()
 def bias_correction(unit: MatmulUnit, result: SearchResult) -> torch.Tensor:
-    """E[Ô − O] per output channel over the calibration set (docs/methods.md, Ranking-loss PTQ: subtract it from the bias)."""
+    """E[Ô − O] per output channel over the calibration set, subtracted from the bias (docs/methods.md, Ranking-loss PTQ)."""
     x = unit.x.quantize(torch.tensor([result.alpha_x]))[0]
     w = unit.w.quantize(torch.tensor([result.alpha_w]))[0]
     error = unit.op(x, w) - unit.op(unit.x.value, unit.w.value)

@@ -5,8 +5,7 @@ default here is 32 (``num_images``), as for the synthetic generators.
 """
 from __future__ import annotations
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.registry import GENERATORS, METHODS
+from harness.api import GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
 
 
 @GENERATORS.register("real")

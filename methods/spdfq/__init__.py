@@ -8,8 +8,7 @@ shared-backend comparison with PSAQ-ViT (docs/methods.md, SPDFQ).
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.spdfq.generator import SPDFQGenerator, SPDFQOptions
 
 METHODS.add("spdfq", MethodSpec(generator="spdfq", calibrator="block_recon",

@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.priors.synthesis import clamp_pixels
-from harness.registry import GENERATORS, METHODS
+from harness.api import (GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions,
+                         MethodSpec, clamp_pixels)
 
 
 @dataclass
