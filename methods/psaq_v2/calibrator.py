@@ -1,8 +1,8 @@
-"""``psaq_v2``: PSAQ-ViT V2's adaptive teacher-student loop (spec methods.md, PSAQ-ViT V2).
+"""``psaq_v2``: PSAQ-ViT V2's adaptive teacher-student loop (docs/methods.md, PSAQ-ViT V2).
 
 Samples and student are coupled, so the loop lives in the calibrator: it receives the first
 samples (from ``psaq_v2_init``) and the runner's quantized copy, min-max initializes the student on
-those samples (the "naive" quantizer, README §3), then alternates for R rounds:
+those samples (the "naive" quantizer of docs/methods.md, PSAQ-ViT V2), then alternates for R rounds:
 
 1. sample step: images minimize L_x = L_PSE - λ_adv·D(f(x), q(x)) + λ_tv·L_TV (jittered as PSAQ-ViT);
 2. student step: weights (straight-through fake quantization) and quantizer scales
@@ -19,31 +19,23 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.arch import SUPPORTED
-from harness.errors import HarnessError
-from harness.method import CalibrationContext, Calibrator
-from harness.priors.patch_similarity import Probe, attn_v_probes
-from harness.priors.synthesis import pixel_optimizer, random_roll_flip, tv_target, warmup_cosine_lr
-from harness.progress import progress_bar, show_losses
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError,
+                         MinMaxObserver, Probe, act_quantizers, attn_v_probes, fix_scales, keep_scales_positive,
+                         learnable_scales, observe_and_freeze, pixel_optimizer, progress_bar, random_roll_flip,
+                         show_losses, tv_target, warmup_cosine_lr, weight_quantized_layers)
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
 @dataclass
 class PSAQV2Options:
-    """Spec methods.md, PSAQ-ViT V2. The authors released no code: values marked *(unpublished)* are ours.
+    """docs/methods.md, PSAQ-ViT V2. The authors released no code: values marked *(unpublished)* are ours.
 
     Cost: a sample step runs teacher and student forward and backward, a student step only the
     student (the teacher's outputs on fixed samples are computed once per round); with the 200
     warm-start iterations of ``psaq_v2_init`` the default run costs about 2-3x PSAQ-ViT's 1000-
-    iteration synthesis, the spec's 2-4x (measured in ``benchmarks/psaq_v2_miniature.py``).
+    iteration synthesis, within the 2-4x the defaults aim at (measured in ``benchmarks/psaq_v2_miniature.py``).
 
-    Student lr: 1e-5, the spec's example. Adam moves a parameter by about lr per step, so 500
+    Student lr: 1e-5 *(unpublished)*, small. Adam moves a parameter by about lr per step, so 500
     student steps move a weight by at most 5e-3, a third of a median 4-bit weight step of the
     digits ViT (0.015; DeiT's are of the same order): the student corrects rounding decisions near
     their thresholds and does not retrain. Ten times more fits the 32 samples instead of the
@@ -59,11 +51,11 @@ class PSAQV2Options:
     iterations: int = 1000  # *(unpublished)* total budget, sample + student steps over all rounds
     rounds: int = 10  # *(unpublished)* R alternations; iterations / rounds steps per round
     sample_share: float = 0.5  # *(unpublished)* share of each round's steps spent on the samples
-    batch_size: int = 32  # spec: B = 32; larger sets accumulate gradients over batches of this size
-    image_lr: float = 0.2  # spec: image lr 0.2, PSAQ-ViT step 3's warm-up + cosine, restarted every round
+    batch_size: int = 32  # B = 32; larger sets accumulate gradients over batches of this size
+    image_lr: float = 0.2  # image lr 0.2, PSAQ-ViT step 3's warm-up + cosine, restarted every round
     image_warmup: float = 0.2  # PSAQ-ViT step 3's warm-up share (100 of 500 iterations) of a round's sample steps
-    image_betas: tuple[float, float] = (0.5, 0.9)  # spec: Adam as PSAQ-ViT
-    student_lr: float = 1e-5  # spec: "small (e.g. 1e-5, Adam)"; docstring
+    image_betas: tuple[float, float] = (0.5, 0.9)  # Adam as PSAQ-ViT
+    student_lr: float = 1e-5  # small, Adam; see the docstring
     temperature: float = 4.0  # *(unpublished)* KL softening, Hinton's T² scaling keeps D's size
     adv_weight: float = 1.0  # *(unpublished)* λ_adv, same weight as PSAQ-ViT's label term it replaces
     tv_weight: float = 0.05  # *(unpublished)* λ_tv, PSAQ-ViT step 5's weight
@@ -71,9 +63,9 @@ class PSAQV2Options:
     max_shift: int = 15  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
     flip_probability: float = 0.5  # PSAQ-ViT step 4
     discrepancy: Literal["auto", "kl", "mse"] = "auto"  # auto: KL for classifiers, MSE of features for backbones
-    # spec: "weights through the straight-through estimator, quantizer scales learnable": `quantized`
-    # trains exactly those (the weights of quantized layers + scales); `all` also LayerNorms, biases,
-    # position embeddings and tokens, which fit the 32 samples rather than the quantization error.
+    # the student of docs/methods.md, PSAQ-ViT V2 (weights through the straight-through estimator, learnable
+    # scales): `quantized` trains exactly those (the weights of quantized layers + scales); `all` also
+    # LayerNorms, biases, position embeddings and tokens, which fit the 32 samples rather than the quantization error.
     student_params: Literal["quantized", "all"] = "quantized"
     bandwidth: float = 0.01  # PSAQ-ViT step 5: KDE of L_PSE
     kde_points: int = 10  # PSAQ-ViT step 5
@@ -112,7 +104,7 @@ class PSAQV2Calibrator(Calibrator):
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
         options, device = self.options, context.device
-        # Spec: D on the classifier's outputs, or on the backbone's features, also when the task
+        # D on the classifier's outputs, or on the backbone's features, also when the task
         # quantizes neck and heads too (those keep their min-max ranges; a detector's head outputs
         # vary in size between teacher and student)
         teacher, student_backbone = context.backbone(context.fp_model), context.backbone(qmodel)
