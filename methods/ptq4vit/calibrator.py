@@ -30,6 +30,7 @@ from harness.quant.modules import ActQuantizer, QuantConv2d, act_quantizers, unq
     weight_quantized_layers
 from harness.quant.search import best_candidate, fraction_candidates, output_similarity
 from harness.registry import CALIBRATORS
+from harness.support import ATTENTION
 
 GELU_MINIMUM = 0.16997124254703522  # -min GELU(x), the negative range of post-GELU activations
 
@@ -116,6 +117,7 @@ class PTQ4ViTCalibrator(Calibrator):
     """PTQ4ViT: twin-uniform post-softmax / post-GELU quantizers, Hessian-guided alternating scale search."""
 
     Options = PTQ4ViTOptions
+    needs = frozenset({ATTENTION})  # searches the operands of the attention products
     smoke_options: ClassVar[dict] = {"candidates": 8, "rounds": 1, "softmax_splits": 8}
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
