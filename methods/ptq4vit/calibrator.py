@@ -147,7 +147,7 @@ class PTQ4ViTCalibrator(Calibrator):
                 twin["twin_signed"] += gelu
                 self._search_layer(layer, capture, 3 if id(layer) in qkv else 1, gelu, context.device)
             for attention in attentions:
-                if get_point(attention, "q") is None:
+                if get_point(attention, "q") is None or not products[id(attention)][0].values:
                     continue
                 scores, attn_v = products[id(attention)]
                 quantizers = [get_point(attention, p) for p in ("q", "k", "attn", "v")]
@@ -228,11 +228,12 @@ class PTQ4ViTCalibrator(Calibrator):
         quantizer: ActQuantizer | None = get_point(layer, "in")
         w_bits = layer.weight_bits
         a_bits = quantizer.bits if quantizer is not None else None
-        if not w_bits and quantizer is None:
-            return
+        if (not w_bits and quantizer is None) or not capture.inputs:
+            return  # a layer the calibration pass does not reach keeps its quantizer unfrozen (refused below)
         x = torch.cat(capture.inputs).to(device)
         raw = torch.cat(capture.outputs).to(device)
-        grad = torch.cat(capture.grads).to(device) if capture.grads else None
+        # an output the loss does not depend on has gradient 0 (no backward hook fires for it)
+        grad = torch.cat(capture.grads).to(device) if capture.grads else torch.zeros_like(raw)
         weight, bias = layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
         conv = isinstance(layer, QuantConv2d)
         blocks = weight.shape[0] if conv else blocks
@@ -346,7 +347,8 @@ class PTQ4ViTCalibrator(Calibrator):
         a, b = torch.cat(a_values).to(device), torch.cat(b_values).to(device)
         if transpose:
             b = b.transpose(-2, -1)
-        raw, grad = torch.cat(capture.values).to(device), torch.cat(capture.grads).to(device)
+        raw = torch.cat(capture.values).to(device)
+        grad = torch.cat(capture.grads).to(device) if capture.grads else torch.zeros_like(raw)
         a_bits, b_bits = quant_a.bits, quant_b.bits
         chunk = max(1, int((3 * 1024 ** 3 / 4) // (a.numel() + b.numel() + 2 * raw.numel())))
 
