@@ -163,3 +163,14 @@ def test_runs_on_digits(tmp_path):
     assert records["w8a8"]["calibrator_info"]["twin_uniform_quantizers"] == 4
     top1 = {bits: record["metrics"]["top1"] for bits, record in records.items()}
     assert top1["w8a8"] >= top1["w4a4"] and top1["w8a8"] > 50
+
+
+def test_base_ptq_settings_run_with_uniform_grids_only(tiny_vit):
+    """metric=cosine, alpha=0.5, one round, no twin quantizers: close to the authors' Base PTQ."""
+    qmodel, images, info = _calibrate(tiny_vit, metric="cosine", alpha=0.5, rounds=1, twin_softmax=False,
+                                      twin_gelu=False)
+    assert info["twin_uniform_quantizers"] == info["twin_signed_quantizers"] == 0
+    assert {q.kind for _, q in act_quantizers(qmodel)} == {"uniform"}
+    assert get_point(qmodel.blocks[0].attn, "attn").scale.shape == (2, 1, 1)  # per head, like q, k, v
+    with torch.no_grad():
+        assert torch.isfinite(qmodel(images)).all()
