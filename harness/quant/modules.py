@@ -32,8 +32,8 @@ class Observer(Protocol):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric uniform activation quantizer (README §3), or log2 / log-√2 for attention maps,
-    or a twin-uniform kind (docs/quantizer.md, Twin-uniform quantizers): ``twin_uniform`` for
+    """Per-tensor asymmetric uniform activation quantizer (docs/quantizer.md, Arithmetic), or log2 / log-√2
+    for attention maps, or a twin-uniform kind (docs/quantizer.md, Twin-uniform quantizers): ``twin_uniform`` for
     post-softmax maps, ``twin_signed`` for post-GELU activations. The kind is chosen per point.
 
     Modes: ``observe`` passes values through while an observer records them (calibration),
