@@ -83,6 +83,8 @@ def _point_obstacle(module: nn.Module, point: str, quantizer: nn.Module) -> str 
         return ("quantizer outside the standard placement (residual stream, norm or layer output, embeddings): "
                 "no integer kernel consumes it")
     if quantizer.kind != "uniform":
+        if quantizer.kind.startswith("twin"):
+            return f"{quantizer.kind} activation quantizer: ONNX has no operator for two-range levels"
         return f"{quantizer.kind} post-softmax quantizer: ONNX has no operator for logarithmic levels"
     if quantizer.offset_after_round or quantizer.scale.numel() > 1:
         return ("searched or per-channel activation parameters (e.g. repq's): the exporter writes the "

@@ -145,3 +145,38 @@ def fake_quant_log_sqrt2(x: torch.Tensor, scale: torch.Tensor, bits: int) -> tor
     odd_factor = (q % 2) * (math.sqrt(2) - 1) + 1
     x_hat = torch.pow(2, -torch.ceil(q / 2)) * odd_factor * scale
     return x_hat.masked_fill(beyond, 0.0)
+
+
+def fake_quant_twin_uniform(x: torch.Tensor, split: torch.Tensor, bits: int) -> torch.Tensor:
+    """Twin-uniform quantizer for post-softmax maps in [0, 1] (docs/quantizer.md, Twin-uniform quantizers).
+
+    Two grids of m = 2^(b-1) - 1 steps each: [0, c] in steps of c / m for the many small values and
+    [0, 1] in steps of 1 / m for the few large ones, c the split (a power of two: the large range's step
+    is 2^k times the small range's). x̂ is the small-range code of min(x, c) plus the large-range code of
+    max(x, c); the two codes are summed as in the authors' code, so a value above c keeps c added to it.
+    """
+    m = 2 ** (bits - 1) - 1
+    step = split / m
+    high = (x.clamp(min=split).clamp(max=1) * m).round().clamp(0, m) / m
+    low = (x.clamp(min=0).clamp(max=split) / step).round().clamp(0, m) * step
+    return high + low
+
+
+def fake_quant_twin_signed(x: torch.Tensor, scale: torch.Tensor, negative_scale: float, bits: int) -> torch.Tensor:
+    """Twin-uniform quantizer for post-GELU activations (docs/quantizer.md, Twin-uniform quantizers).
+
+    Positive values on 2^(b-1) levels [0, 2^(b-1) - 1] · ``scale``, negative ones on 2^(b-1) levels
+    [-2^(b-1), 0] · ``negative_scale``: GELU's few negative values (down to about -0.17) get their own,
+    much finer, grid. ``negative_scale`` is a Python float, divided by as such.
+    """
+    qmax = 2 ** (bits - 1)
+    positive = (x / scale).round().clamp(0, qmax - 1) * scale
+    negative = (x / negative_scale).round().clamp(-qmax, 0) * negative_scale
+    return positive + negative
+
+
+def fake_quant_symmetric_signed(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """round(x / s) clamped to [-2^(b-1), 2^(b-1) - 1], times s: a symmetric grid whose scale may broadcast
+    (per tensor, per head, per output channel); the candidates of a scale search (:mod:`harness.quant.search`)."""
+    qmax = 2 ** (bits - 1)
+    return (x / scale).round().clamp(-qmax, qmax - 1) * scale

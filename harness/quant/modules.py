@@ -16,11 +16,13 @@ from harness.quant.fake_quant import (
     fake_quant_log_sqrt2,
     fake_quant_offset_after_round,
     fake_quant_symmetric,
+    fake_quant_twin_signed,
+    fake_quant_twin_uniform,
     symmetric_weight_scale,
 )
 
 Mode = Literal["observe", "quantize", "bypass"]
-Kind = Literal["uniform", "log2", "log_sqrt2"]
+Kind = Literal["uniform", "log2", "log_sqrt2", "twin_uniform", "twin_signed"]
 
 
 class Observer(Protocol):
@@ -30,7 +32,9 @@ class Observer(Protocol):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric uniform activation quantizer (docs/quantizer.md, Arithmetic), or log2 / log-√2 for attention maps.
+    """Per-tensor asymmetric uniform activation quantizer (docs/quantizer.md, Arithmetic), or log2 / log-√2
+    for attention maps, or a twin-uniform kind (docs/quantizer.md, Twin-uniform quantizers): ``twin_uniform`` for
+    post-softmax maps, ``twin_signed`` for post-GELU activations. The kind is chosen per point.
 
     Modes: ``observe`` passes values through while an observer records them (calibration),
     ``quantize`` applies the frozen range, ``bypass`` is floating point. Ranges live in buffers so
@@ -57,6 +61,10 @@ class ActQuantizer(nn.Module):
                 return fake_quant_log2(x, self.bits)
             if self.kind == "log_sqrt2":
                 return fake_quant_log_sqrt2(x, self.scale, self.bits)
+            if self.kind == "twin_uniform":
+                return fake_quant_twin_uniform(x, self.scale, self.bits)
+            if self.kind == "twin_signed":
+                return fake_quant_twin_signed(x, self.scale, self.zero_point.item(), self.bits)
             if self.offset_after_round:
                 return fake_quant_offset_after_round(x, self.scale, self.zero_point, self.bits)
             return fake_quant_asymmetric(x, self.scale, self.zero_point, self.bits)
@@ -86,13 +94,23 @@ class ActQuantizer(nn.Module):
         """Fix a searched scale and zero point (per tensor, or per channel of the last dimension) and
         start quantizing with the zero point added after rounding (docs/quantizer.md, Searched quantizers).
 
-        ``low`` / ``high`` record the represented range (per channel: its extremes over channels).
+        ``low`` / ``high`` record the represented range (per channel: its extremes over channels). The
+        scale may also have any shape that broadcasts against the input (per head: ``(heads, 1, 1)``).
+        Twin-uniform kinds: ``twin_uniform`` takes the split c as ``scale`` (``zero_point`` unused);
+        ``twin_signed`` the positive range's step as ``scale`` and the negative range's as ``zero_point``.
         """
         scale, zero_point = scale.detach().to(self.low.dtype), zero_point.detach().to(self.low.dtype)
         self.scale, self.zero_point = scale.clone(), zero_point.clone()
+        half = 2 ** (self.bits - 1)
         if self.kind == "uniform":
             self.low.copy_((-zero_point * scale).min())
             self.high.copy_(((2 ** self.bits - 1 - zero_point) * scale).max())
+        elif self.kind == "twin_uniform":  # the two codes summed: 1 + c at the top
+            self.low.zero_()
+            self.high.copy_(1 + scale.max())
+        elif self.kind == "twin_signed":
+            self.low.copy_(-half * zero_point.max())
+            self.high.copy_((half - 1) * scale.max())
         else:  # log-√2: levels from 0 up to the scale
             self.low.zero_()
             self.high.copy_(scale.max())

@@ -66,3 +66,37 @@ def percentile_mse_log_sqrt2_scale(x: torch.Tensor, bits: int, percentiles: Sequ
         if best_error is None or error < best_error:
             best_error, best_scale = error, scale
     return best_scale
+
+
+# Scale search by an output metric (docs/quantizer.md, Output-metric scale search): candidates are fractions
+# of an initial scale; each is scored by how close the layer's output stays to its FP output.
+
+def fraction_candidates(alpha: float, beta: float, count: int, like: torch.Tensor) -> torch.Tensor:
+    """The fractions alpha + i (beta - alpha) / count, i = 0 .. count - 1, in ``like``'s dtype and device
+    (each computed in Python's double precision first)."""
+    return torch.tensor([alpha + i * (beta - alpha) / count for i in range(count)], dtype=like.dtype,
+                        device=like.device)
+
+
+def output_similarity(raw: torch.Tensor, quantized: torch.Tensor, metric: str,
+                      grad: torch.Tensor | None = None) -> torch.Tensor:
+    """Similarity of a quantized output to its FP output over the last dimension (higher is better).
+
+    ``hessian``: -mean((g ⊙ (raw - quantized))²), g the gradient of the task loss with respect to the
+    output, the diagonal-Hessian approximation of the loss increase; ``l2``: -mean((raw - quantized)²);
+    ``cosine``: cosine similarity. Callers average over the remaining dimensions.
+    """
+    if metric == "cosine":
+        return torch.nn.functional.cosine_similarity(raw, quantized, dim=-1)
+    if metric == "hessian":
+        if grad is None:
+            raise ValueError("the hessian metric needs the gradient of the output")
+        return (-(grad * (raw - quantized)) ** 2).mean(dim=-1)
+    if metric == "l2":
+        return (-(raw - quantized) ** 2).mean(dim=-1)
+    raise ValueError(f"unknown metric {metric!r}; accepted: hessian, l2, cosine")
+
+
+def best_candidate(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the best candidate along dimension 0 of a (candidates, ...) score tensor; the first on a tie."""
+    return scores.argmax(dim=0)
