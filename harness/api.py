@@ -13,7 +13,7 @@ from harness.conformance import Hooks, TaskSetup, cases, run_case
 from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
 from harness.image_folder import ImageFolderOptions, ImageFolderTask
-from harness.instrument import get_point
+from harness.instrument import attach_point, get_point, remove_point
 from harness.io import IMAGE_SUFFIXES, config_hash, current_umask, file_lock, file_sha256, write_json
 from harness.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
                             ImageCountOptions, MethodSpec, NoOptions)
@@ -29,12 +29,15 @@ from harness.progress import progress_bar, show_losses
 from harness.quant.calibrate import mse_weight_scales, observe_and_freeze
 from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture, floating_point
 from harness.quant.fake_quant import (asymmetric_params, fake_quant_asymmetric, fake_quant_log2, fake_quant_symmetric,
+                                      fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform,
                                       symmetric_weight_scale)
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, weight_quantized_layers
+from harness.quant.modules import (ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, unquantized_weights,
+                                   weight_quantized_layers)
 from harness.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver
 from harness.quant.reparam import fold_channel_params, norm_linear_pairs
-from harness.quant.search import percentile_mse_log_sqrt2_scale, percentile_mse_params
+from harness.quant.search import (best_candidate, fraction_candidates, output_similarity, percentile_mse_log_sqrt2_scale,
+                                  percentile_mse_params)
 from harness.records import read_calibration
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
@@ -60,7 +63,7 @@ __all__ = [
     "IMAGE_SUFFIXES", "cache_dir", "config_hash", "current_umask", "file_lock", "file_sha256", "hub_checkpoint",
     "load_weights", "read_calibration", "read_state_dict", "write_json", "write_state_dict",
     # model families the quantizer instruments (harness/arch)
-    "SUPPORTED", "get_point", "is_instrumented_attention", "is_instrumented_block", "is_window_attention",
+    "SUPPORTED", "attach_point", "get_point", "remove_point", "is_instrumented_attention", "is_instrumented_block", "is_window_attention",
     # priors shared by generators (harness/priors)
     "Probe", "TV_SCALINGS", "aligned_blocks", "attention_alignment_loss", "attention_probes", "attn_v_probes",
     "clamp_pixels", "gaussian_mixture_priors", "patch_attention", "patch_similarity_loss", "pixel_bounds",
@@ -68,11 +71,13 @@ __all__ = [
     "warmup_cosine_lr",
     # the quantizer (harness/quant): modules, arithmetic, calibration passes, searches
     "ActQuantizer", "LAYER_INPUT", "LAYER_OUTPUT", "MSEObserver", "MinMaxObserver", "PercentileObserver",
-    "QuantConv2d", "QuantLinear", "Target", "act_quantizers", "asymmetric_params", "call_arguments", "capture",
-    "fake_quant_asymmetric", "fake_quant_log2", "fake_quant_symmetric", "fix_scales", "floating_point",
+    "QuantConv2d", "QuantLinear", "Target", "act_quantizers", "asymmetric_params", "best_candidate", "call_arguments",
+    "capture", "fake_quant_asymmetric", "fake_quant_log2", "fake_quant_symmetric", "fake_quant_symmetric_signed",
+    "fake_quant_twin_signed", "fake_quant_twin_uniform", "fix_scales", "floating_point", "fraction_candidates",
+    "output_similarity",
     "fold_channel_params", "keep_scales_positive", "learnable_scales", "mse_weight_scales", "norm_linear_pairs",
     "observe_and_freeze", "percentile_mse_log_sqrt2_scale", "percentile_mse_params", "symmetric_weight_scale",
-    "weight_quantized_layers",
+    "unquantized_weights", "weight_quantized_layers",
     # the conformance kit, for plugins' tests and tasks' tiny instances
     "Hooks", "TaskSetup", "cases", "run_case",
 ]

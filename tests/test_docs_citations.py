@@ -26,7 +26,8 @@ def citations(text: str) -> list[tuple[str, str]]:
 def test_cited_sections_exist():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     broken = []
-    for name in (name for name in files if name.endswith(SUFFIXES) and (ROOT / name).is_file()):
+    own = Path(__file__).relative_to(ROOT).as_posix()  # its examples are strings about citations, not citations
+    for name in (name for name in files if name.endswith(SUFFIXES) and (ROOT / name).is_file() and name != own):
         for document, section in citations((ROOT / name).read_text()):
             path = ROOT / ("README.md" if document == "README" else document)
             if not any(heading.startswith(section) or section.startswith(heading) for heading in headings(path)):

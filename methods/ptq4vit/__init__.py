@@ -5,8 +5,7 @@ can feed it (``--data psaq --calib ptq4vit``).
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator, PTQ4ViTOptions
 
 METHODS.add("ptq4vit", MethodSpec(generator="real", calibrator="ptq4vit",

@@ -21,16 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.arch import is_instrumented_attention
-from harness.errors import HarnessError
-from harness.instrument import attach_point, get_point, remove_point
-from harness.method import CalibrationContext, Calibrator
-from harness.quant.fake_quant import fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform
-from harness.quant.modules import ActQuantizer, QuantConv2d, act_quantizers, unquantized_weights, \
-    weight_quantized_layers
-from harness.quant.search import best_candidate, fraction_candidates, output_similarity
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, CALIBRATORS, ActQuantizer, CalibrationContext, Calibrator, HarnessError, QuantConv2d,
+                         act_quantizers, attach_point, best_candidate, fake_quant_symmetric_signed, fake_quant_twin_signed,
+                         fake_quant_twin_uniform, fraction_candidates, get_point, is_instrumented_attention,
+                         output_similarity, remove_point, unquantized_weights, weight_quantized_layers)
 
 GELU_MINIMUM = 0.16997124254703522  # -min GELU(x), the negative range of post-GELU activations
 
