@@ -64,7 +64,7 @@ def hashes() -> dict[str, str]:
         qmodel = quantize_model(model, bits, QuantConfig())
         calibrator = PSAQV2Calibrator(PSAQV2Options(iterations=8, rounds=2, batch_size=3))
         info = calibrator.calibrate(qmodel, CalibrationContext(fp_model=model, calibration=sets[name], bits=bits,
-                                                               seed=SEED, device=CPU))
+                                                               seed=SEED, device=CPU, prior=prior))
         found[f"psaq_v2 on {name}.student"] = tensor_digest(*qmodel.state_dict().values())
         found[f"psaq_v2 on {name}.rounds"] = hashlib.sha256(json.dumps(info["rounds"]).encode()).hexdigest()
     return found

@@ -249,7 +249,8 @@ def check_calibrator(name: str, hooks: Hooks = Hooks()) -> None:
     images = task.calibration_images(HOST_MODEL, CALIBRATION_IMAGES, 0)
     before = _Snapshot.of(model)
     info = calibrator.calibrate(qmodel, CalibrationContext(fp_model=model, calibration=CalibrationSet(images),
-                                                           bits=bits, seed=0, device=CPU))
+                                                           bits=bits, seed=0, device=CPU,
+                                                           prior=task.prior(HOST_MODEL)))
     difference = before.difference(model)
     _require(not difference, "calibrator-fp-untouched", plugin, difference)
     quantizers = act_quantizers(qmodel)

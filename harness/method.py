@@ -1,4 +1,4 @@
-"""The two halves of every method (spec README §1): a calibration-data generator and a calibrator."""
+"""The two halves of every method (docs/plugins.md): a calibration-data generator and a calibrator."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -33,7 +33,7 @@ class GenerationContext:
 
     task: Task | None
     model_name: str
-    # what images are synthesized through (Task.synthesis_target): the backbone (README §4), a classifier
+    # what images are synthesized through (Task.synthesis_target): the backbone (docs/methods.md, Task-agnostic backbones), a classifier
     # itself, or a detector's or segmentor's backbone, or for a generator that needs classes there the
     # task's class source (docs/methods.md, Class sources)
     model: nn.Module
@@ -55,6 +55,9 @@ class CalibrationContext:
     # the backbone within a quantized part (teacher's or student's): what feature-matching calibrators
     # compare (PSAQ-ViT V2); the part itself for classifiers and backbone-only quantization
     backbone: Callable[[nn.Module], nn.Module] = lambda part: part
+    # the task's prior of the images (their pixel range, whatever generator made them); the runner always
+    # gives it, a calibrator that needs it (psaq_v2) says so when a hand-built context leaves it out
+    prior: ImagePrior | None = None
 
 
 @dataclass
@@ -124,4 +127,4 @@ class MethodSpec:
 class ImageCountOptions:
     """The option every image generator shares."""
 
-    num_images: int = at_least(1, 32)  # spec methods.md, Baselines and PSAQ-ViT: 32 calibration images
+    num_images: int = at_least(1, 32)  # docs/methods.md, PSAQ-ViT: 32 calibration images

@@ -291,7 +291,7 @@ class GridRunner:
         calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
         calibrator_info = calibrator.calibrate(task.quantized_part(qmodel), CalibrationContext(
             fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
-            device=self.device, backbone=task.part_backbone,
+            device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model),
         ))
         unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
         if unfrozen:

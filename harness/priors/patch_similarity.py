@@ -1,4 +1,4 @@
-"""The patch-similarity prior of PSAQ-ViT (spec methods.md, PSAQ-ViT step 5, L_PSE).
+"""The patch-similarity prior of PSAQ-ViT (docs/methods.md, PSAQ-ViT, step 5: L_PSE).
 
 A trained ViT answers real images with diverse attention outputs across patches; noise gives
 near-uniform similarities. The differential entropy of each image's pairwise patch similarities,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
@@ -21,9 +22,9 @@ from harness.fused import FusedKernels
 from harness.priors.probes import Probe, attention_point_probes
 
 ATTN_V = "attn_v"
-BANDWIDTH = 0.01  # spec step 5: KDE bandwidth
-NUM_POINTS = 10  # spec step 5: evaluation points between the batch's min and max similarity
-ENTROPY_OFFSET = 1e-4  # spec step 5: -(p + 1e-4) log(p + 1e-4)
+BANDWIDTH = 0.01  # step 5: KDE bandwidth
+NUM_POINTS = 10  # step 5: evaluation points between the batch's min and max similarity
+ENTROPY_OFFSET = 1e-4  # step 5: -(p + 1e-4) log(p + 1e-4)
 NEGLIGIBLE_EXPONENT = -50.0  # kernel terms below e^-50 are dropped (see _kernel)
 
 
@@ -45,8 +46,8 @@ def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:
 def similarity_matrices(attn_v: Tensor) -> Tensor:
     """(B·nW, heads, n, d) attn·v outputs -> (B·nW, n-1, n-1) cosine similarities of every window.
 
-    Spec step 5: heads averaged, the first token of every window dropped (ViT/DeiT: nW = 1 and it is
-    the class token; Swin: the first token of each window, as the spec and the reference do), all
+    Step 5: heads averaged, the first token of every window dropped (ViT/DeiT: nW = 1 and it is
+    the class token; Swin: the first token of each window, as the paper and the reference do), all
     pairs of rows compared (diagonal included).
     """
     tokens = unit_tokens(attn_v)
@@ -141,13 +142,13 @@ def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float, weights: Tenso
                grid_spans_samples: bool = False) -> Tensor:
     """Σ_i w_i exp(-(x_k - s_i)² / 2h²) for every row of ``samples`` (B, M) and every point -> (B, K).
 
-    The points are constants (spec step 5: detached limits). The (B, K, M) kernel is never stored:
+    The points are constants (step 5: detached limits). The (B, K, M) kernel is never stored:
     forward and backward each walk the points over the (B, M) samples, so memory stays that of the
     samples whatever K is; the fused kernels (:mod:`harness.fused`) make each walk one pass over
     the samples, the backward recomputing the kernel.
 
     ``grid_spans_samples`` says the points are evenly spaced from the samples' min to their max
-    (spec step 5's grid). Such a grid allows a cheaper form with the same terms (:func:`_kernel_form`),
+    (step 5's grid). Such a grid allows a cheaper form with the same terms (:func:`_kernel_form`),
     two exponentials per sample instead of K, the same sums to float32 rounding.
     """
     weights = samples.new_ones(samples.shape[1]) if weights is None else weights
@@ -299,7 +300,7 @@ _KERNELS = FusedKernels("the patch-similarity prior", probe=lambda: _exercise_ke
 
 
 def differential_entropy(density: Tensor, points: Tensor, offset: float = ENTROPY_OFFSET) -> Tensor:
-    """Spec step 5: trapezoid integral over ``points`` of -(p + offset) log(p + offset), per row."""
+    """Step 5: trapezoid integral over ``points`` of -(p + offset) log(p + offset), per row."""
     shifted = density + offset
     return torch.trapezoid(-shifted * shifted.log(), points, dim=-1)
 
@@ -308,7 +309,7 @@ def patch_similarity_entropy(attn_v: Tensor, batch_size: int, bandwidth: float =
                              num_points: int = NUM_POINTS, offset: float = ENTROPY_OFFSET) -> Tensor:
     """H_b of every image for one block -> (B,); one batched computation over all images.
 
-    Spec step 5: the KDE of all (n-1)² similarities of a window, diagonal included, evaluated at
+    Step 5: the KDE of all (n-1)² similarities of a window, diagonal included, evaluated at
     ``num_points`` points evenly spaced between the min and max similarity of the whole batch; these
     limits are constants (detached). The similarity matrix is symmetric, so the kernel is evaluated
     once per distinct entry, weighted by how often it occurs (:func:`packed_similarities`): the same
@@ -335,9 +336,27 @@ def _exercise_kernels() -> None:
 
 def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, bandwidth: float = BANDWIDTH,
                           num_points: int = NUM_POINTS, offset: float = ENTROPY_OFFSET) -> Tensor:
-    """L_PSE = -Σ_l mean_b H_{l,b} (spec step 5: the entropy is maximized)."""
+    """L_PSE = -Σ_l mean_b H_{l,b} (step 5: the entropy is maximized)."""
     return -sum(patch_similarity_entropy(attn_v, batch_size, bandwidth, num_points, offset).mean()
                 for attn_v in attn_v_outputs)
+
+
+@dataclass
+class PatchSimilarityOptions:
+    """L_PSE's hyper-parameters (docs/methods.md, PSAQ-ViT, step 5), for every method keeping the prior."""
+
+    bandwidth: float = BANDWIDTH  # step 5: KDE bandwidth
+    kde_points: int = NUM_POINTS  # step 5: KDE evaluation points
+    entropy_offset: float = ENTROPY_OFFSET  # step 5: -(p + 1e-4) log(p + 1e-4)
+
+    def __post_init__(self) -> None:
+        if self.kde_points < 2:
+            raise ValueError(f"kde_points must be >= 2, got {self.kde_points}")
+
+    def pse_loss(self, probes: list[Probe], batch_size: int) -> Tensor:
+        """L_PSE of the attn·v products the probes caught in the last forward."""
+        return patch_similarity_loss([probe.value for probe in probes], batch_size, self.bandwidth, self.kde_points,
+                                     self.entropy_offset)
 
 
 @torch.no_grad()
