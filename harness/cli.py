@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", help="comma-separated model names (default: all of each task)")
     run.add_argument("--bits", help="bit specs: wXaY, fp, mpX[aY]")
     run.add_argument("--seeds", help="calibration seeds, e.g. 0,1,2")
-    run.add_argument("--data", help="override every method's generator (ablations: --data psaq --calib ranking)")
-    run.add_argument("--calib", help="override every method's calibrator")
+    run.add_argument("--data", help="generators in place of each method's own, comma-separated; with --calib and no "
+                                    "--methods, every generator x calibrator pair is a row (--data psaq,noise --calib minmax,repq)")
+    run.add_argument("--calib", help="calibrators in place of each method's own, comma-separated")
     run.add_argument("--gen-opt", action="append", metavar="KEY=VALUE",
                      help="generator option (GENERATOR.KEY=VALUE for one generator only); repeatable")
     run.add_argument("--calib-opt", action="append", metavar="KEY=VALUE", help="calibrator option; repeatable")

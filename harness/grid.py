@@ -32,13 +32,13 @@ DEFAULT_SEEDS = (0,)
 class GridSpec:
     """Everything ``harness run`` was asked for, before resolution."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None  # None: DEFAULT_METHODS, or the pairs alone when data and calib cross
     tasks: tuple[str, ...] = DEFAULT_TASKS
     models: tuple[str, ...] = ()  # empty: every model of each task
     bits: tuple[str, ...] = DEFAULT_BITS
     seeds: tuple[int, ...] = DEFAULT_SEEDS
-    data: str | None = None  # generator override (--data)
-    calib: str | None = None  # calibrator override (--calib)
+    data: tuple[str, ...] = ()  # generators in place of each method's own (--data); crossed with calib
+    calib: tuple[str, ...] = ()  # calibrators in place of each method's own (--calib)
     generator_options: dict[str, Any] = field(default_factory=dict)
     calibrator_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -155,33 +155,51 @@ def code_differences(record: dict[str, Any]) -> list[str]:
 
 def expand(spec: GridSpec) -> list[Cell]:
     """Validate every name up front (so a typo fails before any work) and list the cells."""
-    if not spec.methods or not spec.tasks or not spec.bits or not spec.seeds:
+    if spec.methods == () or not spec.tasks or not spec.bits or not spec.seeds:
         raise HarnessError("empty grid: give at least one method, task, bit spec and seed")
     bits = list(dict.fromkeys(parse_bits(text) for text in spec.bits))
     models_by_task = _models_by_task(spec)
+    data, calib = list(dict.fromkeys(spec.data)), list(dict.fromkeys(spec.calib))
+    crossing = spec.methods is None and bool(data) and bool(calib)
+    methods = [None] if crossing else spec.methods or DEFAULT_METHODS
     cells = []
     # a name or seed given twice is one cell, counted once
-    axes = [list(dict.fromkeys(axis)) for axis in (spec.methods, spec.tasks, bits, spec.seeds)]
+    axes = [list(dict.fromkeys(axis)) for axis in (methods, spec.tasks, bits, spec.seeds)]
     for method_name, task_name, bit_spec, seed in itertools.product(*axes):
-        method = METHODS.get(method_name)
-        generator_name = spec.data or method.generator
-        calibrator_name = spec.calib or method.calibrator
-        generator_cls, calibrator_cls = GENERATORS.get(generator_name), CALIBRATORS.get(calibrator_name)
-        if bit_spec.mixed_precision and not calibrator_cls.supports_mixed_precision:
-            mixed = [name for name, c in CALIBRATORS.items() if c.supports_mixed_precision]
-            raise HarnessError(f"bit spec {bit_spec} needs a mixed-precision calibrator (--calib "
-                               f"{' or '.join(mixed) or 'none registered'}); {calibrator_name!r} is not one")
-        task_cls = TASKS.get(task_name)
-        generator_options = build_options(generator_cls.Options, spec.generator_options, generator_name, f"generator {generator_name!r}")
-        calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator_name,
-                                           f"calibrator {calibrator_name!r}")
-        task_options = build_options(task_cls.Options, spec.task_options, task_name, f"task {task_name!r}")
-        for model in models_by_task[task_name]:
-            cells.append(Cell(method_name, generator_name, calibrator_name, task_name, model, bit_spec, seed,
-                              generator_options, calibrator_options, task_options, spec.quant, spec.limit,
-                              None if bit_spec.is_fp else spec.deploy))
+        method = METHODS.get(method_name) if method_name is not None else None
+        pairs = list(itertools.product(data or [method.generator], calib or [method.calibrator]))
+        if bit_spec.is_fp:  # an FP cell depends on no pair: one per method, not one per pair
+            pairs = pairs[:1]
+        for generator_name, calibrator_name in pairs:
+            name = method_name or pair_method(generator_name, calibrator_name)
+            cells += _pair_cells(spec, name, generator_name, calibrator_name, task_name, bit_spec, seed,
+                                 models_by_task[task_name])
     _check_scopes(spec, cells)
     return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
+
+
+def pair_method(generator: str, calibrator: str) -> str:
+    """The name of a crossed (generator, calibrator) pair: the registered method made of exactly that
+    pair where there is one (so ``--data psaq --calib minmax`` is ``psaq``), else ``generator+calibrator``."""
+    GENERATORS.get(generator), CALIBRATORS.get(calibrator)  # unknown names fail here, with suggestions
+    own = [name for name, method in METHODS.items() if (method.generator, method.calibrator) == (generator, calibrator)]
+    return own[0] if own else f"{generator}+{calibrator}"
+
+
+def _pair_cells(spec: GridSpec, method: str, generator: str, calibrator: str, task: str, bits: BitSpec, seed: int,
+                models: list[str]) -> list[Cell]:
+    """The cells of one method run with one (generator, calibrator) pair, one per model of the task."""
+    generator_cls, calibrator_cls = GENERATORS.get(generator), CALIBRATORS.get(calibrator)
+    if bits.mixed_precision and not calibrator_cls.supports_mixed_precision:
+        mixed = [name for name, c in CALIBRATORS.items() if c.supports_mixed_precision]
+        raise HarnessError(f"bit spec {bits} needs a mixed-precision calibrator (--calib "
+                           f"{' or '.join(mixed) or 'none registered'}); {calibrator!r} is not one")
+    generator_options = build_options(generator_cls.Options, spec.generator_options, generator, f"generator {generator!r}")
+    calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator,
+                                       f"calibrator {calibrator!r}")
+    task_options = build_options(TASKS.get(task).Options, spec.task_options, task, f"task {task!r}")
+    return [Cell(method, generator, calibrator, task, model, bits, seed, generator_options, calibrator_options,
+                 task_options, spec.quant, spec.limit, None if bits.is_fp else spec.deploy) for model in models]
 
 
 def _check_scopes(spec: GridSpec, cells: list[Cell]) -> None:

@@ -11,9 +11,9 @@ from harness.grid import DEPLOY_RUNTIMES, GridSpec
 from harness.options import parse_assignments
 from harness.quant.convert import QuantConfig
 
-LIST_KEYS = ("methods", "tasks", "models", "bits", "seeds")
+LIST_KEYS = ("methods", "tasks", "models", "bits", "seeds", "data", "calib")
 OPTION_KEYS = {"gen_opt": "generator", "calib_opt": "calibrator", "task_opt": "task"}
-SCALAR_KEYS = ("data", "calib", "data_root", "checkpoint", "batch_size", "profile", "attn_quantizer",
+SCALAR_KEYS = ("data_root", "checkpoint", "batch_size", "profile", "attn_quantizer",
                "keep_first_last_fp", "limit", "deploy")
 GRID_KEYS = (*LIST_KEYS, *OPTION_KEYS, *SCALAR_KEYS)
 MAX_SEED = 2**32 - 1  # 32-bit seeds: what numpy and every other seeded library accept
@@ -61,13 +61,12 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         raise HarnessError(f"keep_first_last_fp must be true or false, got {keep_first_last_fp!r}")
     if settings.get("deploy") not in (None, *DEPLOY_RUNTIMES):
         raise HarnessError(f"deploy accepts {', '.join(DEPLOY_RUNTIMES)}, got {settings['deploy']!r}")
-    for key in ("data", "calib", "profile", "attn_quantizer"):
+    for key in ("profile", "attn_quantizer"):
         if settings.get(key) is not None and not isinstance(settings[key], str):
             raise HarnessError(f"{key} must be a name, got {settings[key]!r}")
     quant = QuantConfig(profile=settings.get("profile") or "standard", keep_first_last_fp=keep_first_last_fp,
                         attn_quantizer=settings.get("attn_quantizer") or "uniform")
-    return GridSpec(**fields, **options, data=settings.get("data"), calib=settings.get("calib"),
-                    quant=quant, limit=limit, deploy=settings.get("deploy"))
+    return GridSpec(**fields, **options, quant=quant, limit=limit, deploy=settings.get("deploy"))
 
 
 def _seeds(values: tuple) -> tuple[int, ...]:

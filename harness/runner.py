@@ -409,12 +409,13 @@ def _label(cell: Cell) -> str:
     calibrator and task options in braces, so each configuration is its own row (docs/results.md).
     An FP cell depends on neither the pair nor the quantizer, so its label names neither.
     """
-    method = METHODS.get(cell.method)
     label = cell.method
+    own_pair = (METHODS.get(cell.method).generator, METHODS.get(cell.method).calibrator) \
+        if cell.method in METHODS else (cell.generator, cell.calibrator)  # a crossed pair names itself
     changed = [f"{key}={value}" for key, value in _changed_options(cell.task_options).items()
                if key not in EXECUTION_ONLY_TASK_OPTIONS]
     if not cell.bits.is_fp:
-        if (cell.generator, cell.calibrator) != (method.generator, method.calibrator):
+        if (cell.generator, cell.calibrator) != own_pair:
             label += f" ({cell.generator}+{cell.calibrator})"
         quantizer = _changed_options(cell.quant)
         profile = quantizer.pop("profile", None)  # the profile alone reads as its name, as published rows do

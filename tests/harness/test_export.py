@@ -123,7 +123,7 @@ def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
 def test_a_cell_is_rebuilt_from_its_record_with_the_same_id():
     from harness.grid import GridSpec, cell_from_record, expand
 
-    spec = GridSpec(methods=("psaq",), tasks=("digits",), bits=("w4a8", "mp4a8"), seeds=(3,), calib="ranking",
+    spec = GridSpec(methods=("psaq",), tasks=("digits",), bits=("w4a8", "mp4a8"), seeds=(3,), calib=("ranking",),
                     generator_options={"iterations": 200}, quant=QuantConfig(keep_first_last_fp=True), limit=50)
     for cell in expand(spec):
         rebuilt = cell_from_record(json.loads(json.dumps(cell.config())))

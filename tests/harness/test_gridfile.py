@@ -10,7 +10,7 @@ def test_grid_file_matches_flags(tmp_path):
                     "calib: omse\ngen_opt: {num_images: 16}\nprofile: psaq\nlimit: 50\n")
     spec = spec_from_settings(load_grid_file(path))
     assert spec.methods == ("real", "noise") and spec.tasks == ("digits",) and spec.seeds == (0, 1)
-    assert spec.bits == ("w4a3", "w8a8") and spec.calib == "omse" and spec.limit == 50
+    assert spec.bits == ("w4a3", "w8a8") and spec.calib == ("omse",) and spec.limit == 50
     assert spec.generator_options == {"num_images": 16} and spec.quant.profile == "psaq"
     flags = spec_from_settings({"methods": "real,noise", "tasks": "digits", "bits": "w4a3,w8a8", "seeds": "0,1",
                                 "calib": "omse", "gen_opt": ["num_images=16"], "profile": "psaq", "limit": 50})
