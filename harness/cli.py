@@ -221,7 +221,7 @@ def _warn_invalid(invalid: list) -> None:
 
 def _report_after_run(results: Path) -> None:
     """The records are already on disk: a report that fails to render costs one line, never the run."""
-    from harness.runner import error_line
+    from harness.worker import error_line
 
     try:
         from reports.render import write_report
@@ -294,7 +294,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from harness.export import export_cell
+    from harness.cell_export import export_cell
 
     _set_threads(args.threads)
     print(f"written: {export_cell(args.results, args.cell, args.out)}")

@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from harness.conformance import TaskSetup
 from harness.errors import HarnessError
 from harness.io import file_sha256
 from harness.mm.checkpoint import load_weights
@@ -28,6 +27,7 @@ from harness.mm.stack import skip_without_stack
 from harness.options import at_least
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, register_models
+from harness.task_setup import TaskSetup
 
 SCOPES = ("backbone", "all")
 IMAGENET_CLASSES = 1000  # the class source's classifiers are ImageNet-1k ones
