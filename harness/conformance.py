@@ -9,7 +9,7 @@ model, so the kit needs no data and no network. A plugin tunes the kit with clas
   the kit, e.g. ``{"num_images": 4, "iterations": 2}``; without it the kit uses
   ``{"num_images": 4}`` where the options have that field, else the defaults.
 - ``in_pixel_range: ClassVar[bool] = False`` (generator): its images may leave
-  ``ImagePrior.clamp_bounds()``, as the spec's ``noise`` baseline (N(0, 1) in normalized space) does.
+  ``ImagePrior.clamp_bounds()``, as the ``noise`` baseline (N(0, 1) in normalized space) does.
 - ``conformance_setup(cls, workdir: Path) -> TaskSetup`` classmethod (task): a small offline instance,
   for tasks that read external data; a task without one whose defaults need data is skipped.
 
