@@ -6,8 +6,9 @@ does the rest, so the steps' order, and with it every random draw, is the same f
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
@@ -21,6 +22,25 @@ from harness.task import ImagePrior
 # An objective that accumulates the images' gradient itself (over batches) sets ``images.grad`` and
 # returns a loss that needs no gradient; the loop then only steps.
 Objective = Callable[[Tensor, int], tuple[Tensor, dict[str, Tensor]]]
+OptionsClass = TypeVar("OptionsClass", bound=type)
+
+
+def field_order(*names: str) -> Callable[[OptionsClass], OptionsClass]:
+    """Give an options dataclass's fields (:func:`dataclasses.fields`, ``asdict``) the order ``names`` list.
+
+    A record's label lists the options a cell changed in field order (harness.worker), and labels
+    group records into leaderboard rows. Inherited fields come first, so options that moved to a shared
+    base would label new records unlike the records already computed for the same configuration;
+    this keeps the order they were declared in before.
+    """
+    def reorder(cls: OptionsClass) -> OptionsClass:
+        declared = cls.__dataclass_fields__
+        if sorted(names) != sorted(field.name for field in dataclasses.fields(cls)):
+            raise TypeError(f"field_order of {cls.__name__} must list each of its fields once")
+        cls.__dataclass_fields__ = {name: declared[name] for name in names} | {
+            name: field for name, field in declared.items() if name not in names}  # ClassVar and InitVar entries
+        return cls
+    return reorder
 
 
 @dataclass

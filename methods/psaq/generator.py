@@ -24,13 +24,17 @@ from torch import Tensor
 from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator
-from harness.priors.loop import Objective, PixelSynthesis, SynthesisOptions, gaussian_noise
+from harness.priors.loop import Objective, PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
 from harness.priors.patch_similarity import PatchSimilarityOptions, Probe, attn_v_probes
 from harness.priors.synthesis import TV_SCALINGS, synthesis_lr, tv_loss, tv_target
 from harness.registry import GENERATORS
 from harness.support import ATTENTION, CLASSES
 
 
+@field_order(  # as declared before the shared bases: records' labels list options in this order
+    "num_images", "batch_size", "iterations", "warmup", "roll_ranges", "flip_probability", "lr", "betas",
+    "eps", "pse_weight", "oh_weight", "one_hot_on_backbones", "tv_weight", "tv_target_range", "tv_scaling",
+    "bandwidth", "kde_points", "entropy_offset")
 @dataclass
 class PSAQOptions(SynthesisOptions, PatchSimilarityOptions):
     """docs/methods.md, PSAQ-ViT; step numbers refer to it. ``num_images`` (32), ``batch_size``, ``warmup``,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationContext, Calibrator
-from harness.priors.loop import PixelSynthesis
+from harness.priors.loop import PixelSynthesis, field_order
 from harness.priors.patch_similarity import PatchSimilarityOptions, Probe, attn_v_probes
 from harness.priors.synthesis import random_roll_flip, tv_target
 from harness.progress import progress_bar, show_losses
@@ -36,6 +36,10 @@ from harness.task import ImagePrior
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
+@field_order(  # as declared before the shared bases: records' labels list options in this order
+    "iterations", "rounds", "sample_share", "batch_size", "image_lr", "image_warmup", "image_betas",
+    "student_lr", "temperature", "adv_weight", "tv_weight", "tv_target_range", "max_shift",
+    "flip_probability", "discrepancy", "student_params", "bandwidth", "kde_points", "entropy_offset")
 @dataclass
 class PSAQV2Options(PatchSimilarityOptions):
     """docs/methods.md, PSAQ-ViT V2. The authors released no code: values marked *(unpublished)* are ours.

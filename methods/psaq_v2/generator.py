@@ -19,7 +19,7 @@ from torch import Tensor
 from harness.arch import SUPPORTED
 from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator
-from harness.priors.loop import PixelSynthesis, SynthesisOptions, gaussian_noise
+from harness.priors.loop import PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
 from harness.priors.patch_similarity import PatchSimilarityOptions, attn_v_probes
 from harness.priors.synthesis import clamp_pixels, tv_target
 from harness.registry import GENERATORS
@@ -27,6 +27,9 @@ from harness.support import ATTENTION
 from methods.psaq_v2.losses import prior_terms
 
 
+@field_order(  # as declared before the shared bases: records' labels list options in this order
+    "num_images", "batch_size", "prior_iterations", "warmup", "lr", "betas", "max_shift", "flip_probability",
+    "tv_weight", "tv_target_range", "bandwidth", "kde_points", "entropy_offset")
 @dataclass
 class InitOptions(SynthesisOptions, PatchSimilarityOptions):
     """``num_images`` = B = 32 (docs/methods.md, PSAQ-ViT V2). The rest *(unpublished)*,

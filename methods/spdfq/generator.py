@@ -27,7 +27,7 @@ from harness.errors import HarnessError
 from harness.method import CalibrationSet, GenerationContext, Generator
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
-from harness.priors.loop import PixelSynthesis, SynthesisOptions, gaussian_noise
+from harness.priors.loop import PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
 from harness.priors.patch_similarity import Probe
 from harness.priors.synthesis import synthesis_lr, tv_loss, tv_target
 from harness.registry import GENERATORS
@@ -37,6 +37,10 @@ from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions
 APA_WEIGHT_RANGE = (1.0, 1e5)  # docs/methods.md, SPDFQ: α1 is per model, 1 to 1e5
 
 
+@field_order(  # as declared before the shared bases: records' labels list options in this order
+    "num_images", "apa", "msr", "sl", "batch_size", "iterations", "warmup", "lr", "betas", "eps",
+    "apa_weight", "num_modes", "width_range", "msr_max_patches", "target_logit_range", "tv_weight",
+    "tv_target_range")
 @dataclass
 class SPDFQOptions(SynthesisOptions):
     """docs/methods.md, SPDFQ. SynthesisOptions gives ``num_images`` and ``batch_size`` (B = 32), the
