@@ -19,8 +19,9 @@ from harness.progress import progress_bar, show_losses
 from harness.task import ImagePrior
 
 # (images the loss sees, iteration) -> (the loss to minimize, its named terms for the progress bar).
-# An objective that accumulates the images' gradient itself (over batches) sets ``images.grad`` and
-# returns a loss that needs no gradient; the loop then only steps.
+# An objective that accumulates the images' gradient itself (over batches, jittering each on its own)
+# runs without the loop's jitter, so it is given the optimized images themselves: it sets their
+# ``grad`` and returns a loss that needs no gradient, and the loop only steps.
 Objective = Callable[[Tensor, int], tuple[Tensor, dict[str, Tensor]]]
 OptionsClass = TypeVar("OptionsClass", bound=type)
 
