@@ -32,8 +32,9 @@ from harness.calibrators import MinMaxCalibrator
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
 from harness.quant.convert import QuantConfig, quantize_model
-from tasks.imagenet import ImageNetOptions, ImageNetTask, cache
-from tasks.imagenet.data import LabelledImages, eval_transform, labelled_images
+from harness.image_folder import cache
+from harness.image_folder.data import LabelledImages, eval_transform
+from tasks.imagenet import ImageNetOptions, ImageNetTask
 
 MODELS = ("deit_small_patch16_224", "swin_tiny_patch4_window7_224")
 QUICK_ARCHITECTURE = {"deit_small_patch16_224": {"depth": 1}, "swin_tiny_patch4_window7_224": {"depths": (1, 1, 1, 1)}}
@@ -103,7 +104,7 @@ def measure(workdir: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
     mean_kb = write_synthetic_imagenet(root / "val", sizes.images, sizes.short_side)
     figures: dict[str, Any] = {"images": sizes.images, "mean_kb": mean_kb, "write_s": time.perf_counter() - start,
                                "workers": workers, "threads": torch.get_num_threads(), "models": {}}
-    samples = labelled_images(root / "val")
+    samples = ImageNetTask().labelled_images(root / "val")
     transform = eval_transform(MODELS[0])
     parts = cache.split_transform(transform)
     decoding = DataLoader(LabelledImages(samples, transform), batch_size=64, num_workers=workers)

@@ -1,4 +1,4 @@
-"""PSAQ-ViT on the digits miniature (issue #3): patch-similarity entropy and low-bit top-1.
+"""PSAQ-ViT on the digits miniature (docs/miniature.md, PSAQ-ViT at W4A3): patch-similarity entropy and low-bit top-1.
 
     python benchmarks/psaq_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_miniature] [--threads N]
 

@@ -1,4 +1,4 @@
-"""Cost of one PSAQ-ViT synthesis iteration relative to a plain forward+backward (issue #3).
+"""Cost of one PSAQ-ViT synthesis iteration relative to a plain forward+backward (docs/methods.md, PSAQ-ViT).
 
     python benchmarks/psaq_synthesis_cost.py [--model deit_tiny_patch16_224] [--batch 32] [--threads N] [--pairs 8]
 

@@ -1,4 +1,4 @@
-"""PSAQ-ViT V2 vs PSAQ-ViT on the digits miniature (issue #4): top-1 and cost.
+"""PSAQ-ViT V2 vs PSAQ-ViT on the digits miniature (docs/methods.md, PSAQ-ViT V2): top-1 and cost.
 
     python benchmarks/psaq_v2_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_v2_miniature] [--threads N]
 
@@ -73,12 +73,12 @@ def main() -> None:
     print("\n(2) paired difference psaq_v2 - psaq, top-1 points")
     print(difference.round(2).to_string())
     print(f"overall: {(paired['psaq_v2'] - paired['psaq']).mean():+.2f} points over {len(paired)} pairs "
-          "(issue #4 target: >= +2)")
+          "(target: >= +2)")
     cost = frame.groupby("method")["cost_s"].agg(["mean", "min", "max", "count"]).round(1)
     print("\n(3) generate + calibrate seconds per cell")
     print(cost.to_string())
     print(f"cost ratio psaq_v2 / psaq: {cost.loc['psaq_v2', 'mean'] / cost.loc['psaq', 'mean']:.2f} "
-          "(spec: about 2-4x)")
+          "(docs/methods.md, PSAQ-ViT V2: about 2-4x)")
 
 
 if __name__ == "__main__":

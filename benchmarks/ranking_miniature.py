@@ -1,9 +1,9 @@
-"""Ranking-loss PTQ on the digits miniature (issue #5): ``ranking`` vs ``real`` with min-max and OMSE.
+"""Ranking-loss PTQ on the digits miniature (docs/methods.md, Ranking-loss PTQ): ``ranking`` vs ``real`` with min-max and OMSE.
 
 Runs the harness CLI into ``results/ranking_miniature`` (resumable: finished cells are skipped),
 then prints mean ± std top-1 over 5 calibration seeds per model and method at W4A3 (`standard`
 profile, real images), the calibration time per cell, and one mixed-precision (``mp6``) cell's
-bit allocation beside uniform W6A6. The issue's target: ranking >= real/min-max + 3 points.
+bit allocation beside uniform W6A6. Its target: ranking >= real/min-max + 3 points.
 """
 from __future__ import annotations
 

@@ -1,23 +1,33 @@
 """RepQ-ViT reference parity: the ``repq`` calibrator against the authors' own code (docs/methods.md, RepQ-ViT).
 
-    python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT [--models deit_tiny] [--bits w4a4,w6a6]
+    python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT [--models deit_tiny,swin_tiny] [--bits w4a4,w6a6]
         [--calib-images 32] [--eval-images 64] [--seed 0] [--dtype float32]
     python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT --write-fixtures tests/harness/fixtures/repq_parity
 
 ``--authors`` is a checkout of github.com/zkkli/RepQ-ViT. Its ``classification/test_quant.py`` is
-imported from there and its ``main()`` runs unchanged; nothing of it is copied. Four shims stand in
-for what needs ImageNet, the network, a GPU or an older timm, and nothing else:
+imported from there and its ``main()`` runs unchanged (``--model deit_tiny`` for a DeiT, ``swin_tiny``
+for a Swin, which picks their Swin branch); nothing of it is copied. These shims stand in for what
+needs ImageNet, the network, a GPU or their timm 0.4.12, and nothing else:
 
 - ``timm.create_model`` returns our random-init timm model (seeded) instead of downloading
   pretrained weights; the authors' ``build_model`` then swaps in their attention forward and
   matmul modules as usual;
-- their attention forward takes ``(x)`` only, while the installed timm's blocks also pass
+- their ViT attention forward takes ``(x)`` only, while the installed timm's blocks also pass
   ``attn_mask=None, is_causal=False``: ``build_model`` is wrapped to bind a forward that checks those
-  are the defaults and calls theirs with ``x``;
+  are the defaults and calls theirs with ``x`` (their Swin window-attention forward takes
+  ``(x, mask=None)`` as the installed timm calls it, and is left alone);
 - the installed timm's attention and MLP hold identity submodules named ``q_norm`` / ``k_norm`` /
   ``norm`` that the older timm lacked, and the authors' reparameterization loop picks modules by
   ``'norm' in name``: the ``build_model`` wrapper turns each such identity into a plain attribute
-  (still called, no longer listed by ``named_modules``).
+  (still called, no longer listed by ``named_modules``);
+- Swin's patch merging: timm 0.4.12 runs its norm and reduction on tokens (B, L, 4C), the installed
+  timm on a map (B, H/2, W/2, 4C), which their per-channel search (channels last for a 3-d input,
+  first for a 4-d one, a conv weight's layout) would read as one channel per image. The
+  ``build_model`` wrapper binds a patch-merging forward that gathers the 2x2 neighbourhoods as the
+  installed timm does (the same channel order as timm 0.4.12's concatenation), runs norm and
+  reduction on the (B, L, 4C) tokens and gives the map back. Swin blocks feed qkv with windows
+  (B·nW, N, C) and fc1 with tokens (B, L, C) in both timms; the other differences of the installed
+  timm's Swin need no shim (docs/methods.md, RepQ-ViT, Parity with the authors' code);
 - ``build_dataset`` returns one loader with the calibration images and one with the evaluation
   images (labels 0), instead of reading ImageNet folders;
 - ``validate`` records the quantized model's logits on the evaluation images instead of computing
@@ -26,12 +36,14 @@ for what needs ImageNet, the network, a GPU or an older timm, and nothing else:
 The harness side: the same timm weights, ``standard`` profile, calibrator ``repq`` on the same
 calibration images, logits on the same evaluation images. Printed per model and bit width: the
 quantized logits' max abs difference, relative L2 and argmax agreement, and the largest difference
-of the per-tensor quantizer scales, paired by call order.
+of the per-tensor quantizer scales, paired by call order (on a DeiT the harness's q carries timm's
+1/sqrt(d), which the authors apply after q·kᵀ, so it is divided out; on a Swin both scale q first).
 
-``--write-fixtures DIR`` runs a small DeiT configuration in float64 with 8 calibration and 4
-evaluation images at W4A4 and W6A6 and writes ``NAME.safetensors`` (float32 timm weights, the
-images, the authors' float64 logits) and ``NAME.json`` (configuration, the authors' commit, the
-authors' scale and zero point of every activation quantizer in call order), which
+``--write-fixtures DIR`` runs the small configurations (a DeiT and a Swin; ``--models`` picks some)
+in float64 with 8 calibration and 4 evaluation images at W4A4 and W6A6 and writes
+``NAME.safetensors`` (float32 timm weights, the images, the authors' float64 logits) and
+``NAME.json`` (configuration, the authors' commit, the authors' scale and zero point of every
+activation quantizer in call order), which
 ``tests/harness/test_repq_parity.py`` checks. Float64 for the reason given in
 ``tests/harness/test_psaq_parity.py``: no value lands within float rounding of a rounding boundary.
 """
@@ -50,12 +62,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.swin_transformer import PatchMerging, SwinTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.arch import is_window_attention  # noqa: E402
 from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
@@ -65,10 +79,26 @@ from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 FULL = {
     "deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "deit_small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "swin_tiny": dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
+                      num_heads=(3, 6, 12, 24)),
 }
-SMALL = {  # the fixture's configuration: DeiT's code paths at 32 px (head dimension 16, a power of two)
+SMALL = {  # the fixtures' configurations (head dimension 16, a power of two)
+    # DeiT's code paths at 32 px
     "deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+    # Swin-T's code paths at 32 px: 16x16 tokens, window 4; stages 1 and 2 shift their odd blocks (with
+    # the mask), stage 3 (4x4 tokens, one window) does not, as Swin-T's last stage; two patch mergings
+    "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
+                              num_heads=(1, 2, 4), num_classes=10),
 }
+
+
+def timm_class(name: str) -> type[nn.Module]:
+    return SwinTransformer if name.startswith("swin") else VisionTransformer
+
+
+def authors_model_name(name: str) -> str:
+    """The authors' ``--model``: only the family matters (their Swin branch reparameterizes ``layers``)."""
+    return "swin_tiny" if name.startswith("swin") else "deit_tiny"
 
 
 def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -92,15 +122,17 @@ def authors_module(checkout: Path):
 @contextlib.contextmanager
 def shims(authors, model: nn.Module, calib: torch.Tensor, evaluation: torch.Tensor,
           captured: dict) -> Iterator[None]:
-    """The three replacements the module docstring lists, undone afterwards."""
+    """The replacements the module docstring lists, undone afterwards."""
     def create_model(name, pretrained=False, **kwargs):
         return model
 
     def build_model(name):
         built = original_build_model(name)
         for module in built.modules():
-            if hasattr(module, "matmul1"):
+            if isinstance(module, Attention) and hasattr(module, "matmul1"):
                 module.forward = types.MethodType(_without_mask(module.forward), module)
+            elif isinstance(module, PatchMerging):
+                module.forward = types.MethodType(_merge_as_tokens, module)
         for module in list(built.modules()):
             for child_name, child in list(module.named_children()):
                 if "norm" in child_name and isinstance(child, nn.Identity):
@@ -137,6 +169,17 @@ def _without_mask(forward):
     return call
 
 
+def _merge_as_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    """The installed timm's ``PatchMerging.forward`` with norm and reduction on (B, L, 4C) tokens, as in
+    timm 0.4.12 (module docstring)."""
+    B, H, W, C = x.shape
+    x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    _, H, W, _ = x.shape
+    x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+    tokens = self.reduction(self.norm(x.reshape(B, -1, 4 * C)))
+    return tokens.reshape(B, H // 2, W // 2, -1)
+
+
 def authors_quantizer_calls(model: nn.Module, images: torch.Tensor, authors) -> list[dict]:
     """The authors' activation quantizers in the order one forward calls them, with their parameters."""
     from quant.quantizer import LogSqrt2Quantizer, UniformQuantizer
@@ -156,11 +199,14 @@ def authors_quantizer_calls(model: nn.Module, images: torch.Tensor, authors) -> 
 
 
 def harness_quantizer_calls(qmodel: nn.Module, images: torch.Tensor) -> list[dict]:
-    """As :func:`authors_quantizer_calls`; q's scale is divided by timm's 1/sqrt(d), which the harness's
-    q point carries and the authors apply after the product (a power of two: the same floats)."""
+    """As :func:`authors_quantizer_calls`; on a DeiT q's scale is divided by timm's 1/sqrt(d), which the
+    harness's q point carries and the authors apply after the product (a power of two: the same floats).
+    On a Swin both quantize the scaled q."""
     names = {module: name for name, module in qmodel.named_modules()}
-    factors = {names[m]: qmodel.get_submodule(names[m].removesuffix(".dfq_points.q")).scale
-               for m in names if names[m].endswith(".dfq_points.q")}
+    attentions = {names[m]: qmodel.get_submodule(names[m].removesuffix(".dfq_points.q"))
+                  for m in names if names[m].endswith(".dfq_points.q")}
+    factors = {name: attention.scale for name, attention in attentions.items()
+               if not is_window_attention(attention)}
     calls: list[dict] = []
     handles = [module.register_forward_hook(lambda m, args, out: calls.append(
         {"name": names[m], "scale": (m.scale / factors.get(names[m], 1.0)).reshape(-1).tolist(),
@@ -177,17 +223,18 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
         seed: int, dtype: torch.dtype) -> dict:
     """Calibrate and evaluate both sides in ``dtype``; print and return the comparison."""
     torch.manual_seed(seed)
-    model = VisionTransformer(**kwargs).eval()
+    cls = timm_class(name)
+    model = cls(**kwargs).eval()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.to(dtype)
     calib, evaluation = calib.to(dtype), evaluation.to(dtype)
-    reference = VisionTransformer(**kwargs).eval()
+    reference = cls(**kwargs).eval()
     reference.load_state_dict(weights)
     reference.to(dtype)
     captured: dict = {}
     args = authors.get_args_parser().parse_args(
-        ["--model", "deit_tiny", "--device", "cpu", "--seed", str(seed), "--calib-batchsize", str(len(calib)),
-         "--w_bits", str(bits.weight_bits), "--a_bits", str(bits.act_bits)])
+        ["--model", authors_model_name(name), "--device", "cpu", "--seed", str(seed),
+         "--calib-batchsize", str(len(calib)), "--w_bits", str(bits.weight_bits), "--a_bits", str(bits.act_bits)])
     authors.args = args
     with shims(authors, reference, calib, evaluation, captured):
         authors.main()
@@ -216,10 +263,11 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
             "complete": len(theirs) == len(ours)}
 
 
-def write_fixtures(directory: Path, authors, commit: str, seed: int) -> None:
+def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    for name, kwargs in SMALL.items():
+    for name in names:
+        kwargs = SMALL[name]
+        generator = torch.Generator().manual_seed(seed)
         size = kwargs["img_size"]
         calib, evaluation = smooth_images(8, size, generator), smooth_images(4, size, generator)
         tensors = {"calibration_images": calib, "evaluation_images": evaluation}
@@ -233,7 +281,7 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int) -> None:
         tensors.update({f"weights.{k}": v.contiguous() for k, v in result["weights"].items()})
         save_file(tensors, str(directory / f"{name}.safetensors"))
         meta = {"authors_repository": "https://github.com/zkkli/RepQ-ViT", "authors_commit": commit,
-                "timm_class": "VisionTransformer", "kwargs": kwargs, "seed": seed, "dtype": "float64",
+                "timm_class": timm_class(name).__name__, "kwargs": kwargs, "seed": seed, "dtype": "float64",
                 "produced_by": "benchmarks/repq_parity.py --write-fixtures",
                 "quantizers_in_call_order": quantizers}
         (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -243,7 +291,8 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors", type=Path, required=True, help="checkout of github.com/zkkli/RepQ-ViT")
-    parser.add_argument("--models", default="deit_tiny", help=f"any of {', '.join(FULL)}")
+    parser.add_argument("--models", help=f"any of {', '.join([*FULL, *SMALL])} (default: deit_tiny; "
+                        f"with --write-fixtures: {', '.join(SMALL)})")
     parser.add_argument("--bits", default="w4a4,w6a6")
     parser.add_argument("--calib-images", type=int, default=32)
     parser.add_argument("--eval-images", type=int, default=64)
@@ -256,15 +305,17 @@ def main() -> None:
     commit = authors_commit(args.authors)
     print(f"authors' code: {args.authors} at {commit}")
     if args.write_fixtures:
-        write_fixtures(args.write_fixtures, authors, commit, args.seed)
+        write_fixtures(args.write_fixtures, authors, commit, args.seed,
+                       args.models.split(",") if args.models else list(SMALL))
         return
     generator = torch.Generator().manual_seed(args.seed)
-    for name in args.models.split(","):
-        size = FULL[name]["img_size"]
+    configs = {**FULL, **SMALL}
+    for name in (args.models or "deit_tiny").split(","):
+        size = configs[name]["img_size"]
         calib = smooth_images(args.calib_images, size, generator)
         evaluation = smooth_images(args.eval_images, size, generator)
         for spec_bits in args.bits.split(","):
-            run(name, FULL[name], authors, parse_bits(spec_bits), calib, evaluation, args.seed,
+            run(name, configs[name], authors, parse_bits(spec_bits), calib, evaluation, args.seed,
                 getattr(torch, args.dtype))
 
 

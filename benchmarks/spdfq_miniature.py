@@ -1,4 +1,4 @@
-"""SPDFQ on the digits miniature (issue #6): image sources, the APA/MSR/SL ablation, block reconstruction.
+"""SPDFQ on the digits miniature (docs/methods.md, SPDFQ): image sources, the APA/MSR/SL ablation, block reconstruction.
 
     python benchmarks/spdfq_miniature.py [--seeds 0,1,2,3,4] [--parts compare,ablation,real]
         [--out results/spdfq_miniature] [--reuse-psaq results/psaq_miniature] [--skip-run]

@@ -1,4 +1,4 @@
-"""Bit specs (spec README §2): ``wXaY``, ``fp``, and mixed-precision budgets ``mpX`` / ``mpXaY``."""
+"""Bit specs (docs/quantizer.md, Bit specs): ``wXaY``, ``fp``, and mixed-precision budgets ``mpX`` / ``mpXaY``."""
 from __future__ import annotations
 
 import re

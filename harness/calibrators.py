@@ -1,4 +1,4 @@
-"""The core's range calibrators (spec methods.md, Baselines): min-max, percentile, OMSE."""
+"""The core's range calibrators (docs/methods.md, Baselines): min-max, percentile, OMSE."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ class MinMaxCalibrator(Calibrator):
 
 @dataclass
 class PercentileOptions:
-    percentile: float = 99.99  # spec methods.md, Baselines: percentile (99.99 %)
+    percentile: float = 99.99  # docs/methods.md, Baselines: 99.99 % of values inside, at each end
 
 
 @CALIBRATORS.register("percentile")

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset root for tasks that read one from disk")
     run.add_argument("--checkpoint", help="local weights file for the model")
     run.add_argument("--batch-size", type=int, help="evaluation batch size (results do not depend on it)")
-    run.add_argument("--profile", help="quantizer profile: standard (default) or psaq (spec §3)")
+    run.add_argument("--profile", help="quantizer profile: standard (default) or psaq (docs/quantizer.md)")
     run.add_argument("--attn-quantizer", help="post-softmax quantizer: uniform (default), log2 or log_sqrt2")
     run.add_argument("--keep-first-last-fp", action="store_true", default=None,
                      help="leave patch embedding and head in FP")
@@ -161,7 +161,7 @@ def command_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from harness.plan import format_plan, plan_grid
 
-        plan = plan_grid(spec, args.out, force=args.force, recompute_stale=args.recompute_stale)
+        plan = plan_grid(spec, results, force=args.force, recompute_stale=args.recompute_stale)
         print(format_plan(plan, args.workers_estimate))
         return 0
     _check_device(args.device)

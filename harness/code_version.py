@@ -22,6 +22,7 @@ QUANTIZER_VERSION = "2"  # bump when the quantizer's arithmetic or placement cha
 QUANTIZER_MODULES = ("harness.quant.convert", "harness.quant.calibrate", "harness.quant.capture", "harness.quant.learnable",
                      "harness.arch.timm_vit", "harness.arch.timm_swin", "harness.arch.mm_vit", "harness.arch.mm_swin")
 PROJECT_PACKAGES = ("harness", "methods", "tasks")
+FACADES = ("harness.api",)  # modules that only re-export: an import from one counts as one from the defining module
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ def _imports(module_name: str) -> set[str]:
                 parent = package.split(".")
                 parent = parent[:len(parent) - node.level + 1]
                 base = ".".join(parent + ([node.module] if node.module else []))
+            if base in FACADES:
+                names.update(_facade_sources(base, [alias.name for alias in node.names]))
+                continue
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     # a package's modules run its __init__ first
@@ -114,6 +118,13 @@ def _imports(module_name: str) -> set[str]:
         parts = name.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts)))
     return {name for name in names if name}
+
+
+def _facade_sources(facade: str, imported: list[str]) -> set[str]:
+    """The modules ``facade`` takes ``imported`` from, so a plugin's digest covers what it uses and no more."""
+    sources = {alias.asname or alias.name: node.module for node in _tree(facade).body
+               if isinstance(node, ast.ImportFrom) for alias in node.names}
+    return {sources.get(name, facade) for name in imported}
 
 
 def _import_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:

@@ -1,6 +1,6 @@
 """A grid: the Cartesian product of methods x tasks x models x bits x seeds, resolved into cells.
 
-A cell's identity is the hash of its resolved config (spec README §1, §5); settings that cannot
+A cell's identity is the hash of its resolved config (docs/results.md, Cell identity); settings that cannot
 change a result (data location, batch size, worker count) are kept out of it.
 """
 from __future__ import annotations

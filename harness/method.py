@@ -1,4 +1,4 @@
-"""The two halves of every method (docs/plugins.md): a calibration-data generator and a calibrator."""
+"""The two halves of every method (docs/methods.md, Generators and calibrators): a calibration-data generator and a calibrator."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -33,7 +33,7 @@ class GenerationContext:
 
     task: Task | None
     model_name: str
-    # what images are synthesized through (Task.synthesis_target): the backbone (docs/methods.md, Task-agnostic backbones), a classifier
+    # what images are synthesized through (Task.synthesis_target): the backbone (README, Tasks), a classifier
     # itself, or a detector's or segmentor's backbone, or for a generator that needs classes there the
     # task's class source (docs/methods.md, Class sources)
     model: nn.Module
@@ -127,4 +127,4 @@ class MethodSpec:
 class ImageCountOptions:
     """The option every image generator shares."""
 
-    num_images: int = at_least(1, 32)  # docs/methods.md, PSAQ-ViT: 32 calibration images
+    num_images: int = at_least(1, 32)  # docs/methods.md, Baselines: 32 calibration images

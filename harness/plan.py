@@ -23,6 +23,7 @@ from harness.grid import Cell, GridSpec, code_differences, expand
 from harness.io import config_hash
 from harness.records import ResultStore
 from harness.registry import GENERATORS, TASKS
+from harness.support import CLASSES
 from harness.worker import calibration_key, fp_metric_path
 
 STAGES = ("generate", "calibrate", "evaluate", "fp evaluate")
@@ -123,7 +124,10 @@ def _cell_plan(cell: Cell, store: ResultStore, tasks: dict[tuple, Any], force: b
             return CellPlan(cell, "stale" if stale else "finished")
     plan = CellPlan(cell, "to run", fp_cached=not force and fp_metric_path(store, cell, weights_id).exists())
     if _cached_sets(cell):
-        path = store.calibration_path(cell.generator, calibration_key(cell, task.prior(cell.model), weights_id))
+        # the target's model is loaded only to make images; its prior and class source are the cache key's
+        needs_classes = CLASSES in GENERATORS.get(cell.generator)(cell.generator_options).required()
+        target = task.synthesis_target(cell.model, None, needs_classes)
+        path = store.calibration_path(cell.generator, calibration_key(cell, target.prior, weights_id, target.class_source))
         plan.calibration_cached = not force and path.exists()
     return plan
 

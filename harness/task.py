@@ -17,7 +17,7 @@ from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 
 @dataclass(frozen=True)
 class ImagePrior:
-    """What a generator may know about the inputs: shape, normalization, classes (spec README §1)."""
+    """What a generator may know about the inputs: shape, normalization, classes (docs/methods.md, Generators and calibrators)."""
 
     input_size: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...]
@@ -126,7 +126,7 @@ class Task(ABC):
             raise HarnessError(f"--data-root {data_root}: no such directory")
 
     def backbone(self, model: nn.Module) -> nn.Module:
-        """The module generators synthesize for (README §4); a classifier is its own backbone."""
+        """The module generators synthesize for (README, Tasks); a classifier is its own backbone."""
         return model
 
     def quantized_part(self, model: nn.Module) -> nn.Module:
@@ -162,7 +162,7 @@ class Task(ABC):
 
 
 def calibration_indices(available: int, num_images: int, seed: int, source: str) -> list[int]:
-    """Which of ``available`` training images ``seed`` picks for `real` calibration (spec: a fixed seed).
+    """Which of ``available`` training images ``seed`` picks for `real` calibration (docs/methods.md, Baselines: a seeded draw).
 
     Asking for more than there are is an error naming ``source``.
     """

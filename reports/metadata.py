@@ -1,4 +1,4 @@
-"""Where the numbers came from: commits, library versions, machines and dates over all records (spec §5)."""
+"""Where the numbers came from: commits, library versions, machines and dates over all records (docs/results.md)."""
 from __future__ import annotations
 
 from collections import Counter

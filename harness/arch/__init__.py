@@ -7,6 +7,21 @@ the pre-softmax scores, the attn·v product, the residual sums and the position 
 unchanged); :func:`restore` swaps it back.
 An instrumented class may define ``dfq_adopt`` / ``dfq_release`` to add and remove submodules that
 share the module's parameters (``nn.MultiheadAttention``'s packed projection as a ``qkv`` Linear).
+
+Adding a model family (docs/plugins.md, Where does my code go):
+
+1. A file here, ``<library>_<family>.py``, with a subclass of the family's attention whose forward
+   is the library's, passing tensors through :func:`harness.instrument.apply_point` at ``q`` (with
+   the 1/sqrt(d) factor), ``k``, ``v``, ``scores`` (pre-softmax), ``attn`` (post-softmax) and
+   ``attn_v`` (before heads merge), and ``is_dfq_attention = True`` (``is_dfq_window = True`` for
+   window attention). Its block, if a calibrator should reconstruct it, is ``marked_block(Block,
+   __name__)`` or a subclass with ``is_dfq_block = True``. ``psaq_points`` names the extra points the
+   ``psaq`` profile quantizes; a family without them sets ``psaq_profile = False`` on its attention.
+2. ``register_swap(Original, Instrumented)`` for each class, at import for a family whose library is
+   always installed (then import the file in :func:`_load_families`), or in a ``register(module)``
+   listed in ``_MM_FAMILIES`` for an optional library.
+3. The file in ``harness.code_version.QUANTIZER_MODULES``, so records know the code that quantized them,
+   and a test comparing the instrumented forward with the library's (``tests/harness/test_quantizer.py``).
 """
 from __future__ import annotations
 

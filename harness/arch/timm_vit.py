@@ -1,6 +1,6 @@
 """timm ``VisionTransformer`` (ViT, DeiT): instrumented attention, block and embedding forwards.
 
-Points (spec README §3): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
+Points (docs/quantizer.md, The `standard` placement): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
 per-tensor uniform quantizer absorbs exactly), ``scores`` (pre-softmax), ``attn`` (post-softmax),
 ``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), the
 block's ``residual1`` / ``residual2`` sums, and on the model ``tokens`` (class token and patch

@@ -1,4 +1,4 @@
-"""The attention prior of SPDFQ (docs/methods.md, SPDFQ: Attention Priors Alignment).
+"""The attention prior of SPDFQ (docs/methods.md, SPDFQ, Attention priors alignment (APA)).
 
 A trained ViT attends to a few object parts; noise makes it attend uniformly. APA draws, for every
 head of the deeper half of the blocks, a random mixture of K Gaussians over the patch grid and pulls
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from harness.priors.probes import Probe, attention_point_probes
 
 ATTN = "attn"
-NUM_MODES = 5  # APA: a mixture of K = 5 Gaussians
+NUM_MODES = 5  # docs/methods.md, SPDFQ, APA: a mixture of K = 5 Gaussians
 WIDTH_RANGE = (0.05, 0.25)  # σ of each Gaussian as a fraction of the grid side (unpublished; our default)
 
 
@@ -26,7 +26,7 @@ def gaussian_mixture_priors(num_maps: int, grid: tuple[int, int], generator: tor
                             width_range: tuple[float, float] = WIDTH_RANGE) -> tuple[Tensor, Tensor]:
     """``num_maps`` random attention priors over a (rows, cols) patch grid -> (maps (num_maps, rows·cols), centres).
 
-    APA: K Gaussians with random centres and random widths, each map normalized to sum to 1
+    docs/methods.md, SPDFQ, APA: K Gaussians with random centres and random widths, each map normalized to sum to 1
     over the patches. Centres are distinct patches (drawn with replacement only when K exceeds the
     grid), returned as (num_maps, K, 2) (row, col); each Gaussian is isotropic with σ drawn from
     ``width_range`` times the grid side, and the K components are weighted equally.
@@ -47,7 +47,7 @@ def gaussian_mixture_priors(num_maps: int, grid: tuple[int, int], generator: tor
 
 
 def aligned_blocks(num_blocks: int) -> list[tuple[int, float]]:
-    """(0-based index, weight l/L) of the blocks l >= L/2 with l counted from 1 (APA), so the
+    """(0-based index, weight l/L) of the blocks l >= L/2 with l counted from 1 (docs/methods.md, SPDFQ, APA), so the
     last block has weight 1 and a 4-block model aligns blocks 2, 3, 4 with weights 0.5, 0.75, 1."""
     return [(l - 1, l / num_blocks) for l in range(1, num_blocks + 1) if l >= num_blocks / 2]
 
@@ -60,7 +60,7 @@ def attention_alignment_loss(attentions: list[Tensor], priors: list[Tensor], wei
 
 
 def patch_attention(attn: Tensor, prefix_tokens: int, query_average: bool) -> Tensor:
-    """(maps, heads, N, N) post-softmax map -> (maps, heads, patches), what APA aligns (APA).
+    """(maps, heads, N, N) post-softmax map -> (maps, heads, patches), what APA aligns (docs/methods.md, SPDFQ, APA).
 
     ViT/DeiT: the class token's row, patch columns only (``prefix_tokens`` class/register columns
     dropped, not renormalized). Swin (``query_average``): the window's attention averaged over queries.

@@ -1,4 +1,4 @@
-"""The patch-similarity prior of PSAQ-ViT (docs/methods.md, PSAQ-ViT, step 5: L_PSE).
+"""The patch-similarity prior of PSAQ-ViT (docs/methods.md, PSAQ-ViT, step 5, L_PSE).
 
 A trained ViT answers real images with diverse attention outputs across patches; noise gives
 near-uniform similarities. The differential entropy of each image's pairwise patch similarities,
@@ -22,7 +22,7 @@ from harness.fused import FusedKernels
 from harness.priors.probes import Probe, attention_point_probes
 
 ATTN_V = "attn_v"
-BANDWIDTH = 0.01  # step 5: KDE bandwidth
+BANDWIDTH = 0.01  # docs/methods.md, PSAQ-ViT, step 5: KDE bandwidth
 NUM_POINTS = 10  # step 5: evaluation points between the batch's min and max similarity
 ENTROPY_OFFSET = 1e-4  # step 5: -(p + 1e-4) log(p + 1e-4)
 NEGLIGIBLE_EXPONENT = -50.0  # kernel terms below e^-50 are dropped (see _kernel)
@@ -46,8 +46,8 @@ def patch_similarities(attn_v: Tensor, batch_size: int) -> Tensor:
 def similarity_matrices(attn_v: Tensor) -> Tensor:
     """(B·nW, heads, n, d) attn·v outputs -> (B·nW, n-1, n-1) cosine similarities of every window.
 
-    Step 5: heads averaged, the first token of every window dropped (ViT/DeiT: nW = 1 and it is
-    the class token; Swin: the first token of each window, as the paper and the reference do), all
+    Step 5 (docs/methods.md, PSAQ-ViT): heads averaged, the first token of every window dropped (ViT/DeiT: nW = 1 and it is
+    the class token; Swin: the first token of each window, as the paper's code does), all
     pairs of rows compared (diagonal included).
     """
     tokens = unit_tokens(attn_v)

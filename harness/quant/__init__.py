@@ -1,1 +1,1 @@
-"""Fake quantization (spec README §3): arithmetic, quantizer modules, model conversion."""
+"""Fake quantization (docs/quantizer.md): arithmetic, quantizer modules, model conversion."""

@@ -1,4 +1,4 @@
-"""Turn an FP timm model into a fake-quantized copy with quantizers placed by a profile (README §3)."""
+"""Turn an FP timm model into a fake-quantized copy with quantizers placed by a profile (docs/quantizer.md, What is quantized)."""
 from __future__ import annotations
 
 import copy
@@ -21,7 +21,7 @@ ATTN_QUANTIZERS = ("uniform", "log2", "log_sqrt2")  # post-softmax quantizers (d
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Quantizer options recorded in every result (spec README §3)."""
+    """Quantizer options recorded in every result (docs/quantizer.md, What is quantized)."""
 
     profile: Literal["standard", "psaq"] = "standard"
     keep_first_last_fp: bool = False
@@ -45,7 +45,7 @@ def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig,
                    part: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
     """A deep copy of ``model`` with quantized weights and observing activation quantizers.
 
-    ``part`` picks what is quantized inside the copy (a detector's backbone, README §4); by default
+    ``part`` picks what is quantized inside the copy (a detector's backbone, README, Tasks); by default
     the whole model. The copy's activation quantizers start in ``observe`` mode; a calibrator then
     freezes them. The FP model is left untouched.
     """

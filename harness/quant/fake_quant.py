@@ -1,4 +1,4 @@
-"""Quantize-dequantize arithmetic of the spec's quantizer contract (README §3).
+"""Quantize-dequantize arithmetic of the quantizer (docs/quantizer.md, Arithmetic).
 
 Rounding uses a straight-through estimator so the same functions serve learnable scales
 (PSAQ-ViT V2's student, block reconstruction) and plain calibrated evaluation.
@@ -23,7 +23,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def symmetric_weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel scale max|w_c| / (2^(b-1) - 0.5), as in PSAQ-ViT's code (README §3)."""
+    """Per-output-channel scale max|w_c| / (2^(b-1) - 0.5), as in PSAQ-ViT's code (docs/quantizer.md, Arithmetic)."""
     max_abs = weight.detach().flatten(1).abs().amax(dim=1)
     scale = max_abs / (2 ** (bits - 1) - 0.5)
     return scale.clamp_min(MIN_SCALE).view(-1, *([1] * (weight.dim() - 1)))
@@ -36,7 +36,7 @@ def fake_quant_symmetric(weight: torch.Tensor, scale: torch.Tensor, bits: int) -
 
 
 def asymmetric_params(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale (max - min) / (2^b - 1) and zero-point round(-min / scale) in [0, 2^b - 1] (README §3)."""
+    """Scale (max - min) / (2^b - 1) and zero-point round(-min / scale) in [0, 2^b - 1] (docs/quantizer.md, Arithmetic)."""
     levels = 2 ** bits - 1
     scale = ((high - low) / levels).clamp_min(MIN_SCALE)
     zero_point = torch.clamp(torch.round(-low / scale), 0, levels)

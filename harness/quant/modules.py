@@ -30,7 +30,7 @@ class Observer(Protocol):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric uniform activation quantizer (README §3), or log2 / log-√2 for attention maps.
+    """Per-tensor asymmetric uniform activation quantizer (docs/quantizer.md, Arithmetic), or log2 / log-√2 for attention maps.
 
     Modes: ``observe`` passes values through while an observer records them (calibration),
     ``quantize`` applies the frozen range, ``bypass`` is floating point. Ranges live in buffers so

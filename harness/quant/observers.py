@@ -1,4 +1,4 @@
-"""Activation-range observers used during calibration (spec methods.md, Baselines).
+"""Activation-range observers used during calibration (docs/methods.md, Baselines).
 
 Observers see unquantized activations (quantizers pass values through while observing), computed
 with the weights the profile observes with: quantized in ``standard``, FP in ``psaq``

@@ -1,4 +1,6 @@
-"""Block-wise reconstruction (``block_recon``; SPDFQ's backend, spec methods.md, SPDFQ "Calibrator").
+"""Block-wise reconstruction (``block_recon``), SPDFQ's backend.
+
+docs/methods.md, SPDFQ, Calibrator: block reconstruction.
 
 A calibrator any generator can use (``--calib block_recon``); :mod:`methods.block_recon.calibrator`.
 """

@@ -1,8 +1,10 @@
-"""Calibrator ``block_recon``: learn quantizer scales block by block (spec methods.md, SPDFQ, Calibrator).
+"""Calibrator ``block_recon``: learn quantizer scales block by block.
+
+docs/methods.md, SPDFQ, Calibrator: block reconstruction.
 
 For every transformer block l, in order: minimize ||X_l - X̂_l||² (mean squared error) between the FP
 block's output and the quantized block's output over the block's quantizer scales, with Adam
-(lr 4e-5, cosine decay to 0, 100 iterations; spec). Scales start from min-max (every activation
+(lr 4e-5, cosine decay to 0, 100 iterations; the paper's). Scales start from min-max (every activation
 quantizer is frozen by a min-max pass first) and pass LSQ-style gradients through the rounding
 (:mod:`harness.quant.learnable`): the per-tensor activation scales (zero-points stay at their
 min-max values) and the per-channel weight scales. Log2 quantizers of the post-softmax map
@@ -15,7 +17,7 @@ blocks and, in detection/segmentation backbones, mmdet/mmseg's Swin blocks and V
 each called with the further arguments its model passes it (a Swin block's feature-map size).
 Quantizers outside every block (patch-embedding input and weights, Swin's patch merging, the head;
 a detector's neck and heads under ``quantize=all``) keep their min-max values. Rounding is not learned (no AdaRound):
-the spec names only the quantizers' parameters. Mini-batches are drawn with the seed. At the end every
+the paper names only the quantizers' parameters. Mini-batches are drawn with the seed. At the end every
 scale is a buffer again (:func:`harness.quant.learnable.fix_scales`).
 """
 from __future__ import annotations
@@ -26,23 +28,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from harness.arch import is_instrumented_block
-from harness.method import CalibrationContext, Calibrator
-from harness.progress import progress_bar
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture
-from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import BLOCKS
+from harness.api import (BLOCKS, CALIBRATORS, LAYER_INPUT, LAYER_OUTPUT, CalibrationContext, Calibrator, MinMaxObserver,
+                         Target, call_arguments, capture, fix_scales, is_instrumented_block, keep_scales_positive,
+                         learnable_scales, observe_and_freeze, progress_bar)
 
 
 @dataclass
 class BlockReconOptions:
-    """Spec methods.md, SPDFQ, Calibrator, where it gives values."""
+    """docs/methods.md, SPDFQ, Calibrator: block reconstruction; the paper's values where it gives them."""
 
-    iterations: int = 100  # spec: 100 iterations per block
-    lr: float = 4e-5  # spec: Adam lr 4e-5, cosine decay
+    iterations: int = 100  # paper: 100 iterations per block
+    lr: float = 4e-5  # paper: Adam lr 4e-5, cosine decay
     batch_size: int = 32  # images per iteration (ours; the whole default set of 32)
     quantized_inputs: bool = True  # block input from the quantized model (True) or the FP model
     activations: bool = True  # learn activation scales

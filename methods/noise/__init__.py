@@ -1,4 +1,4 @@
-"""Baseline ``noise``: x ~ N(0, 1) in the normalized input space (spec methods.md, Baselines).
+"""Baseline ``noise``: x ~ N(0, 1) in the normalized input space (docs/methods.md, Baselines).
 
 The floor every data-free method must beat.
 """
@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.registry import GENERATORS, METHODS
+from harness.api import GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
 
 
 @GENERATORS.register("noise")

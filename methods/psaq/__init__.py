@@ -1,4 +1,4 @@
-"""PSAQ-ViT (``psaq``; Li et al., ECCV 2022; spec methods.md, PSAQ-ViT).
+"""PSAQ-ViT (``psaq``; Li et al., ECCV 2022; docs/methods.md, PSAQ-ViT).
 
 Generator ``psaq`` (:mod:`methods.psaq.generator`): Gaussian noise optimized so that every block's
 patch-similarity entropy is high, with random target labels and a total-variation prior. The
@@ -7,8 +7,7 @@ writes a cached calibration set as a PNG grid.
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.psaq.generator import PatchSimilarityGenerator
 
 METHODS.add("psaq", MethodSpec(generator="psaq", calibrator="minmax",

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.priors.gallery import save_image_grid
-from harness.records import read_calibration
+from harness.api import HarnessError, read_calibration, save_image_grid
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,14 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.arch import SUPPORTED
-from harness.errors import HarnessError
-from harness.method import CalibrationSet, GenerationContext, Generator
-from harness.priors.loop import Objective, PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
-from harness.priors.patch_similarity import PatchSimilarityOptions, Probe, attn_v_probes
-from harness.priors.synthesis import TV_SCALINGS, synthesis_lr, tv_loss, tv_target
-from harness.registry import GENERATORS
-from harness.support import ATTENTION, CLASSES
+from harness.api import (ATTENTION, CLASSES, GENERATORS, SUPPORTED, TV_SCALINGS, CalibrationSet, GenerationContext,
+                         Generator, HarnessError, Objective, PatchSimilarityOptions, PixelSynthesis, Probe,
+                         SynthesisOptions, attn_v_probes, field_order, gaussian_noise, synthesis_lr, tv_loss, tv_target)
 
 
 @field_order(  # as declared before the shared bases: records' labels list options in this order

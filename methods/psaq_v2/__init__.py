@@ -1,4 +1,4 @@
-"""PSAQ-ViT V2 (``psaq_v2``; Li et al., TNNLS 2024; spec methods.md, PSAQ-ViT V2).
+"""PSAQ-ViT V2 (``psaq_v2``; Li et al., TNNLS 2024; docs/methods.md, PSAQ-ViT V2).
 
 Its samples and its student evolve together, so the method is split where the runner allows:
 generator ``psaq_v2_init`` (:mod:`methods.psaq_v2.generator`) makes the bit-independent first
@@ -7,8 +7,7 @@ min-max initializes the student on them and runs the adaptive teacher-student lo
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.psaq_v2.calibrator import PSAQV2Calibrator, PSAQV2Options
 from methods.psaq_v2.generator import InitOptions, PSAQV2InitGenerator
 

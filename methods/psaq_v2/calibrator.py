@@ -2,7 +2,7 @@
 
 Samples and student are coupled, so the loop lives in the calibrator: it receives the first
 samples (from ``psaq_v2_init``) and the runner's quantized copy, min-max initializes the student on
-those samples (the "naive" quantizer), then alternates for R rounds:
+those samples (the "naive" quantizer of docs/methods.md, PSAQ-ViT V2), then alternates for R rounds:
 
 1. sample step: images minimize L_x = L_PSE - λ_adv·D(f(x), q(x)) + λ_tv·L_TV (jittered as PSAQ-ViT);
 2. student step: weights (straight-through fake quantization) and quantizer scales
@@ -19,20 +19,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.arch import SUPPORTED
-from harness.errors import HarnessError
-from harness.method import CalibrationContext, Calibrator
-from harness.priors.loop import PixelSynthesis, field_order
-from harness.priors.patch_similarity import PatchSimilarityOptions, Probe, attn_v_probes
-from harness.priors.synthesis import random_roll_flip, tv_target
-from harness.progress import progress_bar, show_losses
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
-from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
-from harness.task import ImagePrior
+from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError, ImagePrior,
+                         MinMaxObserver, PatchSimilarityOptions, PixelSynthesis, Probe, act_quantizers, attn_v_probes,
+                         field_order, fix_scales, keep_scales_positive, learnable_scales, observe_and_freeze,
+                         progress_bar, random_roll_flip, show_losses, tv_target, weight_quantized_layers)
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
@@ -47,9 +37,9 @@ class PSAQV2Options(PatchSimilarityOptions):
     Cost: a sample step runs teacher and student forward and backward, a student step only the
     student (the teacher's outputs on fixed samples are computed once per round); with the 200
     warm-start iterations of ``psaq_v2_init`` the default run costs about 2-3x PSAQ-ViT's 1000-
-    iteration synthesis, the paper's 2-4x (measured in ``benchmarks/psaq_v2_miniature.py``).
+    iteration synthesis, within the 2-4x the defaults aim at (measured in ``benchmarks/psaq_v2_miniature.py``).
 
-    Student lr: 1e-5, the paper's example. Adam moves a parameter by about lr per step, so 500
+    Student lr: 1e-5 *(unpublished)*, small. Adam moves a parameter by about lr per step, so 500
     student steps move a weight by at most 5e-3, a third of a median 4-bit weight step of the
     digits ViT (0.015; DeiT's are of the same order): the student corrects rounding decisions near
     their thresholds and does not retrain. Ten times more fits the 32 samples instead of the
@@ -69,7 +59,7 @@ class PSAQV2Options(PatchSimilarityOptions):
     image_lr: float = 0.2  # image lr 0.2, PSAQ-ViT step 3's warm-up + cosine, restarted every round
     image_warmup: float = 0.2  # PSAQ-ViT step 3's warm-up share (100 of 500 iterations) of a round's sample steps
     image_betas: tuple[float, float] = (0.5, 0.9)  # Adam as PSAQ-ViT
-    student_lr: float = 1e-5  # "small (e.g. 1e-5, Adam)"; docstring
+    student_lr: float = 1e-5  # small, Adam; see the docstring
     temperature: float = 4.0  # *(unpublished)* KL softening, Hinton's T² scaling keeps D's size
     adv_weight: float = 1.0  # *(unpublished)* λ_adv, same weight as PSAQ-ViT's label term it replaces
     tv_weight: float = 0.05  # *(unpublished)* λ_tv, PSAQ-ViT step 5's weight
@@ -77,9 +67,9 @@ class PSAQV2Options(PatchSimilarityOptions):
     max_shift: int = 15  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
     flip_probability: float = 0.5  # PSAQ-ViT step 4
     discrepancy: Literal["auto", "kl", "mse"] = "auto"  # auto: KL for classifiers, MSE of features for backbones
-    # "weights through the straight-through estimator, quantizer scales learnable": `quantized`
-    # trains exactly those (the weights of quantized layers + scales); `all` also LayerNorms, biases,
-    # position embeddings and tokens, which fit the 32 samples rather than the quantization error.
+    # the student of docs/methods.md, PSAQ-ViT V2 (weights through the straight-through estimator, learnable
+    # scales): `quantized` trains exactly those (the weights of quantized layers + scales); `all` also
+    # LayerNorms, biases, position embeddings and tokens, which fit the 32 samples rather than the quantization error.
     student_params: Literal["quantized", "all"] = "quantized"
 
     def __post_init__(self) -> None:

@@ -16,14 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from harness.arch import SUPPORTED
-from harness.errors import HarnessError
-from harness.method import CalibrationSet, GenerationContext, Generator
-from harness.priors.loop import PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
-from harness.priors.patch_similarity import PatchSimilarityOptions, attn_v_probes
-from harness.priors.synthesis import clamp_pixels, tv_target
-from harness.registry import GENERATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, GENERATORS, SUPPORTED, CalibrationSet, GenerationContext, Generator, HarnessError,
+                         PatchSimilarityOptions, PixelSynthesis, SynthesisOptions, attn_v_probes, clamp_pixels,
+                         field_order, gaussian_noise, tv_target)
 from methods.psaq_v2.losses import prior_terms
 
 

@@ -1,4 +1,4 @@
-"""PSAQ-ViT V2's loss terms (spec methods.md, PSAQ-ViT V2): the teacher-student discrepancy and the
+"""PSAQ-ViT V2's loss terms (docs/methods.md, PSAQ-ViT V2): the teacher-student discrepancy and the
 label-free sample loss L_x = L_PSE - λ_adv·D + λ_tv·L_TV.
 
 No class labels appear anywhere ("no auxiliary category guidance"): the prior is PSAQ-ViT's
@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.priors.patch_similarity import PatchSimilarityOptions, Probe
-from harness.priors.synthesis import tv_loss
+from harness.api import PatchSimilarityOptions, Probe, tv_loss
 
 Discrepancy = Literal["auto", "kl", "mse"]
 DISCREPANCIES = ("auto", "kl", "mse")
@@ -26,7 +25,7 @@ def has_classifier(model: nn.Module) -> bool:
 
 
 def resolve_discrepancy(choice: Discrepancy, teacher: nn.Module) -> Literal["kl", "mse"]:
-    """Spec: KL of softened outputs for classifiers, a feature distance (MSE) for backbones."""
+    """KL of softened outputs for classifiers, a feature distance (MSE) for backbones."""
     if choice != "auto":
         return choice
     return "kl" if has_classifier(teacher) else "mse"

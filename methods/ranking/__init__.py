@@ -1,4 +1,4 @@
-"""Ranking-loss PTQ (``ranking``; Liu et al., NeurIPS 2021; spec methods.md, Ranking-loss PTQ).
+"""Ranking-loss PTQ (``ranking``; Liu et al., NeurIPS 2021; docs/methods.md, Ranking-loss PTQ).
 
 Calibrator ``ranking`` (:mod:`methods.ranking.calibrator`): per-layer scale search with Pearson
 correlation and the attention ranking loss, bias correction, and nuclear-norm mixed precision
@@ -8,8 +8,7 @@ correlation and the attention ranking loss, bias correction, and nuclear-norm mi
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.ranking.calibrator import RankingCalibrator, RankingOptions
 
 METHODS.add("ranking", MethodSpec(generator="real", calibrator="ranking",

@@ -1,10 +1,10 @@
-"""Calibrator ``ranking``: Liu et al., NeurIPS 2021 (spec methods.md, Ranking-loss PTQ).
+"""Calibrator ``ranking``: Liu et al., NeurIPS 2021 (docs/methods.md, Ranking-loss PTQ).
 
-Reconciling the spec's "symmetric uniform quantizers, one scale per layer" with the harness's
-quantizer contract (README §3: per-channel symmetric weights, per-tensor asymmetric activations):
+Reconciling the paper's symmetric uniform quantizers with one scale per layer with the harness's
+quantizer (docs/quantizer.md, Arithmetic: per-channel symmetric weights, per-tensor asymmetric activations):
 Δ_W is one multiplier per layer on the per-channel min-max weight scales, and Δ_X one multiplier
 per quantizer on its min-max range (so on its step). With the multiplier's grid [0.5, 1.2] this is
-the spec's search over [α Δ0, β Δ0], one searched number per operand and layer.
+the paper's search over [α Δ0, β Δ0], one searched number per operand and layer.
 
 Steps: (mixed precision only) nuclear-norm sensitivities and a bit allocation; min-max ranges for
 every quantizer; then, layer by layer on cached FP inputs, the alternating search maximizing
@@ -23,13 +23,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from harness.method import CalibrationContext, Calibrator
-from harness.progress import progress_bar
-from harness.quant.calibrate import observe_and_freeze
-from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.quant.observers import MinMaxObserver
-from harness.registry import CALIBRATORS
-from harness.support import ATTENTION
+from harness.api import (ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, MinMaxObserver, act_quantizers,
+                         observe_and_freeze, progress_bar, weight_quantized_layers)
 from methods.ranking.mixed_precision import allocate_bits, average_bits, layer_sensitivity
 from methods.ranking.objective import element_pairs
 from methods.ranking.search import alternating_search, bias_correction, candidate_grid
@@ -38,16 +33,16 @@ from methods.ranking.units import capture, matmul_sites
 
 @dataclass
 class RankingOptions:
-    """Defaults from the spec where it gives them; θ, γ are unpublished (spec methods.md)."""
+    """The paper's defaults where it gives them; θ, γ are unpublished (docs/methods.md, Ranking-loss PTQ)."""
 
-    search_low: float = 0.5  # spec: α = 0.5 (grid [α Δ0, β Δ0])
-    search_high: float = 1.2  # spec: β = 1.2
+    search_low: float = 0.5  # paper: α = 0.5 (grid [α Δ0, β Δ0])
+    search_high: float = 1.2  # paper: β = 1.2
     num_candidates: int = 71  # grid points, a 0.01 step (unpublished); 1.0 is always one of them
-    rounds: int = 3  # alternating W-then-X rounds, spec "a few rounds" (unpublished)
+    rounds: int = 3  # alternating W-then-X rounds, the paper's "a few rounds" (unpublished)
     gamma: float = 1.0  # weight of the ranking loss (unpublished; our default)
     theta: float = 0.001  # hinge margin on attention probabilities (unpublished; our default)
     rank_pairs: int = 1024  # element pairs of each head's attention map compared (a fixed sample; ours)
-    bias_correction: bool = True  # spec: subtract the mean output error from the bias
+    bias_correction: bool = True  # paper: subtract the mean output error from the bias
     bit_choices: tuple[int, ...] | None = None  # mixed precision; None: (b-2, b, b+2), {4, 6, 8} for mp6
 
     def __post_init__(self) -> None:

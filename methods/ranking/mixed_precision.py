@@ -1,4 +1,4 @@
-"""Mixed-precision bit allocation (spec methods.md, Ranking-loss PTQ; README §2, ``mpX``).
+"""Mixed-precision bit allocation (docs/methods.md, Ranking-loss PTQ; docs/quantizer.md, Bit specs, ``mpX``).
 
 Sensitivity of a layer is a nuclear norm: of the attention map for the layers of an attention
 module (qkv and proj share their module's map), of the layer's output feature otherwise (MLP fc1,
@@ -19,10 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from harness.arch import is_instrumented_attention
-from harness.errors import HarnessError
-from harness.quant.modules import QuantConv2d, weight_quantized_layers
-from harness.quant.capture import LAYER_OUTPUT, Target
+from harness.api import (LAYER_OUTPUT, HarnessError, QuantConv2d, Target, is_instrumented_attention,
+                         weight_quantized_layers)
 from methods.ranking.units import capture
 
 MAX_CAPACITY = 200_000  # knapsack cells per layer; parameter counts are rounded up beyond it

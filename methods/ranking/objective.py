@@ -1,4 +1,4 @@
-"""The per-layer objective of ranking-loss PTQ (spec methods.md, Ranking-loss PTQ): Γ − γ·L_rank."""
+"""The per-layer objective of ranking-loss PTQ (docs/methods.md, Ranking-loss PTQ): Γ − γ·L_rank."""
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,7 @@
-"""Alternating linear grid search of one matmul's two scales (spec methods.md, Ranking-loss PTQ).
+"""Alternating linear grid search of one matmul's two scales (docs/methods.md, Ranking-loss PTQ).
 
 A matmul has an input X and a second operand W (a layer's weight, or k in q·kᵀ and v in attn·v).
-Each operand's scale is a multiplier α on its min-max scale Δ0, searched over the spec's grid
+Each operand's scale is a multiplier α on its min-max scale Δ0, searched over the paper's grid
 [0.5, 1.2]: first Δ_W with Δ_X fixed, then Δ_X with Δ_W fixed, for a few rounds. Candidates are
 evaluated on cached FP tensors, vectorized over α in chunks bounded by :data:`CHUNK_ELEMENTS`.
 """
@@ -13,15 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.progress import progress_bar
-from harness.quant.fake_quant import (
-    asymmetric_params,
-    fake_quant_asymmetric,
-    fake_quant_log2,
-    fake_quant_symmetric,
-    symmetric_weight_scale,
-)
-from harness.quant.modules import ActQuantizer
+from harness.api import (ActQuantizer, asymmetric_params, fake_quant_asymmetric, fake_quant_log2, fake_quant_symmetric,
+                         progress_bar, symmetric_weight_scale)
 from methods.ranking.objective import pearson, ranking_loss
 
 MIN_GAIN = 1e-6  # a move must beat the current objective by more than float noise (Pearson of a rescaled output)
@@ -53,7 +46,7 @@ class Operand:
 
 
 def weight_operand(layer: nn.Module) -> Operand:
-    """Δ_W: a multiplier on the per-channel min-max scales max|w_c| / (2^(b-1) - 0.5) (README §3)."""
+    """Δ_W: a multiplier on the per-channel min-max scales max|w_c| / (2^(b-1) - 0.5) (docs/quantizer.md, Arithmetic)."""
     weight, bits = layer.weight.detach(), layer.weight_bits
     if not bits:
         return _fixed(weight, lambda w: w)
@@ -70,7 +63,7 @@ def weight_operand(layer: nn.Module) -> Operand:
 
 
 def activation_operand(quantizer: ActQuantizer | None, value: torch.Tensor) -> Operand:
-    """Δ_X: a multiplier on the per-tensor min-max range [min(x, 0), max(x, 0)] (README §3).
+    """Δ_X: a multiplier on the per-tensor min-max range [min(x, 0), max(x, 0)] (docs/quantizer.md, Arithmetic).
 
     Scaling the range scales the asymmetric quantizer's step by α; the zero-point follows.
     """
@@ -186,7 +179,7 @@ def _attention_maps(fp_map: torch.Tensor, scores: torch.Tensor,
 
 @torch.no_grad()
 def bias_correction(unit: MatmulUnit, result: SearchResult) -> torch.Tensor:
-    """E[Ô − O] per output channel over the calibration set (spec: subtract it from the bias)."""
+    """E[Ô − O] per output channel over the calibration set, subtracted from the bias (docs/methods.md, Ranking-loss PTQ)."""
     x = unit.x.quantize(torch.tensor([result.alpha_x]))[0]
     w = unit.w.quantize(torch.tensor([result.alpha_w]))[0]
     error = unit.op(x, w) - unit.op(unit.x.value, unit.w.value)

@@ -1,11 +1,11 @@
 """Where the matmuls are in a quantized model, and their FP inputs on the calibration images.
 
-Sites (spec methods.md, Ranking-loss PTQ: "every matmul"): every weight-quantized Linear and the
+Sites (docs/methods.md, Ranking-loss PTQ: every matmul): every weight-quantized Linear and the
 patch-embedding Conv2d (input at its ``in`` point, weight per channel), and per attention module
 q·kᵀ (points ``q``, ``k``; the ``attn`` map adds the ranking loss) and attn·v (points ``attn``,
 ``v``). FP values are captured from the quantized model itself with every quantizer bypassed and
-weights unquantized, which is the FP model with the same module names (README §3: the instrumented
-forward equals timm's).
+weights unquantized, which is the FP model with the same module names (the instrumented forward
+equals timm's; docs/quantizer.md, What is quantized).
 """
 from __future__ import annotations
 
@@ -15,11 +15,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from harness.arch import is_instrumented_attention
-from harness.instrument import get_point
-from harness.quant import capture as core_capture
-from harness.quant.capture import LAYER_INPUT, Target, floating_point
-from harness.quant.modules import ActQuantizer, QuantConv2d, weight_quantized_layers
+from harness.api import (LAYER_INPUT, ActQuantizer, QuantConv2d, Target, capture as core_capture, floating_point,
+                         get_point, is_instrumented_attention, weight_quantized_layers)
 from methods.ranking.search import MatmulUnit, activation_operand, weight_operand
 
 OPERAND_POINTS = {"layer": ("in", None), "qk": ("q", "k"), "av": ("attn", "v")}  # (X, W) points; None: the weight
@@ -90,4 +87,4 @@ def capture(qmodel: nn.Module, images: torch.Tensor, targets: dict[str, Target],
             reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """FP values at ``targets`` for all images: the core's capture with the quantizers bypassed."""
     with floating_point(qmodel):
-        return core_capture.capture(qmodel, images, targets, device, batch_size, reduce)
+        return core_capture(qmodel, images, targets, device, batch_size, reduce)

@@ -1,12 +1,11 @@
-"""Baseline ``real``: calibration images from the task's training split (spec methods.md, Baselines).
+"""Baseline ``real``: calibration images from the task's training split (docs/methods.md, Baselines).
 
 The upper reference every data-free method is compared with; Liu et al. used 1000 images, the
 default here is 32 (``num_images``), as for the synthetic generators.
 """
 from __future__ import annotations
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.registry import GENERATORS, METHODS
+from harness.api import GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
 
 
 @GENERATORS.register("real")

@@ -5,8 +5,7 @@ can feed it (``--data psaq --calib repq``).
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.repq_vit.calibrator import RepQCalibrator, RepQOptions
 
 METHODS.add("repq_vit", MethodSpec(generator="real", calibrator="repq",

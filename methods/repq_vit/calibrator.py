@@ -18,14 +18,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from harness.arch import is_instrumented_attention
-from harness.errors import HarnessError
-from harness.instrument import get_point
-from harness.method import CalibrationContext, Calibrator
-from harness.quant.modules import ActQuantizer, act_quantizers, weight_quantized_layers
-from harness.quant.reparam import fold_channel_params, norm_linear_pairs
-from harness.quant.search import percentile_mse_log_sqrt2_scale, percentile_mse_params
-from harness.registry import CALIBRATORS
+from harness.api import (CALIBRATORS, ActQuantizer, CalibrationContext, Calibrator, HarnessError, act_quantizers,
+                         fold_channel_params, get_point, is_instrumented_attention, norm_linear_pairs,
+                         percentile_mse_log_sqrt2_scale, percentile_mse_params, weight_quantized_layers)
 
 
 @dataclass

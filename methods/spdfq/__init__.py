@@ -1,15 +1,14 @@
-"""SPDFQ (``spdfq``; Zhong et al., 2024, later SARDFQ; spec methods.md, SPDFQ).
+"""SPDFQ (``spdfq``; Zhong et al., 2024, later SARDFQ; docs/methods.md, SPDFQ).
 
 Generator ``spdfq`` (:mod:`methods.spdfq.generator`): noise optimized with attention priors (APA),
 multi-semantic crops (MSR) and soft labels (SL), each switchable for the paper's ablation. Methods:
 ``spdfq`` pairs it with the paper's backend, block-wise reconstruction (calibrator ``block_recon``,
 its own plugin so any generator can use it); ``spdfq_minmax`` with min-max ranges, the fair
-shared-backend comparison with PSAQ-ViT (spec: "the min-max calibrator must also be available").
+shared-backend comparison with PSAQ-ViT (docs/methods.md, SPDFQ).
 """
 from __future__ import annotations
 
-from harness.method import MethodSpec
-from harness.registry import METHODS
+from harness.api import METHODS, MethodSpec
 from methods.spdfq.generator import SPDFQGenerator, SPDFQOptions
 
 METHODS.add("spdfq", MethodSpec(generator="spdfq", calibrator="block_recon",

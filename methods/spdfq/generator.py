@@ -22,16 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.arch import SUPPORTED, is_window_attention
-from harness.errors import HarnessError
-from harness.method import CalibrationSet, GenerationContext, Generator
-from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
-                                            gaussian_mixture_priors, patch_attention)
-from harness.priors.loop import PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
-from harness.priors.patch_similarity import Probe
-from harness.priors.synthesis import synthesis_lr, tv_loss, tv_target
-from harness.registry import GENERATORS
-from harness.support import ATTENTION, CLASSES
+from harness.api import (ATTENTION, CLASSES, GENERATORS, SUPPORTED, CalibrationSet, GenerationContext, Generator,
+                         HarnessError, PixelSynthesis, Probe, SynthesisOptions, aligned_blocks,
+                         attention_alignment_loss, attention_probes, field_order, gaussian_mixture_priors,
+                         gaussian_noise, is_window_attention, patch_attention, synthesis_lr, tv_loss, tv_target)
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 
 APA_WEIGHT_RANGE = (1.0, 1e5)  # docs/methods.md, SPDFQ: α1 is per model, 1 to 1e5

@@ -1,9 +1,9 @@
-"""SPDFQ's two label-side parts (spec methods.md, SPDFQ): multi-semantic crops (MSR) and soft labels (SL).
+"""SPDFQ's two label-side parts (docs/methods.md, SPDFQ): multi-semantic crops (MSR) and soft labels (SL).
 
 MSR regions: the image is split into a grid of ceil(sqrt(K_MSR))² cells (2 x 2 for K_MSR = 4); each
 iteration picks m in {1..K_MSR} distinct cells per image and, inside each, a random square box of side
-between half and all of the cell. Boxes in distinct cells cannot overlap, so the spec's
-"non-overlapping patches" holds by construction. How patches are sized and placed is unpublished;
+between half and all of the cell. Boxes in distinct cells cannot overlap, so the paper's
+non-overlapping patches hold by construction. How patches are sized and placed is unpublished;
 this is our choice. Each cell has its own target, drawn once per image, so a region is pushed
 towards the same class at every iteration.
 """
@@ -34,7 +34,7 @@ def cells_per_side(max_patches: int) -> int:
 
 def msr_regions(batch_size: int, height: int, width: int, max_patches: int,
                 generator: torch.Generator) -> list[Region]:
-    """Spec MSR: m ~ U{1..max_patches} non-overlapping random patches of every image."""
+    """docs/methods.md, SPDFQ, MSR: m ~ U{1..max_patches} non-overlapping random patches of every image."""
     side = cells_per_side(max_patches)
     cell_h, cell_w = height // side, width // side
     regions = []
@@ -58,7 +58,7 @@ def crop_and_resize(images: Tensor, regions: list[Region]) -> Tensor:
 
 def soft_targets(labels: Tensor, num_classes: int, generator: torch.Generator,
                  logit_range: tuple[float, float] = (5.0, 10.0)) -> Tensor:
-    """Spec SL: T = softmax(Z), Z = 0 except Z[y] ~ U(logit_range) -> (*labels.shape, num_classes)."""
+    """docs/methods.md, SPDFQ, SL: T = softmax(Z), Z = 0 except Z[y] ~ U(logit_range) -> (*labels.shape, num_classes)."""
     low, high = logit_range
     logits = torch.zeros(*labels.shape, num_classes)
     values = low + (high - low) * torch.rand(labels.shape, generator=generator)

@@ -1,5 +1,4 @@
-"""Task ``ade20k``: ADE20K val mIoU of mmseg's UperNet with Swin and ViT/DeiT backbones
-(docs/methods.md, Task-agnostic backbones).
+"""Task ``ade20k``: ADE20K val mIoU of mmseg's UperNet with Swin and ViT/DeiT backbones (README, Tasks).
 
 Offline: weights from ``--checkpoint`` (or mmengine's download cache), data from ``--data-root``
 in the ADEChallengeData2016 layout; the metric is mmseg's ``IoUMetric``. Configs are mmseg's own.

@@ -1,5 +1,4 @@
-"""Task ``coco``: COCO 2017 val box AP and mask AP of mmdet's (Cascade) Mask R-CNN with Swin backbones
-(docs/methods.md, Task-agnostic backbones).
+"""Task ``coco``: COCO 2017 val box AP and mask AP of mmdet's (Cascade) Mask R-CNN with Swin backbones (README, Tasks).
 
 Offline: weights from ``--checkpoint`` (or mmengine's download cache), data from ``--data-root``
 in the standard layout; the metric is mmdet's ``CocoMetric``. Mask R-CNN uses mmdet's own Swin

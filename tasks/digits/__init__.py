@@ -11,12 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
-from harness.evaluation import tensor_batches, topk_accuracy
-from harness.io import file_sha256
-from harness.registry import TASKS
-from harness.task import ImagePrior, Task, calibration_indices, register_models
-from harness.weights import read_state_dict
+from harness.api import (TASKS, HarnessError, ImagePrior, Task, calibration_indices, file_sha256, read_state_dict,
+                         register_models, tensor_batches, topk_accuracy)
 from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from tasks.digits.model import build_model
 from tasks.digits.shipped import MODEL_SEEDS, shipped_weights

@@ -23,7 +23,7 @@ class DigitsSplit:
 
 @lru_cache(maxsize=1)
 def load_splits() -> tuple[DigitsSplit, DigitsSplit]:
-    """The fixed stratified 70/30 train/test split (random_state 0) of the issue's recipe."""
+    """The fixed stratified 70/30 train/test split (random_state 0), as README, Tasks describes it."""
     digits = load_digits()
     pixels = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     pixels = F.interpolate(pixels, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)

@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.evaluation import tensor_batches, topk_accuracy
-from harness.progress import progress_bar
-from harness.weights import read_state_dict, write_state_dict
+from harness.api import progress_bar, read_state_dict, tensor_batches, topk_accuracy, write_state_dict
 from tasks.digits.data import DigitsSplit, load_splits, normalize
 from tasks.digits.model import build_model
 from tasks.digits.shipped import MODEL_SEEDS, WEIGHTS_DIR, read_manifest, write_manifest

@@ -28,6 +28,14 @@ def test_the_digest_follows_project_imports_and_ignores_docstrings():
     assert module_digest("methods.noise") != module_digest("methods.psaq.generator")
 
 
+
+def test_an_import_from_the_plugin_api_counts_as_one_from_the_defining_module():
+    """methods.noise imports harness.api, which re-exports the priors and the quantizer too: its digest
+    must cover the modules it takes names from, not everything the API lists."""
+    closure = _project_closure("methods.noise")
+    assert {"harness.method", "harness.registry"} <= closure
+    assert not {"harness.api", "harness.priors.patch_similarity", "harness.quant.search"} & closure
+
 def test_differences_name_the_component_and_what_changed():
     now = {"generator": {"version": "2", "digest": "a"}, "task": {"version": "1", "digest": "b"}}
     assert describe_difference(now, now) == []

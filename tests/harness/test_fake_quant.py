@@ -16,7 +16,7 @@ from harness.quant.fake_quant import (
 def test_per_channel_symmetric_scale_is_half_range_of_levels():
     weight = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.1, -0.3]])
     scale = symmetric_weight_scale(weight, bits=4)
-    # s_c = max|w_c| / (2^(b-1) - 0.5) = max / 7.5 (spec README §3)
+    # s_c = max|w_c| / (2^(b-1) - 0.5) = max / 7.5 (docs/quantizer.md, Arithmetic)
     assert torch.allclose(scale.flatten(), torch.tensor([1.0 / 7.5, 2.0 / 7.5]))
     assert scale.shape == (2, 1)
 

@@ -17,11 +17,11 @@ from harness.priors.synthesis import (
 )
 from harness.task import ImagePrior
 
-H = 0.01  # spec PSAQ-ViT step 5: bandwidth, 10 points, offset 1e-4
+H = 0.01  # docs/methods.md, PSAQ-ViT, step 5: bandwidth, 10 points, offset 1e-4
 
 
 def _reference_entropies(attn_v: torch.Tensor, batch_size: int) -> list[float]:
-    """The spec formula, image by image, window by window, pair by pair, in float64."""
+    """The formula of docs/methods.md, PSAQ-ViT, step 5, image by image, window by window, pair by pair, in float64."""
     u = attn_v.double().mean(dim=1)[:, 1:, :]
     windows = u.shape[0] // batch_size
     samples = []
@@ -117,7 +117,7 @@ def _spread(attn_v: torch.Tensor, spread: str) -> torch.Tensor:
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("shape, batch_size", [((3, 2, 9, 8), 3), ((2 * 4, 2, 16, 8), 2)], ids=["vit", "swin"])
 def test_vectorized_entropy_matches_float64_loop(shape, batch_size, spread, monkeypatch):
-    """Every kernel form against the spec formula in float64.
+    """Every kernel form against that formula in float64.
 
     Narrow similarities are compared in float64: near 1, float32's own rounding of a cosine moves
     the entropy by ~1e-5 whichever form runs (measured: 1.0e-5 and 1.6e-5 for two forms).

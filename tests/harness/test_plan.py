@@ -74,7 +74,7 @@ def test_missing_weights_are_planned_without_downloading(results, tmp_path, monk
 def test_dry_run_prints_the_totals_for_k_workers_and_runs_nothing(results, capsys):
     records = sorted(path.name for path in (results / "records").iterdir())
     assert main(["run", "--methods", "noise", "--models", MODEL, "--bits", "w4a4,w8a8", "--seeds", "0,1",
-                 "--limit", "20", "--out", str(results), "--dry-run", "--workers-estimate", "2"]) == 0
+                 "--limit", "20", "--results", str(results), "--dry-run", "--workers-estimate", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 cells: 1 finished, 3 to run" in out
     assert "total: 2.7 min on one worker, 1.7 min on 2 workers" in out

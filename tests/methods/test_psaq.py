@@ -86,7 +86,7 @@ def test_swin_gets_its_own_lr(tiny_swin):
 
 
 def test_a_backbone_without_classes_gets_no_labels_and_no_one_hot_term(tiny_vit):
-    """README §4: on a detection/segmentation backbone the prior has no classes; PSE and TV remain."""
+    """README, Tasks: on a detection/segmentation backbone the prior has no classes; PSE and TV remain."""
     backbone = copy.deepcopy(tiny_vit)
     backbone.reset_classifier(0)
     prior = ImagePrior(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)

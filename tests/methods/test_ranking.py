@@ -43,7 +43,7 @@ def _calibrated(model, images, bits="w4a4", options=None):
 
 @torch.no_grad()
 def _objective(unit: MatmulUnit, alpha_w: float, alpha_x: float, gamma=0.0, theta=0.0, pairs=None) -> float:
-    """The spec's objective recomputed from scratch for one (α_W, α_X)."""
+    """The objective of docs/methods.md, Ranking-loss PTQ, recomputed from scratch for one (α_W, α_X)."""
     x, w = unit.x.quantize(torch.tensor([alpha_x])), unit.w.quantize(torch.tensor([alpha_w]))
     reference, output = unit.op(unit.x.value, unit.w.value), unit.op(x[0], w[0])
     score = pearson(reference, output.unsqueeze(0))
@@ -84,7 +84,7 @@ def test_grid_always_holds_the_min_max_scale():
         assert bool((grid == 1.0).any()) and grid[0] == pytest.approx(low) and grid[-1] == pytest.approx(high)
         assert bool((grid.diff() > 0).all())
     options = RankingOptions()
-    assert (options.search_low, options.search_high) == (0.5, 1.2)  # spec: [α Δ0, β Δ0], α = 0.5, β = 1.2
+    assert (options.search_low, options.search_high) == (0.5, 1.2)  # docs/methods.md, Ranking-loss PTQ: α = 0.5, β = 1.2
     with pytest.raises(HarnessError, match="contain 1.0"):
         expand(GridSpec(methods=("ranking",), bits=("w4a4",), calibrator_options={"search_low": 1.1}))
 

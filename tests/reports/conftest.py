@@ -1,4 +1,4 @@
-"""Handmade result records in the runner's format (spec §5), written as JSON files like ``harness run`` does."""
+"""Handmade result records in the runner's format (docs/results.md), written as JSON files like ``harness run`` does."""
 from __future__ import annotations
 
 import hashlib

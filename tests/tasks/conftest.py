@@ -98,6 +98,12 @@ def tiny_classifier(tmp_path_factory) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
+def grid_argv() -> Callable[..., list[str]]:
+    """:func:`run_argv`, for tests that call ``main`` with other flags (``--dry-run``)."""
+    return run_argv
+
+
+@pytest.fixture(scope="session")
 def run_grid() -> Callable[..., list[dict[str, Any]]]:
     """``python -m harness run`` on a tiny instance (small synthesis budgets); returns the records of ``out``."""
     def run(setup: TaskSetup, out: Path, *args: str) -> list[dict[str, Any]]:

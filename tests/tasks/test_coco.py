@@ -29,7 +29,7 @@ def _task(setup, **changes) -> CocoTask:
 
 @pytest.fixture(scope="module")
 def grid(tiny_coco, run_grid, tmp_path_factory):
-    """The issue's acceptance command on the tiny instance, plus FP, W4A4 and real images."""
+    """The README's COCO command (README, Tasks) on the tiny instance, plus FP, W4A4 and real images."""
     records = run_grid(tiny_coco, tmp_path_factory.mktemp("results"), "--methods", "psaq,noise,real",
                        "--tasks", "coco", "--bits", "fp,w4a8,w4a4", "--limit", "4")
     return {(record["method"], record["bits"]): record for record in records}
@@ -50,7 +50,7 @@ def test_fp_scores_100_against_its_own_predictions_and_quantization_lowers_it(ti
 def test_generators_work_on_the_backbone_at_the_prior_resolution(grid):
     psaq = grid[("psaq", "w4a8")]
     assert psaq["quantizer"]["scope"] == "backbone" and psaq["num_calibration_images"] == 32
-    assert psaq["calibration_info"]["one_hot_term"] is False  # no classes on a backbone (README §4)
+    assert psaq["calibration_info"]["one_hot_term"] is False  # no classes on a backbone (README, Tasks)
     # --limit 4 covers the tiny instance's 4 val images, so it is recorded as no limit (one leaderboard row)
     assert psaq["options"]["limit"] is None and grid[("real", "w4a8")]["num_calibration_images"] == 4
     hits = {grid[("psaq", bits)]["generator_cache_hit"] for bits in ("w4a8", "w4a4")}
@@ -143,7 +143,7 @@ def test_mmengine_checkpoints_load_with_a_narrow_allowlist(tiny_coco, tmp_path):
 
 
 def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
-    """Issue #4 on a detector: no classes, so D is the MSE of the backbone's multi-scale features."""
+    """PSAQ-ViT V2 on a detector: no classes, so D is the MSE of the backbone's multi-scale features."""
     records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2", "--tasks", "coco", "--bits", "w4a4",
                        "--gen-opt", "psaq_v2_init.prior_iterations=2", "--calib-opt", "iterations=4",
                        "--calib-opt", "rounds=2")
@@ -192,7 +192,8 @@ def test_block_recon_reconstructs_the_swin_blocks_also_with_neck_and_heads_quant
     assert all(error["learned_tensors"] == 12 and error["before"] > 0 for error in errors.values())
 
 
-def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tiny_classifier, run_grid, tmp_path):
+def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tiny_classifier, run_grid, grid_argv,
+                                                                  tmp_path, capsys):
     """`--methods psaq_v2,spdfq --tasks coco --bits w4a8`: spdfq synthesizes through the classifier the
     backbone was pre-trained as and calibrates the detector's backbone; psaq_v2 stays label-free."""
     classifier = tiny_classifier(tiny_coco)
@@ -210,6 +211,13 @@ def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tin
     assert spdfq["options"]["task"]["class_source"] == "classifier" and spdfq["num_calibration_images"] == 4
     assert len(spdfq["calibrator_info"]["block_mse"]) == 4 and set(spdfq["metrics"]) == {"box_ap", "mask_ap"}
     assert "class_source" not in cells["psaq_v2"]["calibration_info"]
+    # the dry run finds spdfq's set where the run put it (its key includes the class source)
+    capsys.readouterr()
+    assert main(grid_argv(tiny_coco, tmp_path, "--methods", "spdfq", "--tasks", "coco", "--bits", "w4a4", "--dry-run",
+                         "--task-opt", f"prior_classifier={classifier}", "--gen-opt", "num_images=4",
+                         "--gen-opt", "spdfq.iterations=3", "--gen-opt", "spdfq.warmup=1")) == 0
+    planned = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spdfq ")]
+    assert [line[5:7] for line in planned] == [["to", "run"]] and planned[0][7] == "cached"
 
 
 def test_without_a_class_source_spdfq_is_refused_before_the_grid(tiny_coco, tmp_path, monkeypatch, capsys):

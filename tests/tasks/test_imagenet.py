@@ -23,10 +23,12 @@ from torchvision import transforms
 
 from harness.errors import HarnessError
 from harness import timm_weights as weights
-from tasks.imagenet import ImageNetOptions, ImageNetTask, cache
-from tasks.imagenet.data import eval_transform, labelled_images
+from harness.image_folder import cache
+from harness.image_folder.data import eval_transform
+from tasks.imagenet import ImageNetOptions, ImageNetTask
 
 MODEL = "deit_tiny_patch16_224"
+labelled_images = ImageNetTask().labelled_images  # a split folder's (path, synset index) pairs
 # classes 0, 1 and 999 of timm's synset list: the 999 folder proves labels are not folder ranks
 VAL = {"n01440764": ["astronaut.JPEG", "coffee.JPEG"], "n01443537": ["chelsea.jpg"], "n15075141": ["camera.png"]}
 TRAIN = {"n01440764": ["rocket.JPEG", "coins.JPEG"], "n01443537": ["immunohistochemistry.JPEG", "moon.JPEG"],
@@ -271,7 +273,7 @@ def test_missing_splits_and_foreign_folders_are_named(tmp_path):
 
 
 def test_unknown_model_and_bad_options_are_refused():
-    with pytest.raises(HarnessError, match="not an imagenet model"):
+    with pytest.raises(HarnessError, match="not a model of task 'imagenet'"):
         _task().prior("resnet50")
     with pytest.raises(ValueError):
         ImageNetOptions(num_workers=-1)

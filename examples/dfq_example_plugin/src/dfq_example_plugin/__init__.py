@@ -2,7 +2,7 @@
 
 The harness imports this module when it discovers plugins (entry-point group ``dfq_harness.methods``
 in pyproject.toml). Calibration images are Gaussian noise drawn at 1/``scale`` of the input
-resolution, upsampled and clamped to the pixel range: smoother than the spec's ``noise`` baseline.
+resolution, upsampled and clamped to the pixel range: smoother than the ``noise`` baseline.
 The method pairs them with the core's percentile calibrator.
 """
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.method import CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
-from harness.priors.synthesis import clamp_pixels
-from harness.registry import GENERATORS, METHODS
+from harness.api import (GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions,
+                         MethodSpec, clamp_pixels)
 
 
 @dataclass

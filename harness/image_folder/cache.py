@@ -3,9 +3,9 @@
 timm's eval transform is a decode-side part on PIL images (resize, centre crop) followed by
 ``to_tensor`` and ``Normalize``. The decode-side part's output is stored as an (N, H, W, 3) uint8
 array in the harness cache; evaluation reads batches from it and applies the tensor side with the
-same operations ``to_tensor`` and ``Normalize`` use, so the floats are those of decoding. All DeiT,
-ViT and Swin models of the task share one decode-side part (resize to 248 px, bicubic, crop 224),
-hence one copy. The key covers that part, the files (relative path, label, size, modification
+same operations ``to_tensor`` and ``Normalize`` use, so the floats are those of decoding. Models
+whose decode-side parts agree share one copy (all DeiT, ViT and Swin models of ``imagenet``: resize
+to 248 px, bicubic, crop 224). The key covers that part, the files (relative path, label, size, modification
 time) and the decoder's versions; a build is locked and renamed into place, so concurrent runners
 build it once and never read half of one.
 """
