@@ -38,7 +38,7 @@ from harness.grid import GridSpec, expand
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.runner import GridRunner
+from harness.worker import CellWorker
 
 BITS = ("w8a8", "w4a8")
 
@@ -50,9 +50,9 @@ def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Te
 
 
 def digits(folder: Path, threads: int) -> None:
-    runner = GridRunner(folder)
+    worker = CellWorker(folder)
     for cell in expand(GridSpec(methods=("real",), tasks=("digits",), bits=BITS, seeds=(0,))):
-        qmodel, task = runner.calibrated_model(cell)
+        qmodel, task = worker.calibrated_model(cell)
         simulated = task.evaluate(qmodel, cell.model)["top1"]
         path = export_onnx(qmodel, torch.zeros(2, *task.prior(cell.model).input_size), folder / f"{cell.model}-{cell.bits}.onnx")
         deployed = task.evaluate(OnnxRuntimeModel(path, threads), cell.model)["top1"]

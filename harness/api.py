@@ -9,7 +9,7 @@ docs/plugins.md, The plugin API, groups the names.
 from __future__ import annotations
 
 from harness.arch import SUPPORTED, is_instrumented_attention, is_instrumented_block, is_window_attention
-from harness.conformance import Hooks, TaskSetup, cases, run_case
+from harness.conformance import Hooks, cases, run_case
 from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
 from harness.image_folder import ImageFolderOptions, ImageFolderTask
@@ -22,9 +22,10 @@ from harness.paths import cache_dir
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
 from harness.priors.gallery import save_image_grid
-from harness.priors.patch_similarity import Probe, attn_v_probes, patch_similarity_loss
+from harness.priors.loop import Objective, PixelSynthesis, SynthesisOptions, field_order, gaussian_noise
+from harness.priors.patch_similarity import PatchSimilarityOptions, Probe, attn_v_probes, patch_similarity_loss
 from harness.priors.synthesis import (TV_SCALINGS, clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip,
-                                      synthesis_lr, total_variation, tv_target, warmup_cosine_lr)
+                                      synthesis_lr, total_variation, tv_loss, tv_target, warmup_cosine_lr)
 from harness.progress import progress_bar, show_losses
 from harness.quant.calibrate import mse_weight_scales, observe_and_freeze
 from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture, floating_point
@@ -42,6 +43,7 @@ from harness.records import read_calibration
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices, register_models
+from harness.task_setup import TaskSetup
 from harness.timm_weights import hub_checkpoint, load_weights
 from harness.weights import read_state_dict, write_state_dict
 
@@ -69,6 +71,9 @@ __all__ = [
     "clamp_pixels", "gaussian_mixture_priors", "patch_attention", "patch_similarity_loss", "pixel_bounds",
     "pixel_optimizer", "random_roll_flip", "save_image_grid", "synthesis_lr", "total_variation", "tv_target",
     "warmup_cosine_lr",
+    # the one pixel-synthesis loop and its options (docs/methods.md, Pixel synthesis)
+    "Objective", "PatchSimilarityOptions", "PixelSynthesis", "SynthesisOptions", "field_order", "gaussian_noise",
+    "tv_loss",
     # the quantizer (harness/quant): modules, arithmetic, calibration passes, searches
     "ActQuantizer", "LAYER_INPUT", "LAYER_OUTPUT", "MSEObserver", "MinMaxObserver", "PercentileObserver",
     "QuantConv2d", "QuantLinear", "Target", "act_quantizers", "asymmetric_params", "best_candidate", "call_arguments",
@@ -78,6 +83,6 @@ __all__ = [
     "fold_channel_params", "keep_scales_positive", "learnable_scales", "mse_weight_scales", "norm_linear_pairs",
     "observe_and_freeze", "percentile_mse_log_sqrt2_scale", "percentile_mse_params", "symmetric_weight_scale",
     "unquantized_weights", "weight_quantized_layers",
-    # the conformance kit, for plugins' tests and tasks' tiny instances
-    "Hooks", "TaskSetup", "cases", "run_case",
+    # tasks' small instances (harness.task_setup), and the conformance kit for plugins' tests
+    "TaskSetup", "Hooks", "cases", "run_case",
 ]

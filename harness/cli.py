@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     half.add_argument("--calibrator-only", action="store_true", help="only a calibrator, paired with real images")
     method.add_argument("--dest", type=Path, help="parent folder (default: the repository's methods/; "
                                                   "elsewhere the plugin is not discovered, see docs/plugins.md)")
+    method.add_argument("--template", choices=["plain", "synthesis"], default="plain",
+                        help="the generator: plain uniform pixels (default), or noise optimized by the shared "
+                             "pixel-synthesis loop (docs/methods.md, Pixel synthesis)")
 
     task = commands.add_parser("new-task", help="write a task plugin folder (and its test) from the template",
                                description="Scaffold a working offline task: scikit-learn's 8x8 digits, a tiny ViT "
@@ -221,7 +224,7 @@ def _warn_invalid(invalid: list) -> None:
 
 def _report_after_run(results: Path) -> None:
     """The records are already on disk: a report that fails to render costs one line, never the run."""
-    from harness.runner import error_line
+    from harness.worker import error_line
 
     try:
         from reports.render import write_report
@@ -294,7 +297,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from harness.export import export_cell
+    from harness.cell_export import export_cell
 
     _set_threads(args.threads)
     print(f"written: {export_cell(args.results, args.cell, args.out)}")
@@ -305,7 +308,7 @@ def command_new_method(args: argparse.Namespace) -> int:
     from harness.scaffold import new_method
 
     parts = "generator" if args.generator_only else "calibrator" if args.calibrator_only else "both"
-    return _print_scaffold(new_method(args.name, args.dest, parts))
+    return _print_scaffold(new_method(args.name, args.dest, parts, args.template))
 
 
 def command_new_task(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ model, so the kit needs no data and no network. A plugin tunes the kit with clas
   the kit, e.g. ``{"num_images": 4, "iterations": 2}``; without it the kit uses
   ``{"num_images": 4}`` where the options have that field, else the defaults.
 - ``in_pixel_range: ClassVar[bool] = False`` (generator): its images may leave
-  ``ImagePrior.clamp_bounds()``, as the spec's ``noise`` baseline (N(0, 1) in normalized space) does.
+  ``ImagePrior.clamp_bounds()``, as the ``noise`` baseline (N(0, 1) in normalized space) does.
 - ``conformance_setup(cls, workdir: Path) -> TaskSetup`` classmethod (task): a small offline instance,
   for tasks that read external data; a task without one whose defaults need data is skipped.
 
@@ -39,8 +39,9 @@ from harness.quant.modules import act_quantizers
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
 from harness.runner import GridRunner
 from harness.task import ImagePrior, Task, TaskOptions
+from harness.task_setup import SETUP_LIMIT, ConformanceSkip, TaskSetup
 
-HOST_TASK, HOST_MODEL, HOST_BITS, HOST_LIMIT = "digits", "digits_vit_seed0", "w4a8", 64
+HOST_TASK, HOST_MODEL, HOST_BITS, HOST_LIMIT = "digits", "digits_vit_seed0", "w4a8", SETUP_LIMIT
 DEFAULT_SMOKE_OPTIONS = {"num_images": 4}
 CALIBRATION_IMAGES = 8
 SMALL_BATCH = 3  # evaluation batch size compared with the task's default
@@ -54,19 +55,6 @@ class ConformanceError(AssertionError):
     def __init__(self, rule: str, plugin: str, detail: str) -> None:
         super().__init__(f"[{rule}] {plugin}: {detail}")
         self.rule = rule
-
-
-class ConformanceSkip(Exception):
-    """The kit cannot build a small instance of the plugin here (a task needing external data)."""
-
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """A small instance of a task: its options (e.g. a tiny self-made data root), one model, images evaluated."""
-
-    options: Mapping[str, Any] = field(default_factory=dict)
-    model_name: str | None = None  # None: the task's first model
-    limit: int | None = HOST_LIMIT
 
 
 @dataclass(frozen=True)
@@ -249,7 +237,8 @@ def check_calibrator(name: str, hooks: Hooks = Hooks()) -> None:
     images = task.calibration_images(HOST_MODEL, CALIBRATION_IMAGES, 0)
     before = _Snapshot.of(model)
     info = calibrator.calibrate(qmodel, CalibrationContext(fp_model=model, calibration=CalibrationSet(images),
-                                                           bits=bits, seed=0, device=CPU))
+                                                           bits=bits, seed=0, device=CPU,
+                                                           prior=task.prior(HOST_MODEL)))
     difference = before.difference(model)
     _require(not difference, "calibrator-fp-untouched", plugin, difference)
     quantizers = act_quantizers(qmodel)

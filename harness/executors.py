@@ -14,35 +14,31 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from harness.errors import HarnessError
 from harness.grid import Cell
 from harness.progress import progress_enabled, set_progress
-
-if TYPE_CHECKING:
-    from harness.runner import GridRunner, Outcome
+from harness.worker import CellWorker, Outcome
 
 EXECUTORS = ("local", "isolated", "ray", "slurm", "submitit-local")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def execute_cell(out: str, device: str, force: bool, recompute_stale: bool, progress: bool, cell: Cell) -> "Outcome":
+def execute_cell(out: str, device: str, force: bool, recompute_stale: bool, progress: bool, cell: Cell) -> Outcome:
     """Compute (or reuse) one cell in whatever process this runs in: the unit of remote work."""
-    from harness.runner import GridRunner
-
     set_progress(progress)
-    return GridRunner(Path(out), device=device, force=force, recompute_stale=recompute_stale).settle(cell, blocking=True)
+    return CellWorker(Path(out), device=device, force=force, recompute_stale=recompute_stale).settle(cell, blocking=True)
 
 
-def map_cells(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
+def map_cells(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str, Any]) -> Iterator[Outcome]:
     """Outcomes of ``cells`` in order, computed by ``executor``."""
     backends = {"isolated": _isolated, "ray": _ray, "slurm": _submitit, "submitit-local": _submitit}
     if executor not in backends:
         raise HarnessError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
     if not cells:
         return iter(())
-    return backends[executor](executor, runner, cells, options)
+    return backends[executor](executor, worker, cells, options)
 
 
 def check_executor(executor: str) -> None:
@@ -55,8 +51,8 @@ def check_executor(executor: str) -> None:
                            "use --executor submitit-local to try the same path on this machine")
 
 
-def _arguments(runner: "GridRunner") -> tuple[str, str, bool, bool, bool]:
-    return str(runner.store.root), str(runner.device), runner.force, runner.recompute_stale, progress_enabled()
+def _arguments(worker: CellWorker) -> tuple[str, str, bool, bool, bool]:
+    return str(worker.store.root), str(worker.device), worker.force, worker.recompute_stale, progress_enabled()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -74,47 +70,47 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _isolated(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
+def _isolated(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str, Any]) -> Iterator[Outcome]:
     """A fresh spawned process per cell: a crash or an out-of-memory kill costs one cell only."""
     context = multiprocessing.get_context("spawn")
     for cell in cells:
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_die_with_parent,
                                                     initargs=(os.getpid(),)) as pool:
             try:
-                yield pool.submit(execute_cell, *_arguments(runner), cell).result()
+                yield pool.submit(execute_cell, *_arguments(worker), cell).result()
             except concurrent.futures.process.BrokenProcessPool:
-                yield runner.record_failure(cell, "worker process died (killed or out of memory)")
+                yield worker.record_failure(cell, "worker process died (killed or out of memory)")
 
 
-def _ray(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
+def _ray(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str, Any]) -> Iterator[Outcome]:
     """Cells as Ray tasks; each asks for one GPU when the device is CUDA (``RAY_ADDRESS`` picks a cluster)."""
     ray = _require("ray", "ray")
     if not ray.is_initialized():
         ray.init(address=options.pop("address", None), include_dashboard=False, log_to_driver=False)
-    resources = {"num_cpus": 1, "num_gpus": 1 if runner.device.type == "cuda" else 0, "max_retries": 0, **options}
+    resources = {"num_cpus": 1, "num_gpus": 1 if worker.device.type == "cuda" else 0, "max_retries": 0, **options}
     task = ray.remote(**resources)(execute_cell)
-    references = [task.remote(*_arguments(runner), cell) for cell in cells]
+    references = [task.remote(*_arguments(worker), cell) for cell in cells]
     for reference, cell in zip(references, cells):
         try:
             yield ray.get(reference)
         except ray.exceptions.RayError as error:
-            yield runner.record_failure(cell, f"ray worker failed: {str(error).strip().splitlines()[0]}")
+            yield worker.record_failure(cell, f"ray worker failed: {str(error).strip().splitlines()[0]}")
 
 
-def _submitit(executor: str, runner: "GridRunner", cells: list[Cell], options: dict[str, Any]) -> Iterator["Outcome"]:
+def _submitit(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str, Any]) -> Iterator[Outcome]:
     """One submitit job per cell; ``slurm`` submits to Slurm, ``submitit-local`` runs the jobs here."""
     submitit = _require("submitit", "submitit")
     cluster = "slurm" if executor == "slurm" else "local"
-    jobs_dir = runner.store.root / "submitit"
+    jobs_dir = worker.store.root / "submitit"
     backend = submitit.AutoExecutor(folder=str(jobs_dir), cluster=cluster)
-    gpus = 1 if runner.device.type == "cuda" else 0
+    gpus = 1 if worker.device.type == "cuda" else 0
     backend.update_parameters(**{"timeout_min": 240, "gpus_per_node": gpus, "cpus_per_task": 2, **options})
-    jobs = [backend.submit(execute_cell, *_arguments(runner), cell) for cell in cells]
+    jobs = [backend.submit(execute_cell, *_arguments(worker), cell) for cell in cells]
     for job, cell in zip(jobs, cells):
         try:
             yield job.result()
         except Exception as error:  # submitit re-raises the job's failure with its own wrapper
-            yield runner.record_failure(cell, f"submitit job {job.job_id} failed: {str(error).strip().splitlines()[0]}")
+            yield worker.record_failure(cell, f"submitit job {job.job_id} failed: {str(error).strip().splitlines()[0]}")
 
 
 def _require(module: str, package: str) -> Any:

@@ -10,7 +10,6 @@ approximated.
 from __future__ import annotations
 
 import copy
-import re
 import statistics
 import tempfile
 import time
@@ -271,43 +270,6 @@ class OnnxRuntimeModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = np.ascontiguousarray(x.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: images})[0])
-
-
-def export_cell(results: Path, cell_id: str, path: Path, device: str = "cpu") -> Path:
-    """Rebuild a finished cell's calibrated model from its record and export it (docs/deploy.md, Exporting a cell).
-
-    The model is recalibrated with the record's configuration; a generator's cached calibration set
-    is reused. A missing or unfinished record, a record made for other weights or code versions, or
-    a placement without an integer form is one HarnessError.
-    """
-    from harness.grid import cell_from_record
-    from harness.records import ResultStore, load_record
-    from harness.runner import GridRunner
-
-    store = ResultStore(results)
-    if not re.fullmatch(r"[0-9a-f]{16}", cell_id):
-        raise HarnessError(f"malformed cell id {cell_id!r}: a cell id is 16 hexadecimal digits (records/<id>.json)")
-    record, problem = load_record(store.path(cell_id))
-    if record is None or problem is not None:
-        raise HarnessError(f"no valid record for cell {cell_id} in {store.records_dir}"
-                           + (f" ({problem})" if problem else ""))
-    if record["status"] != "ok":
-        raise HarnessError(f"cell {cell_id} did not finish (status {record['status']}); rerun its grid first")
-    if record["bits"] == "fp":
-        raise HarnessError(f"cell {cell_id} is an FP cell: there is no quantized model to export")
-    cell = cell_from_record(record)
-    runner = GridRunner(results, device=device)
-    if runner.cell_id(cell) != cell_id:
-        raise HarnessError(f"cell {cell_id} was computed with other weights or component versions than this "
-                           "checkout's; rerun its grid to export it")
-    qmodel, task = runner.calibrated_model(cell)
-    if task.quantized_part(qmodel) is not qmodel:
-        raise HarnessError(f"task {cell.task!r} quantizes {task.quantization_scope()}: export covers whole classifiers only")
-    check = deployability(qmodel)
-    if not check.deployable:
-        raise HarnessError(f"cell {cell_id} is {check.summary()}")
-    example = torch.zeros(2, *task.prior(cell.model).input_size)
-    return export_onnx(qmodel.cpu(), example, path)
 
 
 def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model: nn.Module,

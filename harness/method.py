@@ -55,6 +55,9 @@ class CalibrationContext:
     # the backbone within a quantized part (teacher's or student's): what feature-matching calibrators
     # compare (PSAQ-ViT V2); the part itself for classifiers and backbone-only quantization
     backbone: Callable[[nn.Module], nn.Module] = lambda part: part
+    # the task's prior of the images (their pixel range, whatever generator made them); the runner always
+    # gives it, a calibrator that needs it (psaq_v2) says so when a hand-built context leaves it out
+    prior: ImagePrior | None = None
 
 
 @dataclass

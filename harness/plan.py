@@ -23,8 +23,8 @@ from harness.grid import Cell, GridSpec, code_differences, expand
 from harness.io import config_hash
 from harness.records import ResultStore
 from harness.registry import GENERATORS, TASKS
-from harness.runner import calibration_key, fp_metric_path
 from harness.support import CLASSES
+from harness.worker import calibration_key, fp_metric_path
 
 STAGES = ("generate", "calibrate", "evaluate", "fp evaluate")
 

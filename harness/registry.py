@@ -1,23 +1,19 @@
 """Typed registries for methods, generators, calibrators, tasks and models.
 
-Plugins register themselves on import; :func:`discover_plugins` imports every folder under
-``methods/`` and ``tasks/`` and every entry point in the ``dfq_harness.methods`` /
-``dfq_harness.tasks`` groups, so an outside package can add a plugin without touching the core.
+Plugins register themselves on import; the first lookup runs :func:`harness.discovery.discover_plugins`,
+which imports every folder under ``methods/`` and ``tasks/`` and every entry point in the
+``dfq_harness.methods`` / ``dfq_harness.tasks`` groups, so an outside package can add a plugin
+without touching the core.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
-from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
+from harness.discovery import discover_plugins
 from harness.errors import HarnessError
 
 T = TypeVar("T")
-
-ENTRY_POINT_GROUPS = ("dfq_harness.methods", "dfq_harness.tasks")
-PLUGIN_PACKAGES = ("methods", "tasks")
 
 
 class Registry(Generic[T]):
@@ -67,32 +63,3 @@ GENERATORS: Registry = Registry("generator")
 CALIBRATORS: Registry = Registry("calibrator")
 TASKS: Registry = Registry("task")
 MODELS: Registry = Registry("model")
-
-_discovered = False
-
-
-def discover_plugins() -> None:
-    """Import every plugin folder and entry point once; a broken plugin names itself."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import harness.calibrators  # noqa: F401  (the core's own calibrators)
-
-    for package_name in PLUGIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.ispkg:
-                _import_plugin(f"{package_name}.{info.name}")
-    for group in ENTRY_POINT_GROUPS:
-        for entry in entry_points(group=group):
-            _import_plugin(entry.value, loader=entry.load)
-
-
-def _import_plugin(module_name: str, loader: Callable[[], object] | None = None) -> None:
-    try:
-        loader() if loader else importlib.import_module(module_name)
-    except HarnessError:
-        raise
-    except Exception as error:  # a plugin's own bug must not hide which plugin it is
-        raise HarnessError(f"plugin {module_name!r} failed to load: {type(error).__name__}: {error}") from error

@@ -23,6 +23,10 @@ from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Re
 
 TEMPLATES = Path(__file__).parent / "templates"
 Parts = Literal["both", "generator", "calibrator"]
+GeneratorTemplate = Literal["plain", "synthesis"]
+# generator file and test: plain uniform pixels, or noise optimized by the shared loop (harness.priors.loop)
+GENERATOR_TEMPLATES = {"plain": ("method_generator.py.j2", "method_test.py.j2"),
+                       "synthesis": ("method_generator_synthesis.py.j2", "method_test_synthesis.py.j2")}
 PluginKind = Literal["methods", "tasks"]
 DEFAULT_GENERATOR, DEFAULT_CALIBRATOR = "real", "minmax"  # the partner of a half method
 
@@ -40,17 +44,22 @@ def plugin_folder(kind: PluginKind) -> Path:
     return Path(importlib.import_module(kind).__path__[0])
 
 
-def new_method(name: str, dest: Path | None = None, parts: Parts = "both") -> Scaffold:
-    """A method folder: a generator and/or calibrator called ``name``, and the MethodSpec pairing them."""
+def new_method(name: str, dest: Path | None = None, parts: Parts = "both",
+               template: GeneratorTemplate = "plain") -> Scaffold:
+    """A method folder: a generator (from ``template``) and/or calibrator called ``name``, and the MethodSpec
+    pairing them."""
     generator, calibrator = parts != "calibrator", parts != "generator"
+    if template != "plain" and not generator:
+        raise HarnessError(f"--template {template} writes a generator: not with --calibrator-only")
     _check_name(name, [METHODS, *([GENERATORS] if generator else []), *([CALIBRATORS] if calibrator else [])], dest)
+    generator_template, test_template = GENERATOR_TEMPLATES[template]
     files = {"__init__.py": "method_init.py.j2"}
-    files.update({"generator.py": "method_generator.py.j2"} if generator else {})
+    files.update({"generator.py": generator_template} if generator else {})
     files.update({"calibrator.py": "method_calibrator.py.j2"} if calibrator else {})
     context = {"generator": generator, "calibrator": calibrator,
                "generator_name": name if generator else DEFAULT_GENERATOR,
                "calibrator_name": name if calibrator else DEFAULT_CALIBRATOR}
-    written = _render("methods", name, dest, files, "method_test.py.j2", context)
+    written = _render("methods", name, dest, files, test_template, context)
     run = f"python -m harness run --methods {name} --models digits_vit_seed0 --bits w4a8 --limit 100"
     return Scaffold(written, _next_steps("methods", name, dest, run))
 

@@ -96,7 +96,7 @@ def comparable_method(label: str, method: str) -> str | None:
     """The method whose published figures apply to a leaderboard row, or None.
 
     A row whose generator or calibrator was overridden (label ``psaq (psaq+ranking)``, see
-    ``harness.runner._label``) is a different pipeline, so the method's published figure does not
+    ``harness.worker._label``) is a different pipeline, so the method's published figure does not
     apply; a quantizer-profile suffix (``psaq [psaq]``) keeps the method's own pipeline.
     """
     return method if label == method or label.startswith(f"{method} [") else None

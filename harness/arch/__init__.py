@@ -108,8 +108,12 @@ _MM_FAMILIES = {"mmdet.models.backbones.swin": "mm_swin", "mmseg.models.backbone
 _loaded_mm: set[str] = set()
 
 
+_TIMM_FAMILIES = ("timm_swin", "timm_vit")  # loaded by name, as the OpenMMLab ones: each registers its swaps
+
+
 def _load_families() -> None:
-    from harness.arch import timm_swin, timm_vit  # noqa: F401  (they register their swaps)
+    for family in _TIMM_FAMILIES:
+        importlib.import_module(f"harness.arch.{family}")
     for library_module, family in _MM_FAMILIES.items():
         if library_module in sys.modules and library_module not in _loaded_mm:
             importlib.import_module(f"harness.arch.{family}").register(sys.modules[library_module])

@@ -20,7 +20,7 @@ from harness.task import ImagePrior, calibration_indices
 def folder_images(folder: Path, num_images: int, seed: int, prior: ImagePrior) -> torch.Tensor:
     """``num_images`` images drawn with ``seed`` from ``folder``, resized and center-cropped to the prior's size.
 
-    README §4: calibration happens at the backbone's pre-training resolution, with the detector's
+    docs/methods.md, Task-agnostic backbones: calibration happens at the backbone's pre-training resolution, with the detector's
     or segmentor's own normalization (the prior's mean/std).
     """
     if not folder.is_dir():

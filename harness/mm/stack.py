@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Iterator
 
 from harness.errors import HarnessError
+from harness.task_setup import ConformanceSkip
 
 INSTALL_HINT = "install the `detseg` extra with scripts/install_detseg.sh (mmcv 2.1.0 with ops, mmdet 3.3.0, mmseg 1.2.2)"
 
@@ -63,8 +64,6 @@ def skip_without_stack() -> None:
     """For ``conformance_setup``: the kit skips (with the reason) where the optional stack is absent."""
     reason = available()
     if reason is not None:
-        from harness.conformance import ConformanceSkip
-
         raise ConformanceSkip(reason)
 
 

@@ -2,7 +2,7 @@
 
 A subclass names its OpenMMLab ``scope`` (``mmdet`` / ``mmseg``), its models (config references),
 its dataset layout and how the library's metric maps to the harness's metric names. Generators
-see the backbone at its pre-training resolution (README §4, the task-independent prior); the
+see the backbone at its pre-training resolution (docs/methods.md, Task-agnostic backbones); the
 quantizer converts the backbone, or with ``quantize=all`` the neck and heads too.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from harness.conformance import TaskSetup
 from harness.errors import HarnessError
 from harness.io import file_sha256
 from harness.mm.checkpoint import load_weights
@@ -28,6 +27,7 @@ from harness.mm.stack import skip_without_stack
 from harness.options import at_least
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, register_models
+from harness.task_setup import TaskSetup
 
 SCOPES = ("backbone", "all")
 IMAGENET_CLASSES = 1000  # the class source's classifiers are ImageNet-1k ones
@@ -36,7 +36,8 @@ IMAGENET_CLASSES = 1000  # the class source's classifiers are ImageNet-1k ones
 @dataclass
 class OpenMMLabOptions(TaskOptions):
     """``config``: a local mmengine config used instead of the model's own (it may inherit from it
-    with ``_base_``); ``quantize``: ``backbone`` (README §4 default) or ``all`` (neck and heads too);
+    with ``_base_``); ``quantize``: ``backbone`` (the default, docs/methods.md,
+    Task-agnostic backbones) or ``all`` (neck and heads too);
     ``prior_size``: side of calibration images, default the backbone's pre-training size;
     ``prior_classifier``: weights of the ImageNet classifier the backbone was pre-trained as, the class
     source of generators that need classes (default: timm's file in the hub cache), used as
@@ -88,7 +89,7 @@ class OpenMMLabTask(Task):
     train_images: ClassVar[str]  # folder under the data root that `real` draws calibration images from
     layout_hint: ClassVar[str]  # the expected layout, in words, for error messages
     Options = OpenMMLabOptions
-    offers = {REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,  # a backbone has no classes of its own (README §4)
+    offers = {REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,  # a backbone has no classes of its own
               CLASSES: "a class source: the ImageNet classifier the backbone was pre-trained as "
                        "(--task-opt prior_classifier=FILE, or timm's file in the Hugging Face hub cache)"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
@@ -338,6 +339,24 @@ def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, ban
     """L_PSE = -Σ_l mean_b H_{l,b} (step 5: the entropy is maximized)."""
     return -sum(patch_similarity_entropy(attn_v, batch_size, bandwidth, num_points, offset).mean()
                 for attn_v in attn_v_outputs)
+
+
+@dataclass
+class PatchSimilarityOptions:
+    """L_PSE's hyper-parameters (docs/methods.md, PSAQ-ViT, step 5), for every method keeping the prior."""
+
+    bandwidth: float = BANDWIDTH  # step 5: KDE bandwidth
+    kde_points: int = NUM_POINTS  # step 5: KDE evaluation points
+    entropy_offset: float = ENTROPY_OFFSET  # step 5: -(p + 1e-4) log(p + 1e-4)
+
+    def __post_init__(self) -> None:
+        if self.kde_points < 2:
+            raise ValueError(f"kde_points must be >= 2, got {self.kde_points}")
+
+    def pse_loss(self, probes: list[Probe], batch_size: int) -> Tensor:
+        """L_PSE of the attn·v products the probes caught in the last forward."""
+        return patch_similarity_loss([probe.value for probe in probes], batch_size, self.bandwidth, self.kde_points,
+                                     self.entropy_offset)
 
 
 @torch.no_grad()

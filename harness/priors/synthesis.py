@@ -1,6 +1,6 @@
 """Pixel-synthesis building blocks: learning-rate schedule, jitter, clamp and total variation.
 
-Spec methods.md, PSAQ-ViT steps 3-6. The forms are the reference code's (which takes them from
+docs/methods.md, PSAQ-ViT, steps 3-6. The forms are the reference code's (which takes them from
 DeepInversion); SPDFQ's generator uses the same pieces.
 """
 from __future__ import annotations
@@ -18,18 +18,18 @@ from harness.task import ImagePrior
 
 REFERENCE_TV_SHAPE = (32, 3, 224, 224)  # the batch for which the reference draws v ~ U(2500, 3000)
 TV_SCALINGS = ("sqrt", "linear")
-LR_VIT, LR_SWIN = 0.20, 0.25  # spec PSAQ-ViT step 3
+LR_VIT, LR_SWIN = 0.20, 0.25  # step 3
 
 
 def synthesis_lr(model: nn.Module) -> float:
-    """PSAQ-ViT's Adam learning rate for image synthesis: 0.25 for Swin, 0.20 for ViT/DeiT (spec step 3)."""
+    """PSAQ-ViT's Adam learning rate for image synthesis: 0.25 for Swin, 0.20 for ViT/DeiT (step 3)."""
     return LR_SWIN if any(is_window_attention(module) for module in model.modules()) else LR_VIT
 
 
 def warmup_cosine_lr(iteration: int, base_lr: float, round_length: int, warmup: int) -> float:
     """Learning rate at ``iteration`` (counted over all rounds); the schedule restarts every round.
 
-    Spec PSAQ-ViT step 3, in the reference's form: with t the iteration within its round,
+    Step 3, in the reference's form: with t the iteration within its round,
     base_lr·(t+1)/warmup while t < warmup, then base_lr·(1 + cos(π·(t-warmup)/(round_length-warmup)))/2,
     which would reach 0 at t = round_length.
     """
@@ -40,16 +40,16 @@ def warmup_cosine_lr(iteration: int, base_lr: float, round_length: int, warmup: 
 
 
 def pixel_optimizer(images: Tensor, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam over synthetic pixels (spec PSAQ-ViT step 3), torch's fused form: the same update up to
+    """Adam over synthetic pixels (step 3), torch's fused form: the same update up to
     rounding, 2-3 ms a step on 32 x 3 x 224 x 224 where the loop form takes 9 ms."""
     return torch.optim.Adam([images], lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def random_roll_flip(images: Tensor, max_shift: int, flip_probability: float, generator: torch.Generator) -> Tensor:
-    """Spec step 4: roll H and W by one offset drawn from [-max_shift, max_shift], then flip W with p.
+    """Step 4: roll H and W by one offset drawn from [-max_shift, max_shift], then flip W with p.
 
     ``torch.roll`` wraps around, so on images smaller than the range (16 px digits with ±15/±30) the
-    jitter is a cyclic translation by offset mod size, nearly uniform over all shifts: the spec's
+    jitter is a cyclic translation by offset mod size, nearly uniform over all shifts: the paper's
     behaviour is kept rather than clipping the range to the image.
     """
     offset = int(torch.randint(-max_shift, max_shift + 1, (), generator=generator))
@@ -59,7 +59,7 @@ def random_roll_flip(images: Tensor, max_shift: int, flip_probability: float, ge
 
 
 def clamp_pixels(images: Tensor, prior: ImagePrior | tuple[Tensor, Tensor]) -> Tensor:
-    """Spec step 6: clamp each channel to [(0 - mean_c)/std_c, (1 - mean_c)/std_c] of the model's own mean/std.
+    """Step 6: clamp each channel to [(0 - mean_c)/std_c, (1 - mean_c)/std_c] of the model's own mean/std.
 
     A synthesis loop passes the bounds already on the images' device (:func:`pixel_bounds`): copying
     them there at every step would make the host wait for the device each time.
@@ -75,7 +75,7 @@ def pixel_bounds(prior: ImagePrior, images: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def total_variation(images: Tensor) -> Tensor:
-    """Spec step 5, TV: the sum of the Frobenius norms (over the batch) of the horizontal, vertical and
+    """Step 5, TV: the sum of the Frobenius norms (over the batch) of the horizontal, vertical and
     both diagonal pixel differences.
 
     Fused (:mod:`harness.fused`), forward and backward each one pass over the pixels: the backward
@@ -84,6 +84,11 @@ def total_variation(images: Tensor) -> Tensor:
     differences) and 9 ms with this one. A zero norm has gradient 0, as torch's norm has.
     """
     return _TotalVariation.apply(images)
+
+
+def tv_loss(images: Tensor, target: float) -> Tensor:
+    """Step 5's L_TV = |TV(x) - v|."""
+    return (total_variation(images) - target).abs()
 
 
 class _TotalVariation(torch.autograd.Function):
@@ -144,9 +149,9 @@ def _exercise_kernels() -> None:
 
 def tv_target(shape: tuple[int, ...], generator: torch.Generator, low: float = 2500.0, high: float = 3000.0,
               scaling: Literal["sqrt", "linear"] = "sqrt") -> float:
-    """Spec step 5: v ~ U(low, high), drawn for B = 32 RGB images at 224 px, scaled to a (B, C, H, W) batch.
+    """Step 5: v ~ U(low, high), drawn for B = 32 RGB images at 224 px, scaled to a (B, C, H, W) batch.
 
-    The spec says to scale v with the image size and say how. TV is a sum of Frobenius norms, which
+    Step 5 says to scale v with the image size and say how. TV is a sum of Frobenius norms, which
     grow like the square root of the element count for images of the same smoothness, so the
     default scales by sqrt(B·C·H·W / (32·3·224·224)): on 32 digits (1 x 16 x 16) that gives ~113,
     the TV of 32 real digits (112.8), where the linear B·H·W reading gives ~15, a target 7x

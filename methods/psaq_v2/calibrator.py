@@ -19,15 +19,19 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError,
-                         MinMaxObserver, Probe, act_quantizers, attn_v_probes, fix_scales, keep_scales_positive,
-                         learnable_scales, observe_and_freeze, pixel_optimizer, progress_bar, random_roll_flip,
-                         show_losses, tv_target, warmup_cosine_lr, weight_quantized_layers)
+from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError, ImagePrior,
+                         MinMaxObserver, PatchSimilarityOptions, PixelSynthesis, Probe, act_quantizers, attn_v_probes,
+                         field_order, fix_scales, keep_scales_positive, learnable_scales, observe_and_freeze,
+                         progress_bar, random_roll_flip, show_losses, tv_target, weight_quantized_layers)
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
+@field_order(  # as declared before the shared bases: records' labels list options in this order
+    "iterations", "rounds", "sample_share", "batch_size", "image_lr", "image_warmup", "image_betas",
+    "student_lr", "temperature", "adv_weight", "tv_weight", "tv_target_range", "max_shift",
+    "flip_probability", "discrepancy", "student_params", "bandwidth", "kde_points", "entropy_offset")
 @dataclass
-class PSAQV2Options:
+class PSAQV2Options(PatchSimilarityOptions):
     """docs/methods.md, PSAQ-ViT V2. The authors released no code: values marked *(unpublished)* are ours.
 
     Cost: a sample step runs teacher and student forward and backward, a student step only the
@@ -67,15 +71,13 @@ class PSAQV2Options:
     # scales): `quantized` trains exactly those (the weights of quantized layers + scales); `all` also
     # LayerNorms, biases, position embeddings and tokens, which fit the 32 samples rather than the quantization error.
     student_params: Literal["quantized", "all"] = "quantized"
-    bandwidth: float = 0.01  # PSAQ-ViT step 5: KDE of L_PSE
-    kde_points: int = 10  # PSAQ-ViT step 5
-    entropy_offset: float = 1e-4  # PSAQ-ViT step 5
 
     def __post_init__(self) -> None:
         self.image_betas = tuple(float(b) for b in self.image_betas)  # records and YAML give lists
         self.tv_target_range = tuple(float(v) for v in self.tv_target_range)
-        if min(self.rounds, self.batch_size, self.kde_points - 1) < 1 or self.iterations % self.rounds:
-            raise ValueError(f"need rounds, batch_size >= 1, kde_points >= 2 and iterations ({self.iterations}) "
+        super().__post_init__()
+        if min(self.rounds, self.batch_size) < 1 or self.iterations % self.rounds:
+            raise ValueError(f"need rounds, batch_size >= 1 and iterations ({self.iterations}) "
                              f"a multiple of rounds ({self.rounds})")
         if not all(0 <= share <= 1 for share in (self.sample_share, self.flip_probability, self.image_warmup)):
             raise ValueError("sample_share, flip_probability and image_warmup must be in [0, 1]")
@@ -99,6 +101,9 @@ class PSAQV2Calibrator(Calibrator):
     """Alternating sample/student optimization; returns per-round discrepancies for the record."""
 
     Options = PSAQV2Options
+    # 2: the samples stay in the task's pixel range (CalibrationContext.prior), not in the range of
+    # the images it was given; the same for psaq_v2_init's samples, not for e.g. the noise generator's
+    version = "2"
     needs = frozenset({ATTENTION})  # the sample step keeps the patch-similarity prior
     smoke_options: ClassVar[dict] = {"iterations": 4, "rounds": 2}
 
@@ -118,11 +123,11 @@ class PSAQV2Calibrator(Calibrator):
         student = student_parameters(student_backbone, options.student_params)
         for parameter in student:
             parameter.requires_grad_(True)  # the runner's FP model is frozen, and the student is its deep copy
-        loop = _Loop(options, teacher, student_backbone, student, images, kind, generator)
+        loop = _Loop(options, teacher, student_backbone, student, images, _prior(context), kind, generator)
         with attn_v_probes(teacher) as probes:
             if not probes:
                 raise HarnessError(f"psaq_v2 found no attention it can probe; supported: {SUPPORTED}")
-            rounds = loop.run(probes, pixel_bounds(context))
+            rounds = loop.run(probes)
         _finish(qmodel)
         sample_steps, student_steps = options.steps_per_round
         return {"discrepancy": kind, "rounds": rounds, "seconds": round(time.perf_counter() - started, 3),
@@ -130,31 +135,32 @@ class PSAQV2Calibrator(Calibrator):
 
 
 class _Loop:
-    """The R rounds; holds the samples and their optimizer, the per-batch TV targets, and the
-    student's optimizer over ``trainable`` and the student's learnable quantizer scales."""
+    """The R rounds; holds the samples and their pixel synthesis (the shared loop, one round per
+    round's sample steps), the per-batch TV targets, and the student's optimizer over ``trainable``
+    and the student's learnable quantizer scales."""
 
     def __init__(self, options: PSAQV2Options, teacher: nn.Module, student: nn.Module, trainable: list[nn.Parameter],
-                 images: Tensor, kind: Literal["kl", "mse"], generator: torch.Generator) -> None:
+                 images: Tensor, prior: ImagePrior, kind: Literal["kl", "mse"], generator: torch.Generator) -> None:
         self.options, self.teacher, self.student, self.kind, self.generator = options, teacher, student, kind, generator
         self.scales = learnable_scales(student)
         self.student_optimizer = torch.optim.Adam(trainable + self.scales, lr=options.student_lr)
-        self.images = images.requires_grad_(True)
-        self.optimizer = pixel_optimizer(self.images, options.image_lr, options.image_betas)
+        sample_steps = options.steps_per_round[0]
+        self.synthesis = PixelSynthesis(images, prior, generator, lr=options.image_lr, betas=options.image_betas,
+                                        round_length=sample_steps, warmup=round(options.image_warmup * sample_steps))
+        self.images = self.synthesis.images
         self.slices = [slice(start, start + options.batch_size) for start in range(0, len(images), options.batch_size)]
         self.targets = [tv_target(images[s].shape, generator, *options.tv_target_range)
                         for s in self.slices]
 
-    def run(self, probes: list[Probe], bounds: tuple[Tensor, Tensor]) -> list[dict]:
+    def run(self, probes: list[Probe]) -> list[dict]:
         options = self.options
         sample_steps, student_steps = options.steps_per_round
         bar = progress_bar(total=options.iterations, desc="psaq_v2", leave=False)
         rounds, postfix = [], {}
-        bounds = tuple(bound.to(self.images) for bound in bounds)  # once: a copy to the device waits for it
         for round_index in range(options.rounds):
             log = {"round": round_index, "d_start": self.measure()}
             for step in range(sample_steps):
-                lr = warmup_cosine_lr(step, options.image_lr, sample_steps, round(options.image_warmup * sample_steps))
-                postfix.update(self.sample_step(probes, lr, bounds))
+                postfix.update(self.synthesis.step(step, lambda images, _: self.sample_loss(images, probes)))
                 show_losses(bar, bar.n, postfix, spec=".4g")
                 bar.update()
             log["d_after_samples"] = self.measure()
@@ -170,25 +176,21 @@ class _Loop:
         bar.close()
         return rounds
 
-    def sample_step(self, probes: list[Probe], lr: float, bounds: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        """One Adam step on the images for L_x, gradients accumulated over batches (only into the images)."""
-        options, total = self.options, len(self.images)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        grad, loss_sum = torch.zeros_like(self.images), self.images.new_zeros(())
+    def sample_loss(self, images: Tensor, probes: list[Probe]) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_x, each batch jittered on its own; the gradient is accumulated over batches into the images
+        only (the student's parameters get none), so the loop only steps."""
+        options, total = self.options, len(images)
+        grad, loss_sum = torch.zeros_like(images), images.new_zeros(())
         for piece, target in zip(self.slices, self.targets):
-            augmented = random_roll_flip(self.images[piece], options.max_shift, options.flip_probability, self.generator)
+            augmented = random_roll_flip(images[piece], options.max_shift, options.flip_probability, self.generator)
             teacher_output = self.teacher(augmented)
-            terms = prior_terms(augmented, probes, target, options.bandwidth, options.kde_points, options.entropy_offset)
+            terms = prior_terms(augmented, probes, target, options)
             distance = discrepancy(teacher_output, self.student(augmented), self.kind, options.temperature)
             loss = (terms["pse"] + options.tv_weight * terms["tv"] - options.adv_weight * distance) * len(augmented) / total
-            grad += torch.autograd.grad(loss, self.images)[0]  # the student's parameters get no gradient here
+            grad += torch.autograd.grad(loss, images)[0]
             loss_sum += loss.detach()
-        self.images.grad = grad
-        self.optimizer.step()
-        with torch.no_grad():
-            self.images.copy_(torch.clamp(self.images, *bounds))
-        return {"L_x": loss_sum}
+        images.grad = grad
+        return loss_sum, {"L_x": loss_sum}
 
     def student_step(self, clean: list[Tensor], teacher_outputs: list[Any]) -> Tensor:
         """One Adam step on the student's weights and scales for D on the unjittered samples; returns D."""
@@ -214,16 +216,12 @@ def student_parameters(qmodel: nn.Module, which: Literal["quantized", "all"]) ->
     return [module.weight for _, module in weight_quantized_layers(qmodel) if module.weight_bits]
 
 
-def pixel_bounds(context: CalibrationContext) -> tuple[Tensor, Tensor]:
-    """Per-channel (1, C, 1, 1) bounds the samples stay in (PSAQ-ViT step 6).
-
-    The calibration context carries no ImagePrior, so ``psaq_v2_init`` writes the bounds into the
-    set's info; with another generator's images the per-channel min/max of those images is used.
-    """
-    images, bounds = context.calibration.images, context.calibration.info.get("pixel_bounds")
-    if bounds is not None:
-        return tuple(torch.tensor(bounds[key]).view(1, -1, 1, 1) for key in ("low", "high"))
-    return images.amin(dim=(0, 2, 3), keepdim=True), images.amax(dim=(0, 2, 3), keepdim=True)
+def _prior(context: CalibrationContext) -> ImagePrior:
+    """The task's prior, whose pixel range the samples stay in (PSAQ-ViT step 6), whatever made them."""
+    if context.prior is None:
+        raise HarnessError("psaq_v2 keeps its samples in the task's pixel range: its CalibrationContext needs the "
+                           "task's ImagePrior (prior=task.prior(model))")
+    return context.prior
 
 
 def _finish(qmodel: nn.Module) -> None:

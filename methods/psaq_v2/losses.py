@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.api import Probe, patch_similarity_loss, total_variation
+from harness.api import PatchSimilarityOptions, Probe, tv_loss
 
 Discrepancy = Literal["auto", "kl", "mse"]
 DISCREPANCIES = ("auto", "kl", "mse")
@@ -48,14 +48,10 @@ def discrepancy(teacher_output: Any, student_output: Any, kind: Literal["kl", "m
     return sum(F.mse_loss(s, t) for t, s in zip(_tensors(teacher_output), _tensors(student_output)))
 
 
-def prior_terms(images: Tensor, probes: list[Probe], tv_target: float, bandwidth: float, kde_points: int,
-                entropy_offset: float) -> dict[str, Tensor]:
+def prior_terms(images: Tensor, probes: list[Probe], tv_target: float,
+                pse: PatchSimilarityOptions) -> dict[str, Tensor]:
     """L_PSE of the teacher's attn·v outputs (probed during its last forward) and L_TV = |TV(x) - v|."""
-    return {
-        "pse": patch_similarity_loss([probe.value for probe in probes], images.shape[0], bandwidth, kde_points,
-                                     entropy_offset),
-        "tv": (total_variation(images) - tv_target).abs(),
-    }
+    return {"pse": pse.pse_loss(probes, images.shape[0]), "tv": tv_loss(images, tv_target)}
 
 
 @torch.no_grad()

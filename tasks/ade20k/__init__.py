@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.conformance import TaskSetup
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
+from harness.task_setup import TaskSetup
+from tasks.ade20k.tiny import write_tiny_ade20k
 
 
 @TASKS.register("ade20k")
@@ -46,8 +47,6 @@ class ADE20KTask(OpenMMLabTask):
 
     @classmethod
     def tiny_instance(cls, workdir: Path) -> TaskSetup:
-        from tasks.ade20k.tiny import write_tiny_ade20k
-
         return write_tiny_ade20k(workdir)
 
     def required_paths(self, root: Path, dataset_config: Any) -> dict[str, Path]:

@@ -7,11 +7,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.conformance import TaskSetup
 from harness.mm.config import load_config
 from harness.mm.data import predictions
 from harness.mm.registry import build_model
 from harness.mm.tiny import save_checkpoint, write_images
+from harness.registry import TASKS
+from harness.task_setup import TaskSetup
 
 PIPELINE = """test_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImageFromFile'),
@@ -39,8 +40,6 @@ model = dict(
 def write_tiny_ade20k(root: Path, model_name: str = "upernet_swin_t", num_images: int = 3, size: int = 64,
                       seed: int = 0) -> TaskSetup:
     """ADEChallengeData2016 layout under ``root``, a random-init tiny UperNet, its own predictions as labels."""
-    from tasks.ade20k import ADE20KTask
-
     names = [f"ADE_val_{index:08d}" for index in range(num_images)]
     write_images(root / "images" / "validation", [f"{name}.jpg" for name in names], size, seed)
     write_images(root / "images" / "training", [f"ADE_train_{index:08d}.jpg" for index in range(4)], size, seed + 1)
@@ -55,7 +54,8 @@ def write_tiny_ade20k(root: Path, model_name: str = "upernet_swin_t", num_images
     save_checkpoint(build_model("mmseg", load_config(str(config)).model), checkpoint, seed)
     options = {"data_root": str(root), "checkpoint": str(checkpoint), "config": str(config), "prior_size": 32,
                "num_workers": 0}
-    task = ADE20KTask(ADE20KTask.Options(**options))
+    task_class = TASKS.get("ade20k")  # by name: the task module imports this one
+    task = task_class(task_class.Options(**options))
     model = task.load_model(model_name)
     for _, outputs in predictions(model, task.dataset(model_name), 1, 0, "tiny ade20k"):
         for sample in outputs:  # reduce_zero_label: file value k is class k - 1

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from harness.conformance import TaskSetup
 from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.registry import TASKS
+from harness.task_setup import TaskSetup
+from tasks.coco.tiny import write_tiny_coco
 
 CONFIGS = Path(__file__).parent / "configs"
 SWIN_T, SWIN_S = "swin_tiny_patch4_window7_224.ms_in1k", "swin_small_patch4_window7_224.ms_in1k"
@@ -42,8 +43,6 @@ class CocoTask(OpenMMLabTask):
 
     @classmethod
     def tiny_instance(cls, workdir: Path) -> TaskSetup:
-        from tasks.coco.tiny import write_tiny_coco
-
         return write_tiny_coco(workdir)
 
     def required_paths(self, root: Path, dataset_config: Any) -> dict[str, Path]:

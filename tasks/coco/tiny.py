@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.conformance import TaskSetup
 from harness.mm.config import load_config
 from harness.mm.data import predictions
 from harness.mm.registry import build_model
 from harness.mm.tiny import save_checkpoint, write_images
+from harness.registry import TASKS
+from harness.task_setup import TaskSetup
 
 MODEL = "mask_rcnn_swin_t"
 CLASSES = ("person", "bicycle", "car")
@@ -35,8 +36,6 @@ test_dataloader = dict(dataset=dict(metainfo=dict(classes={classes!r}), pipeline
 
 def write_tiny_coco(root: Path, num_images: int = 4, size: int = 64, seed: int = 0) -> TaskSetup:
     """COCO 2017 layout under ``root``, a random-init tiny Mask R-CNN, and its own predictions as ground truth."""
-    from tasks.coco import CocoTask
-
     names = [f"{index:012d}.jpg" for index in range(num_images)]
     write_images(root / "val2017", names, size, seed)
     write_images(root / "train2017", [f"train_{index}.jpg" for index in range(4)], size, seed + 1)
@@ -51,7 +50,8 @@ def write_tiny_coco(root: Path, num_images: int = 4, size: int = 64, seed: int =
     annotation_file.write_text(json.dumps({"images": images, "categories": categories, "annotations": []}))
     options = {"data_root": str(root), "checkpoint": str(root / "tiny_mask_rcnn.pth"), "config": str(config),
                "prior_size": 32, "num_workers": 0}
-    task = CocoTask(CocoTask.Options(**options))
+    task_class = TASKS.get("coco")  # by name: the task module imports this one
+    task = task_class(task_class.Options(**options))
     model = task.load_model(MODEL)
     samples = [sample for _, outputs in predictions(model, task.dataset(MODEL), 1, 0, "tiny coco") for sample in outputs]
     annotation_file.write_text(json.dumps({"images": images, "categories": categories,

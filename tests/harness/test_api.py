@@ -12,9 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_FOLDERS = ("methods", "tasks")
 # plugin files that still import harness modules directly, and why
 NOT_YET = {
-    "methods/psaq/generator.py": "rewritten in parallel; switches once that lands",
-    "methods/psaq_v2/generator.py": "rewritten in parallel; switches once that lands",
-    "methods/spdfq/generator.py": "rewritten in parallel; switches once that lands",
     "tasks/coco/__init__.py": "built on harness.mm (OpenMMLab tasks, the detseg extra), not in the API yet",
     "tasks/coco/tiny.py": "built on harness.mm",
     "tasks/ade20k/__init__.py": "built on harness.mm",

@@ -7,7 +7,8 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.grid import GridSpec, expand
 from harness.gridfile import spec_from_settings
-from harness.runner import GridRunner, _label
+from harness.runner import GridRunner
+from harness.worker import _label
 
 
 def _rows(cells) -> set[tuple[str, str, str]]:

@@ -44,4 +44,4 @@ def test_backends_reproduce_local_records(executor, tmp_path, local_metrics):
 
 def test_unknown_executor(tmp_path):
     with pytest.raises(HarnessError, match="unknown executor 'mpi'; accepted: local, isolated, ray"):
-        list(map_cells("mpi", GridRunner(tmp_path), [object()], {}))
+        list(map_cells("mpi", GridRunner(tmp_path).worker, [object()], {}))

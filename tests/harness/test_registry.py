@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from harness import registry
+from harness import discovery
 from harness.errors import HarnessError
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
 
@@ -48,7 +48,7 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-dfq-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[dfq_harness.methods]\noutside = outside_dfq_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(discovery, "_discovered", False)
     try:
         assert METHODS.get("outside_method").calibrator == "omse"
     finally:
@@ -63,6 +63,6 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dfq-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[dfq_harness.tasks]\nbroken = broken_dfq_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(discovery, "_discovered", False)
     with pytest.raises(HarnessError, match="plugin 'broken_dfq_plugin' failed to load: RuntimeError: boom"):
-        registry.discover_plugins()
+        discovery.discover_plugins()

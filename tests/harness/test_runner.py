@@ -236,7 +236,7 @@ def test_a_failed_recompute_keeps_the_finished_record_and_files_the_failure_besi
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr("harness.runner.quantize_model", broken)
+    monkeypatch.setattr("harness.worker.quantize_model", broken)
     forced = GridRunner(tmp_path, force=True).run(spec)
     assert forced.failed == 1 and forced.records[0]["error"] == "RuntimeError: simulated failure"
     assert (tmp_path / "records" / f"{finished['cell_id']}.json").read_text() == before

@@ -99,3 +99,15 @@ def test_an_installed_outside_plugin_is_listed_runs_and_conforms(tmp_path):
     assert (record["status"], record["generator"], record["options"]["generator"]["scale"]) == ("ok", "smooth_noise", 4)
     kit = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")], cwd=source, PYTHONPATH=path)
     assert kit.returncode == 0 and "2 passed" in kit.stdout, kit.stdout[-2000:]
+
+
+def test_the_synthesis_template_is_short_and_passes_its_test_and_the_kit(tmp_path, capsys):
+    dest = tmp_path / "plugins"
+    assert main(["new-method", "scaffolded_synth", "--generator-only", "--template", "synthesis",
+                 "--dest", str(dest)]) == 0
+    generator = (dest / "scaffolded_synth" / "generator.py").read_text()
+    assert "PixelSynthesis" in generator and len(generator.splitlines()) < 60
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(dest)], cwd=dest, PYTHONPATH=str(REPO))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert main(["new-method", "x", "--calibrator-only", "--template", "synthesis", "--dest", str(tmp_path)]) == 2
+    assert "--template synthesis writes a generator" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def _run(teacher, seed=0, bits="w4a4", num_images=4, prior_iterations=2, **optio
     qmodel = quantize_model(teacher, parse_bits(bits), QuantConfig())
     info = PSAQV2Calibrator(PSAQV2Options(**{"iterations": 4, "rounds": 2, **options})).calibrate(
         qmodel, CalibrationContext(fp_model=teacher, calibration=calibration, bits=parse_bits(bits), seed=seed,
-                                   device=CPU))
+                                   device=CPU, prior=PRIOR))
     return calibration, qmodel, info
 
 
@@ -146,14 +146,17 @@ def test_discrepancy_switch_for_classifiers_and_backbones(tiny_vit):
 
 
 def test_image_schedule_restarts_every_round_and_scales_stay_positive(tiny_vit, monkeypatch):
+    from harness.priors import loop
     from methods.psaq_v2 import calibrator
 
     calls, projected = [], []
-    schedule, project = calibrator.warmup_cosine_lr, calibrator.keep_scales_positive
-    monkeypatch.setattr(calibrator, "warmup_cosine_lr", lambda *args: calls.append(args) or schedule(*args))
+    schedule, project = loop.warmup_cosine_lr, calibrator.keep_scales_positive
+    monkeypatch.setattr(loop, "warmup_cosine_lr", lambda *args: calls.append(args) or schedule(*args))
     monkeypatch.setattr(calibrator, "keep_scales_positive", lambda scales: projected.append(list(scales)) or project(scales))
     teacher = _frozen(tiny_vit)
     _run(teacher, iterations=20, rounds=2, image_warmup=0.4, **PLAIN)  # 5 sample steps per round, 2 warm-up
+    init_calls, calls = calls[:2], calls[2:]  # psaq_v2_init's two warm-start steps run the same loop first
+    assert init_calls == [(step, 0.2, 2, 1) for step in range(2)]
     assert calls == [(step, 0.2, 5, 2) for step in range(5)] * 2  # PSAQ-ViT step 3's form, restarted
     assert [schedule(*args) for args in calls[:5]] == pytest.approx([0.1, 0.2, 0.2, 0.15, 0.05])
     assert len(projected) == 10  # after every student step, over every learned scale

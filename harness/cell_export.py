@@ -1,0 +1,47 @@
+"""Export a finished cell's calibrated model to ONNX (docs/deploy.md, Exporting a cell): the cell is
+rebuilt by the per-cell worker, the model exported by harness.export."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+from harness.export import deployability, export_onnx
+from harness.grid import cell_from_record
+from harness.records import ResultStore, load_record
+from harness.worker import CellWorker
+
+
+def export_cell(results: Path, cell_id: str, path: Path, device: str = "cpu") -> Path:
+    """Rebuild a finished cell's calibrated model from its record and export it (docs/deploy.md, Exporting a cell).
+
+    The model is recalibrated with the record's configuration; a generator's cached calibration set
+    is reused. A missing or unfinished record, a record made for other weights or code versions, or
+    a placement without an integer form is one HarnessError.
+    """
+    store = ResultStore(results)
+    if not re.fullmatch(r"[0-9a-f]{16}", cell_id):
+        raise HarnessError(f"malformed cell id {cell_id!r}: a cell id is 16 hexadecimal digits (records/<id>.json)")
+    record, problem = load_record(store.path(cell_id))
+    if record is None or problem is not None:
+        raise HarnessError(f"no valid record for cell {cell_id} in {store.records_dir}"
+                           + (f" ({problem})" if problem else ""))
+    if record["status"] != "ok":
+        raise HarnessError(f"cell {cell_id} did not finish (status {record['status']}); rerun its grid first")
+    if record["bits"] == "fp":
+        raise HarnessError(f"cell {cell_id} is an FP cell: there is no quantized model to export")
+    cell = cell_from_record(record)
+    worker = CellWorker(results, device=device)
+    if worker.cell_id(cell) != cell_id:
+        raise HarnessError(f"cell {cell_id} was computed with other weights or component versions than this "
+                           "checkout's; rerun its grid to export it")
+    qmodel, task = worker.calibrated_model(cell)
+    if task.quantized_part(qmodel) is not qmodel:
+        raise HarnessError(f"task {cell.task!r} quantizes {task.quantization_scope()}: export covers whole classifiers only")
+    check = deployability(qmodel)
+    if not check.deployable:
+        raise HarnessError(f"cell {cell_id} is {check.summary()}")
+    example = torch.zeros(2, *task.prior(cell.model).input_size)
+    return export_onnx(qmodel.cpu(), example, path)
