@@ -8,8 +8,10 @@ harness.task) never depend on a plugin, and plugins may import them freely (no i
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
@@ -17,6 +19,8 @@ from harness.errors import HarnessError
 ENTRY_POINT_GROUPS = ("dfq_harness.methods", "dfq_harness.tasks")
 PLUGIN_PACKAGES = ("methods", "tasks")  # each sub-folder is a plugin
 CORE_PLUGIN_MODULES = ("harness.calibrators",)  # the core's range calibrators (min-max, percentile, OMSE)
+# the top-level packages the dfq-harness distribution installs beside harness (docs/plugins.md, Package layout)
+SIBLING_PACKAGES = ("methods", "tasks", "reports")
 
 _discovered = False
 
@@ -27,6 +31,7 @@ def discover_plugins() -> None:
     if _discovered:
         return
     _discovered = True
+    check_sibling_packages()
     for module_name in CORE_PLUGIN_MODULES:
         importlib.import_module(module_name)
     for package_name in PLUGIN_PACKAGES:
@@ -37,6 +42,21 @@ def discover_plugins() -> None:
     for group in ENTRY_POINT_GROUPS:
         for entry in entry_points(group=group):
             _import_plugin(entry.value, loader=entry.load)
+
+
+def check_sibling_packages() -> None:
+    """``methods``, ``tasks`` and ``reports`` are generic names: another installed package of one of these
+    names, earlier on ``sys.path``, would be imported in place of the harness's own folder. Found before
+    any plugin is imported, it is one clear error rather than missing plugins or a strange traceback."""
+    home = Path(__file__).resolve().parent.parent
+    for name in SIBLING_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        locations = [Path(location).resolve() for location in (spec.submodule_search_locations or [])] if spec else []
+        if home / name not in locations:
+            found = ", ".join(str(location) for location in locations) or (spec.origin if spec else "nowhere")
+            raise HarnessError(f"the package {name!r} is imported from {found}, not from DFQ Harness's {home / name}: "
+                               f"another installed package named {name!r} comes first on sys.path; uninstall it or "
+                               "run the harness from a virtual environment without it (docs/plugins.md, Package layout)")
 
 
 def _import_plugin(module_name: str, loader: Callable[[], object] | None = None) -> None:

@@ -66,3 +66,23 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(discovery, "_discovered", False)
     with pytest.raises(HarnessError, match="plugin 'broken_dfq_plugin' failed to load: RuntimeError: boom"):
         discovery.discover_plugins()
+
+
+def test_a_foreign_package_named_tasks_is_one_clear_error(tmp_path):
+    """Another installed ``tasks`` package first on sys.path would replace the harness's task folder."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repository = Path(discovery.__file__).resolve().parents[1]
+    (tmp_path / "elsewhere" / "tasks").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "tasks" / "__init__.py").write_text("")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "elsewhere"), str(repository)])}
+    completed = subprocess.run([sys.executable, "-m", "harness", "list", "tasks"], cwd=tmp_path, env=environment,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    assert f"the package 'tasks' is imported from {tmp_path / 'elsewhere' / 'tasks'}, not from DFQ Harness's " \
+           f"{repository / 'tasks'}" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    # the harness's own folders pass the check
+    discovery.check_sibling_packages()
