@@ -26,14 +26,15 @@ from torch import nn
 from harness.code_version import describe_difference
 from harness.errors import HarnessError
 from harness.export import measure_deployment
-from harness.grid import EXECUTION_ONLY_TASK_OPTIONS, Cell
+from harness.grid import Cell
 from harness.io import config_hash, file_lock, write_json
+from harness.labels import row_label
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, PeakMemory, ResultStore, harness_commit, library_versions, provenance,
                              read_calibration, read_record, write_calibration)
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, TASKS
 from harness.support import CLASSES
 from harness.task import ImagePrior, SynthesisTarget, Task
 
@@ -141,7 +142,7 @@ class CellWorker:
     def _base_record(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
         return {
             "schema": RECORD_SCHEMA, "cell_id": cell_id, "weights_id": weights_id, **cell.config(),
-            "label": _label(cell), "code": cell.code(), "harness_commit": self._commit, "versions": library_versions(),
+            "label": str(row_label(cell)), "code": cell.code(), "harness_commit": self._commit, "versions": library_versions(),
             **provenance(),
         }
 
@@ -305,44 +306,6 @@ def fp_metric_path(store: ResultStore, cell: Cell, weights_id: str) -> Path:
 
 def _what(cell: Cell, record: dict[str, Any]) -> str:
     return f"{record.get('label', cell.method)} {cell.model} {cell.bits} seed {cell.seed}"
-
-
-def _label(cell: Cell) -> str:
-    """Leaderboard row name: the method, plus everything of its configuration that differs from the defaults.
-
-    The pair when it is not the method's own, quantizer settings in brackets, changed generator,
-    calibrator and task options in braces, so each configuration is its own row (docs/results.md).
-    An FP cell depends on neither the pair nor the quantizer, so its label names neither.
-    """
-    label = cell.method
-    own_pair = (METHODS.get(cell.method).generator, METHODS.get(cell.method).calibrator) \
-        if cell.method in METHODS else (cell.generator, cell.calibrator)  # a crossed pair names itself
-    changed = [f"{key}={value}" for key, value in _changed_options(cell.task_options).items()
-               if key not in EXECUTION_ONLY_TASK_OPTIONS]
-    if not cell.bits.is_fp:
-        if (cell.generator, cell.calibrator) != own_pair:
-            label += f" ({cell.generator}+{cell.calibrator})"
-        quantizer = _changed_options(cell.quant)
-        profile = quantizer.pop("profile", None)  # the profile alone reads as its name, as published rows do
-        settings = [profile] * (profile is not None) + [f"{key}={value}" for key, value in quantizer.items()]
-        if settings:
-            label += f" [{', '.join(settings)}]"
-        changed = [f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options)
-                   for key, value in _changed_options(options).items()] + changed
-    return label + (f" {{{', '.join(changed)}}}" if changed else "")
-
-
-def _changed_options(options: Any) -> dict[str, Any]:
-    """The fields of a plugin's options that differ from the plugin's defaults."""
-    changed = {}
-    for field_ in dataclasses.fields(options) if dataclasses.is_dataclass(options) else ():
-        default = field_.default
-        if default is dataclasses.MISSING and field_.default_factory is not dataclasses.MISSING:
-            default = field_.default_factory()
-        value = getattr(options, field_.name)
-        if default is dataclasses.MISSING or value != default:
-            changed[field_.name] = value
-    return changed
 
 
 def error_line(error: BaseException) -> str:

@@ -6,13 +6,16 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.grid import code_differences, record_configuration
+from harness.errors import HarnessError
+from harness.grid import cell_from_record, code_differences, record_configuration
 from harness.io import config_hash
+from harness.labels import row_label
 
 STALE_MARK = "†"
 IDENTITY = ("cell_id", "label", "method", "generator", "calibrator", "task", "model", "bits", "seed")
-# A leaderboard entry: one method (label) at one bit width on one model and evaluation subset.
-ENTRY = ["task", "model", "subset", "label", "method", "bits"]
+# A leaderboard entry: one method (label) at one bit width on one model and evaluation subset; every
+# record of an entry is one configuration, so they share ``published_as``
+ENTRY = ["task", "model", "subset", "label", "method", "published_as", "bits"]
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -43,8 +46,18 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update(_deployment_columns(record.get("deployment")))
         row["weights_id"] = record.get("weights_id")
         row["configuration"] = record_configuration(record)
+        row["published_as"] = published_as(record)
         rows.append(row)
     return _one_configuration_per_label(pd.DataFrame(rows))
+
+
+def published_as(record: dict[str, Any]) -> str:
+    """The method whose published figures apply to the record's configuration (its own pair and options),
+    read from the record's fields (harness.labels); empty when none does or a plugin is gone."""
+    try:
+        return row_label(cell_from_record(record)).published_method or ""
+    except (HarnessError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:

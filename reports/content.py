@@ -18,7 +18,7 @@ from reports.aggregate import bits_order, calibration_data, cost_table, primary_
 from reports.gallery import IMAGES_PER_ROW, cached_galleries
 from reports.metadata import RunMetadata, run_metadata
 from reports.plots import Series, accuracy_svg, gallery_svg
-from reports.published import PublishedFigure, PublishedTable, comparable_method, load_published
+from reports.published import PublishedFigure, PublishedTable, load_published
 from reports.significance import Comparison, compare
 
 
@@ -277,7 +277,7 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
             if entry is None:
                 cells.append(None)
                 continue
-            method = comparable_method(entry["label"], entry["method"])
+            method = entry["published_as"] or None
             figure = published.lookup(task, model, method, bit, metric) if method else None
             unverified = published.recalled(task, model, method, bit, metric) if method and not figure else None
             if unverified is not None:

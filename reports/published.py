@@ -90,13 +90,3 @@ def load_published(path: Path | None = None, include_recalled: bool = False) -> 
     table = table[table["value"].str.strip() != ""]
     table["bits"] = [str(parse_bits(bits)) for bits in table["bits"]]
     return PublishedTable(table.to_dict("records"), include_recalled=include_recalled)
-
-
-def comparable_method(label: str, method: str) -> str | None:
-    """The method whose published figures apply to a leaderboard row, or None.
-
-    A row whose generator or calibrator was overridden (label ``psaq (psaq+ranking)``, see
-    ``harness.worker._label``) is a different pipeline, so the method's published figure does not
-    apply; a quantizer-profile suffix (``psaq [psaq]``) keeps the method's own pipeline.
-    """
-    return method if label == method or label.startswith(f"{method} [") else None

@@ -8,7 +8,7 @@ from harness.errors import HarnessError
 from harness.grid import GridSpec, expand
 from harness.gridfile import spec_from_settings
 from harness.runner import GridRunner
-from harness.worker import _label
+from harness.labels import row_label
 
 
 def _rows(cells) -> set[tuple[str, str, str]]:
@@ -23,7 +23,7 @@ def test_data_and_calib_without_methods_make_one_row_per_pair():
                             ("real", "real", "minmax"), ("repq_vit", "real", "repq")}
     assert len(cells) == 6 * 2
     # a pair's row is named after the pair, never after a method it was not
-    assert {_label(cell) for cell in cells} == {"psaq", "psaq+repq", "noise", "noise+repq", "real", "repq_vit"}
+    assert {str(row_label(cell)) for cell in cells} == {"psaq", "psaq+repq", "noise", "noise+repq", "real", "repq_vit"}
 
 
 def test_with_methods_each_method_runs_with_every_given_pair():
@@ -31,7 +31,7 @@ def test_with_methods_each_method_runs_with_every_given_pair():
                             bits=("w4a4",), calib=("minmax", "percentile")))
     assert _rows(cells) == {("psaq", "psaq", "minmax"), ("psaq", "psaq", "percentile"),
                             ("noise", "noise", "minmax"), ("noise", "noise", "percentile")}
-    assert {_label(cell) for cell in cells} == {"psaq", "psaq (psaq+percentile)", "noise", "noise (noise+percentile)"}
+    assert {str(row_label(cell)) for cell in cells} == {"psaq", "psaq (psaq+percentile)", "noise", "noise (noise+percentile)"}
 
 
 def test_an_fp_cell_is_not_repeated_per_pair():

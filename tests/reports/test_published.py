@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.published import comparable_method, load_published
+from reports.published import load_published
 from tasks.imagenet import ImageNetTask
 
 HEADER = "task,model,method,bits,metric,value,source,verified,notes\n"
@@ -60,13 +60,3 @@ def test_ambiguous_tables_are_refused(tmp_path: Path, rows, message):
     path.write_text(HEADER + rows)
     with pytest.raises(ValueError, match=message):
         load_published(path)
-
-
-@pytest.mark.parametrize("label, method, expected", [
-    ("psaq", "psaq", "psaq"),
-    ("psaq [psaq]", "psaq", "psaq"),
-    ("psaq (psaq+ranking)", "psaq", None),
-    ("psaq (psaq+ranking) [psaq]", "psaq", None),
-])
-def test_only_the_methods_own_pipeline_is_compared(label, method, expected):
-    assert comparable_method(label, method) == expected
