@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import onnx
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
-from harness.export import OnnxRuntimeModel, export_onnx
+from harness.export import OnnxRuntimeModel, export_onnx, median_seconds
 from harness.grid import GridSpec, expand
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
@@ -100,15 +98,7 @@ def logits(name: str, folder: Path, threads: int) -> None:
 
 
 def median_latency(path: Path, images: torch.Tensor, threads: int, repeats: int) -> float:
-    session = OnnxRuntimeModel(path, threads)
-    for _ in range(3):
-        session(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(OnnxRuntimeModel(path, threads), images, repeats, warmup=3)
 
 
 def latency(folder: Path, threads: int, repeats: int) -> None:

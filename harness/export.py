@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -293,7 +294,7 @@ def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model:
                  "fp": export_onnx(fp_model, images[:2], Path(folder) / "fp.onnx")}
         sessions = {kind: OnnxRuntimeModel(path, threads) for kind, path in paths.items()}
         metrics = task.evaluate(sessions["quantized"], model_name, limit=limit)
-        latency = {f"batch{batch}": {kind: 1e3 * _median_seconds(session, images[:batch], repeats)
+        latency = {f"batch{batch}": {kind: 1e3 * median_seconds(session, images[:batch], repeats)
                                      for kind, session in sessions.items()} for batch in (1, 32)}
         sizes = {kind: path.stat().st_size for kind, path in paths.items()}
     return {**block, "deployable": True, "threads": threads, "metrics": metrics,
@@ -303,8 +304,9 @@ def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model:
             "size_mb": sizes["quantized"] / 2**20, "size_ratio": sizes["quantized"] / sizes["fp"]}
 
 
-def _median_seconds(model: nn.Module, images: torch.Tensor, repeats: int) -> float:
-    for _ in range(2):
+def median_seconds(model: Callable[[torch.Tensor], Any], images: torch.Tensor, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``model(images)`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         model(images)
     times = []
     for _ in range(repeats):
