@@ -27,7 +27,6 @@ import onnx
 import onnxruntime as ort
 import timm
 import torch
-import torch.nn.functional as F
 
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
@@ -37,14 +36,9 @@ from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.worker import CellWorker
+from parity_kit import smooth_images  # noqa: E402
 
 BITS = ("w8a8", "w4a8")
-
-
-def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise at 1/16 resolution, upsampled: spatially correlated, image-like inputs."""
-    coarse = torch.randn(count, 3, size // 16, size // 16, generator=generator)
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def digits(folder: Path, threads: int) -> None:

@@ -28,14 +28,12 @@ import argparse
 import difflib
 import json
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
@@ -49,6 +47,7 @@ from harness.calibrators import MinMaxCalibrator  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
+from parity_kit import authors_commit, smooth_images  # noqa: E402
 
 # (timm constructor, authors' constructor name, keyword arguments both accept)
 FULL = {
@@ -77,22 +76,11 @@ class Call:
     high: float
 
 
-def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
-    coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def authors_models(checkout: Path) -> dict[str, type]:
     """The authors' model classes, imported from their checkout (their ``models`` package needs torch only)."""
     sys.path.insert(0, str(checkout))
     from models import swin_quant, vit_quant
     return {"VisionTransformer": vit_quant.VisionTransformer, "SwinTransformer": swin_quant.SwinTransformer}
-
-
-def authors_commit(checkout: Path) -> str:
-    result = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown (not a git checkout)"
 
 
 def to_authors_state(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -46,7 +45,6 @@ from typing import Iterator
 
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -58,23 +56,13 @@ from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.instrument import get_point  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
+from parity_kit import authors_commit, smooth_images, without_mask  # noqa: E402
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator  # noqa: E402
 
 # DeiT's code paths at 32 px: head dimension 16, so timm's 1/sqrt(d) is a power of two and scaling q
 # before the product (timm, the harness) or the product after it (the authors) gives the same floats
 SMALL = {"deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)}
 FULL = {"deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)}
-
-
-def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
-    coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def authors_commit(checkout: Path) -> str:
-    result = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown (not a git checkout)"
 
 
 def authors_modules(checkout: Path) -> types.SimpleNamespace:
@@ -101,15 +89,6 @@ def shims(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(default)
 
 
-def _without_mask(forward):
-    """The authors' bound attention forward, callable the way the installed timm's blocks call it."""
-    def call(self, x, attn_mask=None, is_causal=False):
-        if attn_mask is not None or is_causal:
-            raise SystemExit("the authors' attention forward has no mask")
-        return forward(x)
-    return call
-
-
 def run_authors(authors, model: nn.Module, bits: BitSpec, calib: torch.Tensor, evaluation: torch.Tensor,
                 dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
     """Their calibration of ``model`` (modified in place); the quantized logits and every searched scale."""
@@ -122,7 +101,7 @@ def run_authors(authors, model: nn.Module, bits: BitSpec, calib: torch.Tensor, e
         net = authors.models.get_net("deit_tiny_patch16_224")
         for module in net.modules():
             if hasattr(module, "matmul1"):
-                module.forward = types.MethodType(_without_mask(module.forward), module)
+                module.forward = types.MethodType(without_mask(module.forward), module)
         wrapped = authors.net_wrap.wrap_modules_in_net(net, config)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calib, torch.zeros(len(calib))),
                                              batch_size=len(calib), shuffle=False)

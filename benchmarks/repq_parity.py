@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -74,6 +73,7 @@ from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
+from parity_kit import authors_commit, smooth_images, without_mask  # noqa: E402
 from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 
 FULL = {
@@ -101,17 +101,6 @@ def authors_model_name(name: str) -> str:
     return "swin_tiny" if name.startswith("swin") else "deit_tiny"
 
 
-def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
-    coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def authors_commit(checkout: Path) -> str:
-    result = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown (not a git checkout)"
-
-
 def authors_module(checkout: Path):
     """The authors' ``classification/test_quant.py`` as a module (it imports their ``utils`` and ``quant``)."""
     sys.path.insert(0, str(checkout / "classification"))
@@ -130,7 +119,7 @@ def shims(authors, model: nn.Module, calib: torch.Tensor, evaluation: torch.Tens
         built = original_build_model(name)
         for module in built.modules():
             if isinstance(module, Attention) and hasattr(module, "matmul1"):
-                module.forward = types.MethodType(_without_mask(module.forward), module)
+                module.forward = types.MethodType(without_mask(module.forward), module)
             elif isinstance(module, PatchMerging):
                 module.forward = types.MethodType(_merge_as_tokens, module)
         for module in list(built.modules()):
@@ -158,15 +147,6 @@ def shims(authors, model: nn.Module, calib: torch.Tensor, evaluation: torch.Tens
         yield
     finally:
         timm.create_model, authors.build_model, authors.build_dataset, authors.validate = saved
-
-
-def _without_mask(forward):
-    """The authors' bound attention forward, callable the way the installed timm's blocks call it."""
-    def call(self, x, attn_mask=None, is_causal=False):
-        if attn_mask is not None or is_causal:
-            raise SystemExit("the authors' attention forward has no mask")
-        return forward(x)
-    return call
 
 
 def _merge_as_tokens(self, x: torch.Tensor) -> torch.Tensor:
