@@ -31,7 +31,9 @@ from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
+from harness.memory import reused_heap
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.modules import in_place_evaluation
 from harness.image_folder import cache
 from harness.image_folder.data import LabelledImages, eval_transform
 from tasks.imagenet import ImageNetOptions, ImageNetTask
@@ -124,7 +126,7 @@ def measure(workdir: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
         batches = torch.cat(batches)[:sizes.eval_images].split(sizes.batch)
         models = {"FP": model, **{bits.upper(): calibrated(model, bits, batches[0]) for bits in ("w8a8", "w4a8")}}
         row: dict[str, float] = {}
-        with torch.no_grad():
+        with torch.no_grad(), reused_heap(), in_place_evaluation():  # as a grid's cell evaluates
             for label, candidate in models.items():
                 candidate(batches[0])  # warm-up: weight caches, compiled kernels
                 row[label] = rate(sum(map(len, batches)), lambda: [candidate(batch) for batch in batches])

@@ -6,13 +6,18 @@ The FP and quantized forwards take turns, round after round, so they share the m
 conditions; best times (wall-clock and process CPU time, the latter less sensitive to other
 processes on a shared machine) and the median ratio to the FP forward just before are printed.
 ``--eager`` adds the quantizer without fused kernels (``DFQ_HARNESS_FUSED=0``) in the same run.
+The runs evaluate as a grid's cells do: freed heap memory reused (``harness.memory.reused_heap``)
+and declared temporaries quantized in place (``harness.quant.modules.in_place_evaluation``);
+``--plain`` measures without either (glibc's default heap, every quantizer writing a new tensor).
 
     python benchmarks/quantizer_overhead.py --model deit_small_patch16_224 --bits w8a8,w4a8 --eager
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import statistics
 import time
 from typing import Callable
@@ -23,8 +28,10 @@ import torch
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
 from harness.fused import ENVIRONMENT_SWITCH
+from harness.memory import heap_reuse_available, reused_heap
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.modules import in_place_evaluation
 
 
 def calibrated(model: torch.nn.Module, bits: str, profile: str, images: torch.Tensor) -> torch.nn.Module:
@@ -87,6 +94,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--eager", action="store_true", help="also time the quantizer without fused kernels")
+    parser.add_argument("--plain", action="store_true",
+                        help="glibc's default heap and no in-place quantization, not the worker's evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -98,10 +107,15 @@ def main() -> None:
         runs[f"{bits} fused"] = with_fusion(True, lambda qmodel=qmodel: qmodel(images))
         if args.eager:
             runs[f"{bits} eager"] = with_fusion(False, lambda qmodel=qmodel: qmodel(images))
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as conditions:
+        if not args.plain:
+            conditions.enter_context(reused_heap())
+            conditions.enter_context(in_place_evaluation())
         times = interleaved_times(runs, args.rounds)
-    print(f"{args.model} {args.profile}, batch {args.batch} at 224 px, {args.threads} threads, {args.rounds} rounds "
-          f"(target: fake-quant / FP <= 1.1)")
+    reused = not args.plain and heap_reuse_available()
+    print(f"{args.model} {args.profile}, batch {args.batch} at 224 px, {args.threads} threads, {args.rounds} rounds, "
+          f"{'heap reused' if reused else 'system heap'}, {'plain' if args.plain else 'in-place'} quantizers, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (target: fake-quant / FP <= 1.1)")
     print("\n".join(summary(times)))
 
 

@@ -15,6 +15,9 @@ from harness.evaluation import tensor_batches, topk_accuracy
 from harness.image_folder import ImageFolderOptions, ImageFolderTask
 from harness.instrument import attach_point, get_point, remove_point
 from harness.io import IMAGE_SUFFIXES, config_hash, current_umask, file_lock, file_sha256, write_json
+from harness.mm.data import predictions as mm_predictions
+from harness.mm.task import OpenMMLabModel, OpenMMLabTask
+from harness.mm.tiny import save_random_init, write_images
 from harness.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
                             ImageCountOptions, MethodSpec, NoOptions)
 from harness.options import at_least
@@ -55,6 +58,9 @@ __all__ = [
     # tasks
     "ImageFolderOptions", "ImageFolderTask", "ImagePrior", "SynthesisTarget", "Task", "TaskOptions",
     "calibration_indices",
+    # OpenMMLab detection / segmentation tasks (harness/mm; mmdet / mmseg load when a model is built) and
+    # the pieces of their tiny offline instances
+    "OpenMMLabModel", "OpenMMLabTask", "mm_predictions", "save_random_init", "write_images",
     # what plugins declare they need and offer (docs/plugins.md, Support)
     "ATTENTION", "BLOCKS", "CLASSES", "REAL_IMAGES",
     # options and errors

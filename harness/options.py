@@ -68,6 +68,9 @@ class _Mismatch(Exception):
     pass
 
 
+_EXACT = (type(None), bool, int, str)
+
+
 def _coerce(value: Any, annotation: Any) -> Any:
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
@@ -79,20 +82,12 @@ def _coerce(value: Any, annotation: Any) -> Any:
             except _Mismatch:
                 continue
         raise _Mismatch
-    if annotation is type(None):
-        if value is None:
-            return None
+    if annotation in _EXACT:  # None, bool, int, str: the value as it is (a bool is no int)
+        if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            return value
         raise _Mismatch
     if origin is Literal:
         if any(value == choice and type(value) is type(choice) for choice in arguments):
-            return value
-        raise _Mismatch
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise _Mismatch
     if annotation is float:
@@ -103,10 +98,6 @@ def _coerce(value: Any, annotation: Any) -> Any:
                 raise _Mismatch from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise _Mismatch
-    if annotation is str:
-        if isinstance(value, str):
-            return value
         raise _Mismatch
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

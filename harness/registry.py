@@ -19,14 +19,19 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> entry map whose lookup errors list the known names and a close match."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, on_add: Callable[[str, T], None] | None = None) -> None:
         self.kind = kind
+        self._on_add = on_add  # tells an entry the name it is registered under (a task class states it once)
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
-        if name in self._entries and self._entries[name] is not entry:
-            raise HarnessError(f"{self.kind} {name!r} is registered twice")
+        if name in self._entries:
+            if self._entries[name] is not entry:
+                raise HarnessError(f"{self.kind} {name!r} is registered twice")
+            return entry
         self._entries[name] = entry
+        if self._on_add is not None:
+            self._on_add(name, entry)
         return entry
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -61,5 +66,5 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
 METHODS: Registry = Registry("method")
 GENERATORS: Registry = Registry("generator")
 CALIBRATORS: Registry = Registry("calibrator")
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("task", on_add=lambda name, task: task.registered_as(name))
 MODELS: Registry = Registry("model")

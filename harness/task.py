@@ -70,7 +70,7 @@ class TaskOptions:
 class Task(ABC):
     """A task plugin. Subclasses register with ``@TASKS.register(name)`` and list their models."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # set by the registration (registered_as)
     model_names: ClassVar[tuple[str, ...]]
     metric_names: ClassVar[tuple[str, ...]]
     Options: ClassVar[type] = TaskOptions
@@ -79,6 +79,11 @@ class Task(ABC):
     # words, what the user supplies for it (checked by `unmet`); the default fits a classifier on a ViT
     # family the quantizer instruments
     offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None}
+
+    @classmethod
+    def registered_as(cls, name: str) -> None:
+        """Called by ``TASKS`` on registration: the task's name is the one it is registered under."""
+        cls.name = name
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or self.Options()

@@ -29,9 +29,10 @@ from harness.export import measure_deployment
 from harness.grid import Cell
 from harness.io import config_hash, file_lock, write_json
 from harness.labels import row_label
+from harness.memory import reused_heap
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.quant.convert import quantize_model
-from harness.quant.modules import act_quantizers, weight_quantized_layers
+from harness.quant.modules import act_quantizers, in_place_evaluation, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, PeakMemory, ResultStore, harness_commit, library_versions, provenance,
                              read_calibration, read_record, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, TASKS
@@ -151,7 +152,7 @@ class CellWorker:
         timing: dict[str, float] = {}
         memory = PeakMemory()
         try:
-            with memory:
+            with memory, reused_heap():
                 record.update(self._execute(cell, weights_id, timing))
             record["status"] = "ok"
         except Exception as error:  # one bad cell must not stop the grid: it becomes an error record
@@ -173,7 +174,8 @@ class CellWorker:
         qmodel, calibrator_info = self._calibrate(cell, task, fp_model, calibration)
         timing["calibrate"] = time.perf_counter() - start
         start = time.perf_counter()
-        metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
+        with in_place_evaluation():
+            metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
         timing["evaluate"] = time.perf_counter() - start
         deployment = {}
         if cell.deploy:

@@ -92,6 +92,19 @@ def is_instrumented_block(module: nn.Module) -> bool:
     return getattr(type(module), "is_dfq_block", False)
 
 
+def mlp_and_normed_temporaries(block: nn.Module) -> tuple[str, ...]:
+    """The linear inputs a timm block makes for them alone (``temporary_points``, docs/quantizer.md,
+    Evaluation cost): the MLP's hidden activation, and the normalized tokens that attention and the
+    MLP read where the block normalizes (a norm's output is a new tensor; an identity would pass on
+    the residual stream itself)."""
+    points = ["mlp.fc2.in"]
+    if not isinstance(getattr(block, "norm1", nn.Identity()), nn.Identity):
+        points.append("attn.qkv.in")
+    if not isinstance(getattr(block, "norm2", nn.Identity()), nn.Identity):
+        points.append("mlp.fc1.in")
+    return tuple(points)
+
+
 def is_window_attention(module: nn.Module) -> bool:
     """A Swin window attention (timm, mmdet or mmseg), instrumented or not."""
     _load_families()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
-from harness.arch import register_swap
+from harness.arch import mlp_and_normed_temporaries, register_swap
 from harness.instrument import apply_point, only_output_points
 
 
@@ -19,6 +19,10 @@ class InstrumentedWindowAttention(WindowAttention):
     is_dfq_attention = True
     is_dfq_window = True
     psaq_points = ("scores", "bias_table", "scores_biased")
+
+    def temporary_points(self) -> tuple[str, ...]:
+        """The softmax output and the merged heads: made by this forward for those points alone."""
+        return ("attn", "proj.in")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, _ = x.shape
@@ -56,6 +60,9 @@ class InstrumentedWindowAttention(WindowAttention):
 class InstrumentedSwinBlock(SwinTransformerBlock):
     is_dfq_block = True
     psaq_points = ("residual1", "residual2")
+
+    def temporary_points(self) -> tuple[str, ...]:
+        return mlp_and_normed_temporaries(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from harness.arch import register_swap
+from harness.arch import mlp_and_normed_temporaries, register_swap
 from harness.errors import HarnessError
 from harness.instrument import apply_point, only_output_points
 
@@ -24,6 +24,10 @@ from harness.instrument import apply_point, only_output_points
 class InstrumentedAttention(Attention):
     is_dfq_attention = True
     psaq_points = ("scores",)
+
+    def temporary_points(self) -> tuple[str, ...]:
+        """The softmax output and the merged heads: made by this forward for those points alone."""
+        return ("attn", "proj.in")
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         B, N, _ = x.shape
@@ -54,6 +58,9 @@ class InstrumentedAttention(Attention):
 class InstrumentedBlock(Block):
     is_dfq_block = True
     psaq_points = ("residual1", "residual2")
+
+    def temporary_points(self) -> tuple[str, ...]:
+        return mlp_and_normed_temporaries(self)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         attn_out = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)

@@ -93,11 +93,11 @@ class OpenMMLabTask(Task):
               CLASSES: "a class source: the ImageNet classifier the backbone was pre-trained as "
                        "(--task-opt prior_classifier=FILE, or timm's file in the Hugging Face hub cache)"}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass's ``models`` registers them: ``model_names`` is derived, never written twice."""
-        super().__init_subclass__(**kwargs)
-        if "models" in cls.__dict__:
-            cls.model_names = register_models(cls.name, {name: model.description for name, model in cls.models.items()})
+    @classmethod
+    def registered_as(cls, name: str) -> None:
+        """The task's ``models`` are registered with it: ``model_names`` is derived, never written twice."""
+        super().registered_as(name)
+        cls.model_names = register_models(name, {model: entry.description for model, entry in cls.models.items()})
 
     def __init__(self, options: OpenMMLabOptions | None = None) -> None:
         super().__init__(options)

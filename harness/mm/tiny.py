@@ -14,6 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from harness.mm.config import load_config
+from harness.mm.registry import build_model
+
 
 def write_images(folder: Path, names: list[str], size: int, seed: int) -> list[Path]:
     """Images of a few coloured rectangles on a gradient, equal sizes (so batching pads nothing)."""
@@ -31,6 +34,12 @@ def write_images(folder: Path, names: list[str], size: int, seed: int) -> list[P
         Image.fromarray(image.astype(np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def save_random_init(scope: str, config: Path, path: Path, seed: int) -> None:
+    """The model of mmengine config file ``config``, built by ``scope`` (mmdet, mmseg) from ``seed``, saved at ``path``."""
+    torch.manual_seed(seed)
+    save_checkpoint(build_model(scope, load_config(str(config)).model), path, seed)
 
 
 def save_checkpoint(model: nn.Module, path: Path, seed: int) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from harness.arch import SUPPORTED, instrument, is_instrumented_attention
 from harness.bits import BitSpec
 from harness.errors import HarnessError
-from harness.instrument import attach_point
+from harness.instrument import attach_point, get_point
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
 
 PROFILES = ("standard", "psaq")
@@ -78,6 +78,22 @@ def quantize_in_place(model: nn.Module, bits: BitSpec, config: QuantConfig) -> N
                 last = converted
     place = _place_standard if config.profile == "standard" else _place_psaq
     place(model, bits.act_bits, config, first, last, keep_ends=bool(kept_fp))
+    _mark_temporaries(model)
+
+
+def _mark_temporaries(model: nn.Module) -> None:
+    """Tell the quantizers whose input an instrumented forward makes for them alone (its
+    ``temporary_points()``) that evaluation may overwrite it (docs/quantizer.md, Evaluation cost)."""
+    for module in model.modules():
+        for path in module.temporary_points() if hasattr(module, "temporary_points") else ():
+            owner_path, _, point = path.rpartition(".")
+            try:
+                owner = module.get_submodule(owner_path)
+            except AttributeError:  # a block without that child
+                continue
+            quantizer = get_point(owner, point)
+            if isinstance(quantizer, ActQuantizer):
+                quantizer.input_is_temporary = True
 
 
 def _first_and_last_layers(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:

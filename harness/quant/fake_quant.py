@@ -51,18 +51,22 @@ def fake_quant_asymmetric(x: torch.Tensor, scale: torch.Tensor, zero_point: torc
     stays a tensor on ``x``'s device, since a division by a Python scalar may run as a multiplication
     by its reciprocal. Without gradients activation fake quantization is memory-bound: a per-tensor
     quantizer runs as one fused pass over ``x`` (:func:`_quantize_values`), other shapes of scale
-    (an observer's candidate ranges) as six passes in place on one buffer.
+    (an observer's candidate ranges) as six passes in place on one buffer. The result is contiguous
+    whatever ``x``'s layout: attention's q, k and v arrive as strided views of the qkv projection, and
+    a contiguous result is what the attention matmuls read without copying it first.
     """
     levels = 2 ** bits - 1
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return (torch.clamp(round_ste(x / scale + zero_point), 0, levels) - zero_point) * scale
-    rows = _as_rows(x) if scale.dim() == zero_point.dim() == 0 and x.numel() else None
-    if rows is None:
+    if scale.dim() or zero_point.dim() or not x.numel():
         return _quantize_values(x, scale, zero_point, levels)
-    matrix, shape, order = rows
     with torch.no_grad():  # one compiled variant whatever the caller's grad mode (nothing here needs gradients)
-        quantized = _KERNELS.pick(_quantize_values)(matrix, scale, zero_point, levels)
-    return quantized.view(shape).permute(order)
+        if x.is_contiguous():  # rows of the last dimension, as a matmul input has: one variant serves all
+            columns = x.shape[-1] if x.dim() else 1
+            matrix = _storage_view(x, (x.numel() // columns, columns), (columns, 1))
+            return _KERNELS.pick(_quantize_values)(matrix, scale, zero_point, levels).view(x.shape)
+        strided = _storage_view(x, tuple(x.shape), x.stride())
+        return _KERNELS.pick(_quantize_to_contiguous)(strided, scale, zero_point, levels)
 
 
 def _quantize_values(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
@@ -71,42 +75,46 @@ def _quantize_values(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     return x.div(scale).add_(zero_point).round_().clamp_(0, levels).sub_(zero_point).mul_(scale)
 
 
-def _as_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]] | None:
-    """``x``'s elements as a (rows, columns) matrix with unit column stride, so that a few compiled
-    variants serve every tensor: a contiguous tensor, or a slice such as attention's q, k or v (heads x
-    head dim contiguous, one row per token, rows a fixed pitch apart). Also the shape of the dense result
-    in ``x``'s memory order and the permutation back to ``x``'s dimensions: the layout eager torch gives
-    an elementwise result. None when the elements do not fall into such rows (eager torch then).
-    """
-    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
-    sizes = [(x.shape[d], x.stride(d)) for d in order if x.shape[d] > 1]
-    columns = 1
-    while sizes and sizes[-1][1] == columns:  # the contiguous trailing block
-        columns *= sizes.pop()[0]
-    if any(stride != next_stride * next_size for (_, stride), (next_size, next_stride) in zip(sizes, sizes[1:])):
-        return None  # the rows are not evenly spaced
-    if not sizes and x.dim():  # contiguous: rows of the last dimension, as a matmul input has
-        columns = x.shape[-1]
-    pitch = sizes[-1][1] if sizes else columns
-    if pitch < columns:
-        return None  # overlapping (expanded) elements
-    # a tensor over x's memory with no view or autograd link to x: the compiler then guards on this
-    # layout alone, not on whatever x was sliced from
-    matrix = torch.empty(0, dtype=x.dtype, device=x.device).set_(
-        x.untyped_storage(), x.storage_offset(), (x.numel() // columns, columns), (pitch, 1))
-    return matrix, [x.shape[d] for d in order], [order.index(d) for d in range(x.dim())]
+def fake_quant_asymmetric_(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`fake_quant_asymmetric` written over ``x`` itself (contiguous, per-tensor ``s`` and ``z``, no
+    gradients): for a temporary nothing else reads, half the memory traffic of writing a new tensor."""
+    with torch.no_grad():
+        return _KERNELS.pick(_quantize_in_place)(x, scale, zero_point, 2 ** bits - 1)
+
+
+def _quantize_in_place(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
+    # compiled, one loop that reads each element and writes its quantized value back
+    return x.copy_(_quantize_values(x, scale, zero_point, levels))
+
+
+def _quantize_to_contiguous(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
+    # compiled, one loop that reads x's strided elements and writes the contiguous result
+    return _quantize_values(x, scale, zero_point, levels).contiguous()
+
+
+def _storage_view(x: torch.Tensor, shape: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+    """``x``'s memory with this shape and stride, with no view or autograd link to ``x``: the compiler
+    then guards on this layout alone, not on whatever ``x`` was sliced from."""
+    return torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), shape, stride)
 
 
 def _exercise_kernels() -> None:
-    """The fused quantizer at sizes that take the vectorized and parallel loops, on a contiguous and on a
-    permuted input (a view of attention's q, k or v), in float32 and float64."""
+    """The fused quantizer at sizes that take the vectorized and parallel loops, on a contiguous input, on
+    a view of attention's q, k or v in the qkv projection and on a dense permuted one (q times its
+    scale), and in place, in float32 and float64."""
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         values = torch.randn(4, 65, 3, 2, 32, generator=generator, dtype=dtype) * 3
         scale, zero_point = asymmetric_params(values.amin(), values.amax(), 8)
-        for x in (values, values.permute(2, 0, 3, 1, 4)[0]):
+        query = values.permute(2, 0, 3, 1, 4)[0]
+        for x in (values, query, query * 0.5):
             with torch.no_grad():
                 fake_quant_asymmetric(x, scale, zero_point, 8)
+        # the in-place kernel's own first-call check compares it with eager torch on values it has
+        # already overwritten; here it meets an untouched copy
+        expected = _quantize_values(values, scale, zero_point, 255)
+        if not torch.equal(fake_quant_asymmetric_(values.clone(), scale, zero_point, 8), expected):
+            raise ArithmeticError("the compiled in-place activation quantizer differs from eager torch")
 
 
 _KERNELS = FusedKernels("the activation quantizer", probe=lambda: _exercise_kernels(), tolerance=0.0)

@@ -12,6 +12,7 @@ from harness.quant.fake_quant import (
     MIN_SCALE,
     asymmetric_params,
     fake_quant_asymmetric,
+    fake_quant_asymmetric_,
     fake_quant_log2,
     fake_quant_log_sqrt2,
     fake_quant_offset_after_round,
@@ -22,6 +23,7 @@ from harness.quant.fake_quant import (
 )
 
 Mode = Literal["observe", "quantize", "bypass"]
+_overwrite_temporaries = False  # set by in_place_evaluation()
 Kind = Literal["uniform", "log2", "log_sqrt2", "twin_uniform", "twin_signed"]
 
 
@@ -41,6 +43,11 @@ class ActQuantizer(nn.Module):
     a calibrated model is saved and reloaded with its state dict. An observer may freeze the
     quantizer as soon as it has seen a batch (:meth:`set_params`); that batch is then quantized
     already, so later quantizers observe it quantized (docs/quantizer.md, Searched quantizers).
+
+    ``input_is_temporary`` (set by the placement where the instrumented forward says so): the input
+    is a tensor the forward made for this point alone, so inside :func:`in_place_evaluation` a
+    uniform per-tensor quantizer overwrites it instead of writing a new tensor (docs/quantizer.md,
+    Evaluation cost).
     """
 
     def __init__(self, bits: int, kind: Kind = "uniform") -> None:
@@ -50,6 +57,7 @@ class ActQuantizer(nn.Module):
         self.mode: Mode = "observe"
         self.observer: Observer | None = None
         self.offset_after_round = False  # zero point added after rounding (set by set_params)
+        self.input_is_temporary = False
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.register_buffer("low", torch.tensor(0.0))
@@ -64,15 +72,32 @@ class ActQuantizer(nn.Module):
             if self.kind == "twin_uniform":
                 return fake_quant_twin_uniform(x, self.scale, self.bits)
             if self.kind == "twin_signed":
-                return fake_quant_twin_signed(x, self.scale, self.zero_point.item(), self.bits)
+                return fake_quant_twin_signed(x, self.scale, self._negative_scale(), self.bits)
             if self.offset_after_round:
                 return fake_quant_offset_after_round(x, self.scale, self.zero_point, self.bits)
+            if self._may_overwrite(x):
+                return fake_quant_asymmetric_(x, self.scale, self.zero_point, self.bits)
             return fake_quant_asymmetric(x, self.scale, self.zero_point, self.bits)
         if self.mode == "observe" and self.observer is not None:
             self.observer.update(x)
             if self.mode == "quantize":  # the observer froze this quantizer on this batch
                 return self(x)
         return x
+
+    def _negative_scale(self) -> float:
+        """``twin_signed``'s negative step as the Python float it is divided by, read from the buffer once
+        per value it holds (not once per forward: on a GPU each read waits for the device)."""
+        key = (id(self.zero_point), self.zero_point._version)
+        if getattr(self, "_negative_scale_read", (None, 0.0))[0] != key:
+            self._negative_scale_read = (key, self.zero_point.item())
+        return self._negative_scale_read[1]
+
+    def _may_overwrite(self, x: torch.Tensor) -> bool:
+        """Whether this forward may quantize ``x`` in its own memory: a declared temporary, during an
+        evaluation, with no hook on this quantizer that could hold the input."""
+        return (_overwrite_temporaries and self.input_is_temporary and not torch.is_grad_enabled()
+                and x.is_contiguous() and self.scale.dim() == 0 and self.zero_point.dim() == 0
+                and not self._forward_pre_hooks and not self._forward_hooks)
 
     def freeze(self, low: torch.Tensor, high: torch.Tensor) -> None:
         """Fix the range [low, high] (widened to contain 0, docs/quantizer.md, Arithmetic) and start
@@ -219,6 +244,18 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+@contextlib.contextmanager
+def in_place_evaluation() -> Iterator[None]:
+    """For the block, quantizers whose input is a declared temporary overwrite it (docs/quantizer.md,
+    Evaluation cost). Evaluation only: a calibrator may keep references to activations it captured."""
+    global _overwrite_temporaries
+    previous, _overwrite_temporaries = _overwrite_temporaries, True
+    try:
+        yield
+    finally:
+        _overwrite_temporaries = previous
 
 
 @contextlib.contextmanager

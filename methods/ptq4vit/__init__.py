@@ -1,7 +1,6 @@
-"""PTQ4ViT (Yuan et al., ECCV 2022) as the calibrator ``ptq4vit`` and the method ``ptq4vit`` (docs/methods.md, PTQ4ViT).
-
-``ptq4vit`` pairs the calibrator with ``real`` training images, the paper's setting; any generator
-can feed it (``--data psaq --calib ptq4vit``).
+"""PTQ4ViT (Yuan et al., ECCV 2022): twin-uniform quantizers after softmax and GELU, scales searched
+against a Hessian-weighted output distance (docs/methods.md, PTQ4ViT). The method ``ptq4vit`` calibrates
+on 32 real training images as the paper does; ``--data <generator> --calib ptq4vit`` feeds it synthetic ones.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""RepQ-ViT (Li et al., ICCV 2023) as the calibrator ``repq`` and the method ``repq_vit`` (docs/methods.md, RepQ-ViT).
+"""RepQ-ViT (Li et al., ICCV 2023), calibrator ``repq``: per-channel post-LayerNorm ranges folded into the
+norm's affine and the next layer, a log-√2 post-softmax quantizer (docs/methods.md, RepQ-ViT).
 
-``repq_vit`` pairs the calibrator with ``real`` training images, the paper's setting; any generator
-can feed it (``--data psaq --calib repq``).
+Method ``repq_vit`` is the paper's setting, real training images; any generator may feed the calibrator.
 """
 from __future__ import annotations
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.mm.task import OpenMMLabModel, OpenMMLabTask
-from harness.registry import TASKS
-from harness.task_setup import TaskSetup
+from harness.api import TASKS, OpenMMLabModel, OpenMMLabTask, TaskSetup
 from tasks.ade20k.tiny import write_tiny_ade20k
 
 
@@ -18,7 +16,6 @@ from tasks.ade20k.tiny import write_tiny_ade20k
 class ADE20KTask(OpenMMLabTask):
     """Semantic segmentation of ``ROOT/images/validation`` against ``ROOT/annotations/validation``."""
 
-    name = "ade20k"
     scope = "mmseg"
     metric_names = ("miou", "aacc")
     train_images = "images/training"

@@ -4,15 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from harness.mm.config import load_config
-from harness.mm.data import predictions
-from harness.mm.registry import build_model
-from harness.mm.tiny import save_checkpoint, write_images
-from harness.registry import TASKS
-from harness.task_setup import TaskSetup
+from harness.api import TASKS, TaskSetup, mm_predictions, save_random_init, write_images
 
 PIPELINE = """test_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImageFromFile'),
@@ -50,14 +44,13 @@ def write_tiny_ade20k(root: Path, model_name: str = "upernet_swin_t", num_images
     config = root / f"tiny_{model_name}.py"
     config.write_text(CONFIGS[model_name] + PIPELINE.format(size=size))
     checkpoint = root / f"tiny_{model_name}.pth"
-    torch.manual_seed(seed)
-    save_checkpoint(build_model("mmseg", load_config(str(config)).model), checkpoint, seed)
+    save_random_init("mmseg", config, checkpoint, seed)
     options = {"data_root": str(root), "checkpoint": str(checkpoint), "config": str(config), "prior_size": 32,
                "num_workers": 0}
     task_class = TASKS.get("ade20k")  # by name: the task module imports this one
     task = task_class(task_class.Options(**options))
     model = task.load_model(model_name)
-    for _, outputs in predictions(model, task.dataset(model_name), 1, 0, "tiny ade20k"):
+    for _, outputs in mm_predictions(model, task.dataset(model_name), 1, 0, "tiny ade20k"):
         for sample in outputs:  # reduce_zero_label: file value k is class k - 1
             label_map = sample.pred_sem_seg.data[0].numpy().astype(np.uint8) + 1
             Image.fromarray(label_map).save(labels / f"{Path(sample.img_path).stem}.png")

@@ -12,9 +12,7 @@ from typing import Any
 
 import torch
 
-from harness.mm.task import OpenMMLabModel, OpenMMLabTask
-from harness.registry import TASKS
-from harness.task_setup import TaskSetup
+from harness.api import TASKS, OpenMMLabModel, OpenMMLabTask, TaskSetup
 from tasks.coco.tiny import write_tiny_coco
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -25,7 +23,6 @@ SWIN_T, SWIN_S = "swin_tiny_patch4_window7_224.ms_in1k", "swin_small_patch4_wind
 class CocoTask(OpenMMLabTask):
     """Instance segmentation on ``ROOT/val2017`` against ``ROOT/annotations/instances_val2017.json``."""
 
-    name = "coco"
     scope = "mmdet"
     metric_names = ("box_ap", "mask_ap")
     train_images = "train2017"

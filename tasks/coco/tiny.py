@@ -5,14 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from harness.mm.config import load_config
-from harness.mm.data import predictions
-from harness.mm.registry import build_model
-from harness.mm.tiny import save_checkpoint, write_images
-from harness.registry import TASKS
-from harness.task_setup import TaskSetup
+from harness.api import TASKS, TaskSetup, mm_predictions, save_random_init, write_images
 
 MODEL = "mask_rcnn_swin_t"
 CLASSES = ("person", "bicycle", "car")
@@ -41,8 +35,7 @@ def write_tiny_coco(root: Path, num_images: int = 4, size: int = 64, seed: int =
     write_images(root / "train2017", [f"train_{index}.jpg" for index in range(4)], size, seed + 1)
     config = root / "tiny_mask_rcnn.py"
     config.write_text(CONFIG.format(classes=CLASSES, size=size))
-    torch.manual_seed(seed)
-    save_checkpoint(build_model("mmdet", load_config(str(config)).model), root / "tiny_mask_rcnn.pth", seed)
+    save_random_init("mmdet", config, root / "tiny_mask_rcnn.pth", seed)
     images = [{"id": index, "file_name": name, "height": size, "width": size} for index, name in enumerate(names)]
     categories = [{"id": index + 1, "name": name} for index, name in enumerate(CLASSES)]
     annotation_file = root / "annotations" / "instances_val2017.json"
@@ -53,7 +46,7 @@ def write_tiny_coco(root: Path, num_images: int = 4, size: int = 64, seed: int =
     task_class = TASKS.get("coco")  # by name: the task module imports this one
     task = task_class(task_class.Options(**options))
     model = task.load_model(MODEL)
-    samples = [sample for _, outputs in predictions(model, task.dataset(MODEL), 1, 0, "tiny coco") for sample in outputs]
+    samples = [sample for _, outputs in mm_predictions(model, task.dataset(MODEL), 1, 0, "tiny coco") for sample in outputs]
     annotation_file.write_text(json.dumps({"images": images, "categories": categories,
                                            "annotations": _ground_truth(samples, num_images * 3)}))
     return TaskSetup(options=options, model_name=MODEL, limit=None)

@@ -22,7 +22,6 @@ from tasks.digits.shipped import MODEL_SEEDS, shipped_weights
 class DigitsTask(Task):
     """Top-1 on the 30 % test split; real calibration images come from the train split only."""
 
-    name = "digits"
     metric_names = ("top1",)
     model_names = register_models("digits", {
         name: f"timm ViT 16px/patch 4, dim 64, depth 4, shipped (trained with seed {seed})"

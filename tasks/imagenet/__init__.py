@@ -33,7 +33,6 @@ def synset_index() -> dict[str, int]:
 class ImageNetTask(ImageFolderTask):
     """Top-1/top-5 on ``ROOT/val``; real calibration images come from ``ROOT/train`` only."""
 
-    name = "imagenet"
     Options = ImageNetOptions
     num_classes = 1000
     dataset = "ImageNet"

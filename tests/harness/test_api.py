@@ -10,13 +10,6 @@ import harness.api
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_FOLDERS = ("methods", "tasks")
-# plugin files that still import harness modules directly, and why
-NOT_YET = {
-    "tasks/coco/__init__.py": "built on harness.mm (OpenMMLab tasks, the detseg extra), not in the API yet",
-    "tasks/coco/tiny.py": "built on harness.mm",
-    "tasks/ade20k/__init__.py": "built on harness.mm",
-    "tasks/ade20k/tiny.py": "built on harness.mm",
-}
 
 
 def harness_imports(path: Path) -> dict[str, set[str]]:
@@ -47,10 +40,9 @@ def test_every_listed_name_imports_and_star_gives_exactly_them():
 def test_plugins_import_the_harness_through_the_api_only():
     offenders = {}
     for path in plugin_files():
-        relative = path.relative_to(ROOT).as_posix()
         other = sorted(set(harness_imports(path)) - {"harness.api"})
-        if other and relative not in NOT_YET:
-            offenders[relative] = other
+        if other:
+            offenders[path.relative_to(ROOT).as_posix()] = other
     assert not offenders, ("plugins import from harness.api only (docs/plugins.md, The plugin API); "
                            f"these import other harness modules: {offenders}")
 
@@ -60,13 +52,6 @@ def test_plugins_import_only_listed_names():
                 for path in plugin_files() for module, names in harness_imports(path).items()
                 if module == "harness.api" and names - set(harness.api.__all__)}
     assert not unlisted, f"names imported from harness.api but not in its __all__: {unlisted}"
-
-
-def test_the_exceptions_are_still_needed():
-    """An exception whose file moved to the API (or is gone) is struck off, so the list cannot rot."""
-    stale = [path for path in NOT_YET if not (ROOT / path).is_file()
-             or set(harness_imports(ROOT / path)) <= {"harness.api"}]
-    assert not stale, f"strike these from NOT_YET: {stale}"
 
 
 def test_the_api_names_the_objects_of_their_home_modules():

@@ -6,6 +6,7 @@ from harness.quant import fake_quant
 from harness.quant.fake_quant import (
     asymmetric_params,
     fake_quant_asymmetric,
+    fake_quant_asymmetric_,
     fake_quant_log2,
     fake_quant_symmetric,
     round_ste,
@@ -85,7 +86,8 @@ def test_round_ste_passes_gradient():
 @pytest.mark.parametrize("bits", [8, 4])
 def test_the_fused_quantizer_gives_the_eager_operations_bits(dtype, bits, monkeypatch):
     """Compiled into one pass, the same operations in the same order: every value identical, on a
-    contiguous tensor and on a permuted view (attention's q, k, v), as the eager path gives them."""
+    contiguous tensor and on a permuted view (attention's q, k, v), and laid out as the eager path lays
+    them out: contiguous, what the attention matmuls read without a copy."""
     values = torch.randn(3, 5, 4, 197, 64, generator=torch.Generator().manual_seed(bits), dtype=dtype) * 2.5
     scale, zero_point = asymmetric_params(values.amin() * 0.9, values.amax() * 0.8, bits)  # some values clipped
     results = []
@@ -96,7 +98,19 @@ def test_the_fused_quantizer_gives_the_eager_operations_bits(dtype, bits, monkey
     if not fake_quant._KERNELS.enabled:
         pytest.skip(f"fused kernels not used here ({fake_quant._KERNELS.failure}); the eager fallback ran")
     for eager, fused in zip(*results):
-        assert torch.equal(eager, fused) and eager.stride() == fused.stride()
+        assert torch.equal(eager, fused) and eager.stride() == fused.stride() and fused.is_contiguous()
     levels = results[0][0].unique()
     assert len(levels) >= 0.95 * 2 ** bits  # nearly every level used
     assert levels[0] == -zero_point * scale and levels[-1] == (2 ** bits - 1 - zero_point) * scale  # both ends clip
+
+
+@pytest.mark.parametrize("switch", ["0", "1"])
+def test_the_in_place_quantizer_overwrites_its_input_with_the_same_values(switch, monkeypatch):
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, switch)
+    values = torch.randn(6, 197, 96, generator=torch.Generator().manual_seed(3)) * 2
+    scale, zero_point = asymmetric_params(values.amin() * 0.9, values.amax() * 0.9, 4)
+    expected = fake_quant_asymmetric(values, scale, zero_point, 4)
+    overwritten = values.clone()
+    result = fake_quant_asymmetric_(overwritten, scale, zero_point, 4)
+    assert result.data_ptr() == overwritten.data_ptr()
+    assert torch.equal(overwritten, expected) and not torch.equal(values, expected)

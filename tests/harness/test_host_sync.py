@@ -20,6 +20,7 @@ from harness.method import CalibrationContext, CalibrationSet, GenerationContext
 from harness.priors import patch_similarity
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import fake_quant_asymmetric
+from harness.quant.modules import in_place_evaluation
 from harness.task import ImagePrior
 from methods.psaq.generator import PSAQOptions, PatchSimilarityGenerator
 
@@ -98,8 +99,32 @@ def test_a_quantized_deit_forward_reads_nothing_back(deit_tiny, config, bits):
     with torch.no_grad(), ScalarReads() as reads:
         first = qmodel(images)  # the first forward after calibration fills the weight caches
         second = qmodel(images)
+        with in_place_evaluation():  # as a cell evaluates
+            third = qmodel(images)
     assert dict(reads.device_reads) == {} and reads.host_draw_reads == 0
-    assert torch.equal(first, second) and first.shape == (2, 1000)
+    assert torch.equal(first, second) and torch.equal(first, third) and first.shape == (2, 1000)
+
+
+def test_twin_uniform_quantizers_read_their_parameters_once(deit_tiny):
+    """PTQ4ViT's kinds: the post-GELU quantizer's negative step is a Python float, read from its buffer
+    on the first forward and again only when the buffer changes."""
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    qmodel = _calibrated(deit_tiny, "w8a8", QuantConfig(), images)
+    post_gelu = [block.mlp.fc2.dfq_points["in"] for block in qmodel.blocks]
+    for block, quantizer in zip(qmodel.blocks, post_gelu):
+        block.attn.dfq_points["attn"].kind = "twin_uniform"
+        block.attn.dfq_points["attn"].set_params(torch.tensor(2.0 ** -5), torch.tensor(0.0))
+        quantizer.kind = "twin_signed"
+        quantizer.set_params(quantizer.high / 127, torch.tensor(2.0 ** -9))
+    with torch.no_grad(), ScalarReads() as reads:
+        first = qmodel(images)
+    assert dict(reads.device_reads) == {"aten::_local_scalar_dense": len(post_gelu)}
+    with torch.no_grad(), ScalarReads() as reads:
+        second = qmodel(images)
+        post_gelu[0].zero_point.fill_(2.0 ** -8)
+        third = qmodel(images)
+    assert dict(reads.device_reads) == {"aten::_local_scalar_dense": 1}
+    assert torch.equal(first, second) and not torch.equal(first, third)
 
 
 @pytest.mark.parametrize("config", ["standard", "psaq"])

@@ -11,7 +11,7 @@ from harness.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCali
 from harness.errors import HarnessError
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers
+from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, in_place_evaluation
 
 
 def _calibrate(qmodel, fp_model, images, calibrator=None, bits="w8a8"):
@@ -232,3 +232,28 @@ def test_points_can_be_removed_and_reattached_without_double_hooks(tiny_vit):
         tiny_vit(torch.randn(1, 3, 32, 32))
     assert len(calls) == 1
     remove_point(layer, "in")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_swin"])
+def test_evaluation_overwrites_only_the_declared_temporaries_and_changes_no_value(fixture, request):
+    model = request.getfixturevalue(fixture)
+    qmodel = _calibrate(quantize_model(model, parse_bits("w4a4"), QuantConfig()), model, torch.randn(8, 3, 32, 32))
+    temporaries = {name.replace(".dfq_points", "").rpartition("blocks.0.")[2]
+                   for name, quantizer in act_quantizers(qmodel) if quantizer.input_is_temporary and "blocks.0." in name}
+    assert temporaries == {"attn.qkv.in", "attn.proj.in", "attn.attn", "mlp.fc1.in", "mlp.fc2.in"}
+    block = qmodel.blocks[0] if hasattr(qmodel, "blocks") else qmodel.layers[0].blocks[0]
+    hidden, fc2_input = [], []
+    block.mlp.act.register_forward_hook(lambda module, args, output: hidden.append(output.data_ptr()))
+    block.mlp.fc2.register_forward_pre_hook(lambda module, args: fc2_input.append(args[0].data_ptr()))
+    images = torch.randn(4, 3, 32, 32)
+    untouched = images.clone()
+    with torch.no_grad():
+        plain = qmodel(images)
+        with in_place_evaluation():
+            overwriting = qmodel(images)
+    assert torch.equal(plain, overwriting) and torch.equal(images, untouched)
+    assert hidden[0] != fc2_input[0] and hidden[1] == fc2_input[1]  # a new tensor, then the activation itself
+    block.mlp.fc2.dfq_points["in"].register_forward_pre_hook(lambda module, args: None)
+    with torch.no_grad(), in_place_evaluation():
+        qmodel(images)
+    assert hidden[2] != fc2_input[2]  # a hook on the quantizer may keep its input: no overwriting then
