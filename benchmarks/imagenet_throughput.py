@@ -3,7 +3,8 @@
 Writes JPEGs at ImageNet-like sizes (shorter side about 300-500 px, ~100 KB) into the 1000 class
 folders of a temporary ``val/``, then prints images/s for: decoding + timm's eval transform alone,
 building the shared uint8 cache (a grid's first evaluation), reading it back (every later one), the
-forward pass alone of the FP model and its W8A8 / W4A8 fake-quant copies on cached batches, and
+forward pass alone of the FP model and its W8A8 / W4A8 fake-quant copies on cached batches (taking turns,
+best of 3 rounds, as a cell evaluates: heap reused, temporaries quantized in place), and
 whole evaluations (``ImageNetTask.evaluate``) of a first cell and a later cell, for DeiT-S and Swin-T
 at 224 px. Random init: no weights are needed. The harness cache goes to the temporary folder too.
 
@@ -13,6 +14,7 @@ at 224 px. Random init: no weights are needed. The harness cache goes to the tem
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -48,11 +50,12 @@ class Sizes:
     short_side: tuple[int, int]  # range of the shorter side, px
     eval_images: int  # images of the model measurements and of the whole evaluations
     batch: int
+    rounds: int  # of the forward measurements, best kept
     quick: bool
 
 
-FULL = Sizes(images=3000, short_side=(300, 500), eval_images=128, batch=32, quick=False)
-QUICK = Sizes(images=24, short_side=(40, 80), eval_images=8, batch=4, quick=True)
+FULL = Sizes(images=3000, short_side=(300, 500), eval_images=128, batch=32, rounds=3, quick=False)
+QUICK = Sizes(images=24, short_side=(40, 80), eval_images=8, batch=4, rounds=1, quick=True)
 
 
 def write_synthetic_imagenet(split: Path, count: int, short_side: tuple[int, int], seed: int = 0) -> float:
@@ -127,9 +130,12 @@ def measure(workdir: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
         models = {"FP": model, **{bits.upper(): calibrated(model, bits, batches[0]) for bits in ("w8a8", "w4a8")}}
         row: dict[str, float] = {}
         with torch.no_grad(), reused_heap(), in_place_evaluation():  # as a grid's cell evaluates
-            for label, candidate in models.items():
+            for candidate in models.values():
                 candidate(batches[0])  # warm-up: weight caches, compiled kernels
-                row[label] = rate(sum(map(len, batches)), lambda: [candidate(batch) for batch in batches])
+            for _ in range(sizes.rounds):  # the models take turns, so they share the machine's conditions
+                for label, candidate in models.items():
+                    measured = rate(sum(map(len, batches)), lambda: [candidate(batch) for batch in batches])
+                    row[label] = max(row.get(label, 0.0), measured)
         # a grid's first cell decodes its images into an empty cache, a later cell reads them back
         os.environ["DFQ_HARNESS_CACHE"] = str(workdir / f"harness_cache_{name}")
         row["first cell"] = rate(sizes.eval_images, lambda: task.evaluate(model, name, limit=sizes.eval_images))
@@ -168,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     set_progress(False)
     sizes = QUICK if args.quick else FULL
-    sizes = Sizes(args.images or sizes.images, sizes.short_side, args.eval_images or sizes.eval_images, sizes.batch,
-                  sizes.quick)
+    sizes = dataclasses.replace(sizes, images=args.images or sizes.images,
+                                eval_images=args.eval_images or sizes.eval_images)
     previous_cache = os.environ.get("DFQ_HARNESS_CACHE")
     try:
         if args.workdir:
