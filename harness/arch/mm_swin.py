@@ -22,6 +22,10 @@ class _InstrumentedWindowMSA(nn.Module):
     psaq_profile = False  # the `psaq` placement is written for timm's modules
     is_dfq_window = True
 
+    def temporary_points(self) -> tuple[str, ...]:
+        """The softmax output and the merged heads: made by this forward for those points alone."""
+        return ("attn", "proj.in")
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)

@@ -10,23 +10,32 @@ function of the norm's input, and the quantizer at its input becomes per-tensor 
 from __future__ import annotations
 
 import torch
-from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from harness.arch import is_instrumented_block
 
 
 def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Linear]]:
-    """(LayerNorm, the Linear its output feeds) in timm ViT/DeiT/Swin: norm1 → qkv, norm2 → fc1, and
-    patch merging's norm → reduction; in forward order."""
+    """(LayerNorm, the Linear its output feeds), in forward order: norm1 → qkv and norm2 → the MLP's
+    first Linear in every timm ViT/DeiT/Swin block and mmdet/mmseg Swin block, and patch merging's
+    norm → reduction (timm's and mmcv's)."""
     pairs = []
     for module in model.modules():
-        if is_instrumented_block(module) and hasattr(module, "norm1") and hasattr(module, "mlp"):
-            pairs += [(module.norm1, module.attn.qkv), (module.norm2, module.mlp.fc1)]
-        elif isinstance(module, PatchMerging):
-            pairs.append((module.norm, module.reduction))
+        if is_instrumented_block(module):
+            pairs += _block_pairs(module)
+        elif type(module).__name__ == "PatchMerging":  # norm, then reduction, in both libraries
+            pairs.append((getattr(module, "norm", None), getattr(module, "reduction", None)))
     return [(norm, linear) for norm, linear in pairs
             if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and isinstance(linear, nn.Linear)]
+
+
+def _block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    if hasattr(block, "mlp"):  # timm: attn.qkv, mlp.fc1
+        return [(block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc1)]
+    window = getattr(getattr(block, "attn", None), "w_msa", None)
+    if window is not None and hasattr(block, "ffn"):  # mmdet / mmseg Swin: attn.w_msa.qkv, ffn.layers.0.0
+        return [(block.norm1, window.qkv), (block.norm2, block.ffn.layers[0][0])]
+    return []
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from harness.bits import parse_bits
+from harness.mm.stack import available
 from harness.method import CalibrationContext, CalibrationSet
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
@@ -12,9 +13,9 @@ CPU = torch.device("cpu")
 BITS = parse_bits("w4a4")
 
 
-def _calibrate(model, **options):
+def _calibrate(model, image_size=32, **options):
     qmodel = quantize_model(model, BITS, QuantConfig())
-    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     context = CalibrationContext(fp_model=model, calibration=CalibrationSet(images), bits=BITS, seed=0, device=CPU,
                                  batch_size=4)
     info = RepQCalibrator(RepQOptions(**options)).calibrate(qmodel, context)
@@ -62,3 +63,30 @@ def test_without_reparameterization_the_post_norm_quantizers_stay_per_channel(ti
     assert info["reparameterized_norms"] == 0
     assert qmodel.blocks[0].attn.qkv.dfq_points["in"].scale.shape == (32,)
     assert qmodel.blocks[0].attn.dfq_points["attn"].kind == "uniform"
+
+
+def test_mmdet_swin_norms_fold_as_in_the_authors_detection_code():
+    """norm1 → attn.w_msa.qkv, norm2 → ffn.layers.0.0 in each block and the merging's norm → reduction,
+    folded as the authors' COCO script folds them: the FP function is kept where no window is padded;
+    where the map is padded, the padded zeros now stand for other values, as in their code."""
+    if available() is not None:
+        pytest.skip(f"needs the detseg extra: {available()}")
+    from mmdet.models.backbones import SwinTransformer
+
+    torch.manual_seed(0)
+    backbone = SwinTransformer(embed_dims=16, depths=(1, 1), num_heads=(1, 2), window_size=7, strides=(4, 2),
+                               out_indices=(0, 1), init_cfg=None)
+    backbone.eval()
+    qmodel, _, info = _calibrate(backbone, image_size=56)
+    assert info["reparameterized_norms"] == 5
+    assert qmodel.stages[0].blocks[0].attn.w_msa.qkv.dfq_points["in"].scale.dim() == 0
+    for _, quantizer in act_quantizers(qmodel):
+        quantizer.mode = "bypass"
+    for _, layer in weight_quantized_layers(qmodel):
+        layer.weight_bits = None
+    with torch.no_grad():
+        unpadded, padded = torch.randn(2, 3, 56, 56), torch.randn(2, 3, 48, 48)  # 14x14 and 12x12 maps, window 7
+        for fp, folded in zip(backbone(unpadded), qmodel(unpadded)):
+            torch.testing.assert_close(folded, fp, rtol=1e-4, atol=1e-5)
+        assert all((folded - fp).abs().max() > 1e-3 * fp.abs().max()
+                   for fp, folded in zip(backbone(padded), qmodel(padded)))
