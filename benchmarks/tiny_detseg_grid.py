@@ -6,7 +6,7 @@ a random-init tiny Mask R-CNN / UperNet (their own predictions as ground truth, 
 architecture as the class source. The figures show that every pair runs and how far each method's
 quantized model moves from the FP one; a random-init model says nothing about a method's quality.
 
-    python benchmarks/tiny_detseg_grid.py --bits w4a8 --results /tmp/tiny_detseg
+    python benchmarks/tiny_detseg_grid.py --bits w4a8 --results /tmp/tiny_detseg [--methods repq_vit,ptq4vit]
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def write_classifier(path: Path, size: int) -> Path:
     return path
 
 
-def run_task(task: str, setup, classifier: Path, bits: str, results: Path) -> int:
-    """``harness run`` with every method on one tiny instance."""
+def run_task(task: str, setup, classifier: Path, bits: str, results: Path, methods: str | None) -> int:
+    """``harness run`` with ``methods`` (default: every method) on one tiny instance."""
     options = dict(setup.options)
-    argv = ["run", "--tasks", task, "--methods", ",".join(METHODS.names()), "--bits", bits,
+    argv = ["run", "--tasks", task, "--methods", methods or ",".join(METHODS.names()), "--bits", bits,
             "--models", setup.model_name, "--data-root", options.pop("data_root"),
             "--checkpoint", options.pop("checkpoint"), "--results", str(results), "--no-report",
             "--task-opt", f"{task}.prior_classifier={classifier}"]
@@ -59,6 +59,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--bits", default="w4a8")
     parser.add_argument("--results", type=Path, required=True, help="results folder (the report is written there)")
     parser.add_argument("--tasks", default="coco,ade20k")
+    parser.add_argument("--methods", help="comma-separated (default: every registered method)")
     return parser.parse_args()
 
 
@@ -73,6 +74,6 @@ if __name__ == "__main__":
         for task in args.tasks.split(","):
             setup = writers[task](Path(folder) / task)
             classifier = write_classifier(Path(folder) / f"{task}_classifier.safetensors", setup.options["prior_size"])
-            status = status or run_task(task, setup, classifier, args.bits, args.results)
+            status = status or run_task(task, setup, classifier, args.bits, args.results, args.methods)
         status = status or main(["report", "--results", str(args.results)])
     sys.exit(status)
