@@ -42,15 +42,18 @@ def write_classifier(path: Path, size: int) -> Path:
 def run_task(task: str, setup, classifier: Path, bits: str, results: Path, methods: str | None) -> int:
     """``harness run`` with ``methods`` (default: every method) on one tiny instance."""
     options = dict(setup.options)
-    argv = ["run", "--tasks", task, "--methods", methods or ",".join(METHODS.names()), "--bits", bits,
+    names = methods.split(",") if methods else METHODS.names()
+    generators = {METHODS.get(name).generator for name in names}
+    calibrators = {METHODS.get(name).calibrator for name in names}
+    argv = ["run", "--tasks", task, "--methods", ",".join(names), "--bits", bits,
             "--models", setup.model_name, "--data-root", options.pop("data_root"),
             "--checkpoint", options.pop("checkpoint"), "--results", str(results), "--no-report",
             "--task-opt", f"{task}.prior_classifier={classifier}"]
     argv += [item for key, value in options.items() for item in ("--task-opt", f"{task}.{key}={value}")]
-    argv += [item for generator, settings in BUDGETS.items() for setting in settings
+    argv += [item for generator, settings in BUDGETS.items() if generator in generators for setting in settings
              for item in ("--gen-opt", f"{generator}.{setting}")]
-    argv += [item for calibrator, settings in CALIBRATOR_BUDGETS.items() for setting in settings
-             for item in ("--calib-opt", f"{calibrator}.{setting}")]
+    argv += [item for calibrator, settings in CALIBRATOR_BUDGETS.items() if calibrator in calibrators
+             for setting in settings for item in ("--calib-opt", f"{calibrator}.{setting}")]
     return main(argv)
 
 
