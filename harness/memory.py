@@ -42,18 +42,26 @@ def heap_reuse_available() -> bool:
     return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0" and _glibc() is not None
 
 
+_depth = 0  # reused_heap() blocks open: only the outermost sets glibc up and restores it
+
+
 @contextlib.contextmanager
 def reused_heap() -> Iterator[None]:
     """For the block: large blocks from glibc's heap, freed memory kept there for the next allocation."""
+    global _depth
     libc = _glibc() if heap_reuse_available() else None
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_ALL)
+    if _depth == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_ALL)
+    _depth += 1
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
+        _depth -= 1
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)

@@ -23,8 +23,8 @@ from harness.quant.fake_quant import (
 )
 
 Mode = Literal["observe", "quantize", "bypass"]
-_overwrite_temporaries = False  # set by in_place_evaluation()
 Kind = Literal["uniform", "log2", "log_sqrt2", "twin_uniform", "twin_signed"]
+_overwrite_temporaries = False  # set by in_place_evaluation()
 
 
 class Observer(Protocol):
@@ -58,6 +58,7 @@ class ActQuantizer(nn.Module):
         self.observer: Observer | None = None
         self.offset_after_round = False  # zero point added after rounding (set by set_params)
         self.input_is_temporary = False
+        self._negative_scale_read: tuple[tuple[int, int], float] | None = None  # twin_signed: (buffer key, value)
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.register_buffer("low", torch.tensor(0.0))
@@ -88,7 +89,7 @@ class ActQuantizer(nn.Module):
         """``twin_signed``'s negative step as the Python float it is divided by, read from the buffer once
         per value it holds (not once per forward: on a GPU each read waits for the device)."""
         key = (id(self.zero_point), self.zero_point._version)
-        if getattr(self, "_negative_scale_read", (None, 0.0))[0] != key:
+        if self._negative_scale_read is None or self._negative_scale_read[0] != key:
             self._negative_scale_read = (key, self.zero_point.item())
         return self._negative_scale_read[1]
 

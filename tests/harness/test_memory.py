@@ -12,7 +12,7 @@ from harness.memory import heap_reuse_available
 pytestmark = pytest.mark.skipif(not heap_reuse_available(), reason="glibc's allocator is not in use here")
 
 # Page faults of each of 20 rounds of allocating, touching and freeing a 40 MB tensor, inside
-# reused_heap() and after it. In a fresh process, so the settings meet glibc's defaults.
+# reused_heap(), after a nested block in it closed, and after it. In a fresh process, so the settings meet glibc's defaults.
 _SCRIPT = """
 import json, resource, torch
 from harness.memory import reused_heap
@@ -26,8 +26,11 @@ def faults():
 
 with reused_heap():
     inside = [faults() for _ in range(20)]
+    with reused_heap():  # a nested block leaves the outer one's settings in place
+        pass
+    nested = [faults() for _ in range(3)]
 after = [faults() for _ in range(3)]
-print(json.dumps({"inside": inside, "after": after}))
+print(json.dumps({"inside": inside, "nested": nested, "after": after}))
 """
 
 
@@ -37,4 +40,5 @@ def test_large_blocks_are_reused_inside_and_returned_after():
     pages = 40 * 2**20 // 4096
     assert faults["inside"][0] > 0.9 * pages  # the first round faults its pages in
     assert max(faults["inside"][-3:]) < 0.05 * pages  # later rounds find them in the heap
+    assert max(faults["nested"]) < 0.05 * pages  # still so after a nested block closed
     assert min(faults["after"]) > 0.9 * pages  # after the block, freed memory went back to the system
