@@ -1,19 +1,46 @@
-"""Pieces the benchmark scripts share: fixed image-like inputs, the authors' commit (parity scripts), and the
-shim that lets the authors' attention forward be called as the installed timm's blocks call it."""
+"""Pieces the benchmark scripts share: fixed image-like inputs; for the parity scripts, their common
+arguments, the authors' commit, how a fixture is written, and the shim that lets the authors' attention
+forward be called as the installed timm's blocks call it."""
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 
 def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
     coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def parity_parser(description: str, repository: str, models: str | None, models_help: str, bits: str,
+                  eval_images: int) -> argparse.ArgumentParser:
+    """The arguments every parity script takes; each adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--authors", type=Path, required=True, help=f"checkout of {repository}")
+    parser.add_argument("--models", default=models, help=models_help)
+    parser.add_argument("--bits", default=bits)
+    parser.add_argument("--calib-images", type=int, default=32)
+    parser.add_argument("--eval-images", type=int, default=eval_images)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-fixtures", type=Path, help="write the test fixtures (small configurations) here")
+    return parser
+
+
+def save_fixture(directory: Path, name: str, tensors: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                 meta: dict) -> None:
+    """``NAME.safetensors`` (images, the authors' results, the model's weights) and ``NAME.json`` (what made them)."""
+    save_file({**tensors, **{f"weights.{k}": v.contiguous() for k, v in weights.items()}},
+              str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {directory / name}.safetensors/.json")
 
 
 def authors_commit(checkout: Path) -> str:

@@ -24,9 +24,7 @@ boundary, which shifts logits by far more than float rounding.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -34,7 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -47,7 +44,7 @@ from harness.calibrators import MinMaxCalibrator  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
-from parity_kit import authors_commit, smooth_images  # noqa: E402
+from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images  # noqa: E402
 
 # (timm constructor, authors' constructor name, keyword arguments both accept)
 FULL = {
@@ -201,26 +198,16 @@ def write_fixtures(directory: Path, authors: dict, commit: str, seed: int) -> No
                 raise SystemExit(f"{name}: the quantizer sets differ; no fixture written")
             tensors[f"authors_logits_{spec_bits}"] = result["reference_logits"]
             ranges[spec_bits] = {ours.name: [theirs.name, theirs.low, theirs.high] for theirs, ours in result["pairs"]}
-        tensors.update({f"weights.{k}": v.contiguous() for k, v in result["weights"].items()})
-        save_file(tensors, str(directory / f"{name}.safetensors"))
-        meta = {"authors_repository": "https://github.com/zkkli/PSAQ-ViT", "authors_commit": commit,
-                "timm_class": spec[0].__name__, "kwargs": spec[2], "seed": seed, "dtype": "float64",
-                "produced_by": "benchmarks/psaq_parity.py --write-fixtures",
-                "ranges": ranges}
-        (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
-        print(f"wrote {directory / name}.safetensors/.json")
+        save_fixture(directory, name, tensors, result["weights"], {
+            "authors_repository": "https://github.com/zkkli/PSAQ-ViT", "authors_commit": commit,
+            "timm_class": spec[0].__name__, "kwargs": spec[2], "seed": seed, "dtype": "float64",
+            "produced_by": "benchmarks/psaq_parity.py --write-fixtures", "ranges": ranges})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authors", type=Path, required=True, help="checkout of github.com/zkkli/PSAQ-ViT")
-    parser.add_argument("--models", default="deit_tiny,swin_tiny", help=f"any of {', '.join(FULL)}")
-    parser.add_argument("--bits", default="w8a8,w4a8")
-    parser.add_argument("--calib-images", type=int, default=32)
-    parser.add_argument("--eval-images", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = parity_parser(__doc__.splitlines()[0], "github.com/zkkli/PSAQ-ViT", "deit_tiny,swin_tiny",
+                           f"any of {', '.join(FULL)}", "w8a8,w4a8", 64)
     parser.add_argument("--verbose", action="store_true", help="print every quantizer pair")
-    parser.add_argument("--write-fixtures", type=Path, help="write the test fixtures (small configurations) here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     authors = authors_models(args.authors)

@@ -12,8 +12,12 @@ unchanged; nothing of it is copied. The shims, undone afterwards:
 
 - ``timm.create_model`` returns our random-init timm model (seeded) instead of downloading pretrained
   weights; ``get_net`` then swaps in their attention forward and matmul modules as usual;
-- their attention forward takes ``(x)`` only, while the installed timm's blocks also pass
-  ``attn_mask=None, is_causal=False``: each is wrapped to check those are the defaults and call theirs;
+- their (non-window) attention forward takes ``(x)`` only, while the installed timm's blocks also pass
+  ``attn_mask=None, is_causal=False``: each is wrapped to check those are the defaults and call theirs
+  (their window attention forward takes the installed timm's call as it is);
+- on Swin, the model (both sides) is timm's ``SwinTransformer`` with the classifier of the timm they wrote
+  for, average pooling and then a Linear named ``head`` (``SwinWithLinearHead``): their wrapper picks a
+  Linear's quantizer by its last name and has none for the installed timm's ``head.fc``;
 - ``Tensor.cuda`` / ``Module.cuda`` return the object itself and ``torch.cuda.empty_cache`` does
   nothing, so the code runs on the CPU;
 - the configuration's bit widths (``w_bit``, ``a_bit``, ``A_bit``, ``B_bit``, 8 in the file) are set to
@@ -26,18 +30,16 @@ timm weights, ``standard`` profile, calibrator ``ptq4vit`` (defaults) on the sam
 width: the quantized logits' max abs difference, relative L2 and argmax agreement, and the agreement of
 every searched scale (weights, Linear inputs, q / k / v per head, the post-softmax split).
 
-``--write-fixtures DIR`` runs the small DeiT configuration below in float64 with 32 calibration and 4
-evaluation images at W8A8, W6A6 and W4A4 and writes ``NAME.safetensors`` (float32 timm weights, the
-images, the authors' float64 logits) and ``NAME.json`` (configuration, the authors' commit, torch
-version and CPU capability, the authors' scales by layer), which ``tests/harness/test_ptq4vit_parity.py``
-checks.
+``--write-fixtures DIR`` runs the small DeiT and Swin configurations below in float64 with 32 (DeiT) or
+8 (Swin) calibration and 4 evaluation images at W8A8, W6A6 and W4A4 and writes ``NAME.safetensors``
+(float32 timm weights, the images, the authors' float64 logits) and ``NAME.json`` (configuration, the
+authors' commit, torch version and CPU capability, the authors' scales by layer), which
+``tests/harness/test_ptq4vit_parity.py`` checks.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
-import json
 import sys
 import types
 from pathlib import Path
@@ -45,24 +47,56 @@ from typing import Iterator
 
 import timm
 import torch
-from safetensors.torch import save_file
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.arch import is_window_attention  # noqa: E402
 from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.instrument import get_point  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
-from parity_kit import authors_commit, smooth_images, without_mask  # noqa: E402
+from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator  # noqa: E402
 
 # DeiT's code paths at 32 px: head dimension 16, so timm's 1/sqrt(d) is a power of two and scaling q
 # before the product (timm, the harness) or the product after it (the authors) gives the same floats
-SMALL = {"deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)}
-FULL = {"deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)}
+SMALL = {"deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+         # Swin-T's code paths at 32 px (the RepQ-ViT parity fixture's configuration): shifted windows with
+         # the mask in stages 1 and 2, one unshifted window in stage 3, two patch mergings
+         "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
+                                   num_heads=(1, 2, 4), num_classes=10)}
+FULL = {"deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+        "swin_tiny": dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
+                          num_heads=(3, 6, 12, 24))}
+
+
+class SwinWithLinearHead(SwinTransformer):
+    """timm's Swin with the classifier of the timm the authors wrote for: average pooling, then a Linear
+    named ``head``. Their wrapper picks each Linear's quantizer by its last name, which has no entry for
+    the installed timm's ``head.fc``; both sides calibrate this same model."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.head = nn.Linear(self.num_features, kwargs.get("num_classes", 1000))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((1, 2))
+        return x if pre_logits else self.head(x)
+
+
+# the fixtures' calibration images: the authors' 32 on DeiT; 8 on Swin, whose calibration costs more
+FIXTURE_CALIBRATION_IMAGES = {"deit_small_config": 32, "swin_small_config": 8}
+
+
+def model_class(name: str) -> type[nn.Module]:
+    return SwinWithLinearHead if name.startswith("swin") else VisionTransformer
 
 
 def authors_modules(checkout: Path) -> types.SimpleNamespace:
@@ -100,7 +134,7 @@ def run_authors(authors, model: nn.Module, bits: BitSpec, calib: torch.Tensor, e
     with shims(model, dtype):
         net = authors.models.get_net("deit_tiny_patch16_224")
         for module in net.modules():
-            if hasattr(module, "matmul1"):
+            if hasattr(module, "matmul1") and not is_window_attention(module):
                 module.forward = types.MethodType(without_mask(module.forward), module)
         wrapped = authors.net_wrap.wrap_modules_in_net(net, config)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calib, torch.zeros(len(calib))),
@@ -125,8 +159,9 @@ def run_authors(authors, model: nn.Module, bits: BitSpec, calib: torch.Tensor, e
 
 
 def harness_scales(qmodel: nn.Module) -> dict:
-    """The harness's searched scales under the authors' names (q's divided by timm's 1/sqrt(d), which the
-    harness's q point carries; the split of a twin-uniform post-softmax quantizer as the authors' ``A``)."""
+    """The harness's searched scales under the authors' names (on a DeiT q's divided by timm's 1/sqrt(d),
+    which the harness's q point carries and the authors apply after the product; the split of a
+    twin-uniform post-softmax quantizer as the authors' ``A``)."""
     scales = {}
     for name, module in qmodel.named_modules():
         if hasattr(module, "weight_bits") and module.weight_bits:
@@ -137,7 +172,8 @@ def harness_scales(qmodel: nn.Module) -> dict:
         if quantizer is not None:
             scales[f"{name}.input"] = quantizer.scale.reshape(-1).tolist()
         if hasattr(module, "qkv") and get_point(module, "q") is not None:
-            scales[f"{name}.matmul1.A"] = (get_point(module, "q").scale / module.scale).reshape(-1).tolist()
+            q_scale = get_point(module, "q").scale / (1 if is_window_attention(module) else module.scale)
+            scales[f"{name}.matmul1.A"] = q_scale.reshape(-1).tolist()
             scales[f"{name}.matmul1.B"] = get_point(module, "k").scale.reshape(-1).tolist()
             scales[f"{name}.matmul2.A"] = get_point(module, "attn").scale.reshape(-1).tolist()
             scales[f"{name}.matmul2.B"] = get_point(module, "v").scale.reshape(-1).tolist()
@@ -148,11 +184,11 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
         seed: int, dtype: torch.dtype) -> dict:
     """Calibrate and evaluate both sides in ``dtype``; print and return the comparison."""
     torch.manual_seed(seed)
-    model = VisionTransformer(**kwargs).eval()
+    model = model_class(name)(**kwargs).eval()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.to(dtype)
     calib, evaluation = calib.to(dtype), evaluation.to(dtype)
-    reference = VisionTransformer(**kwargs).eval()
+    reference = model_class(name)(**kwargs).eval()
     reference.load_state_dict(weights)
     reference.to(dtype)
     reference_logits, theirs = run_authors(authors, reference, bits, calib, evaluation, dtype)
@@ -186,7 +222,8 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, bits: list[
     generator = torch.Generator().manual_seed(seed)
     for name, kwargs in SMALL.items():
         size = kwargs["img_size"]
-        calib, evaluation = smooth_images(32, size, generator), smooth_images(4, size, generator)
+        calib = smooth_images(FIXTURE_CALIBRATION_IMAGES[name], size, generator)
+        evaluation = smooth_images(4, size, generator)
         tensors = {"calibration_images": calib, "evaluation_images": evaluation}
         scales = {}
         for spec_bits in bits:
@@ -195,27 +232,18 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, bits: list[
                 raise SystemExit(f"{name}: the searched scales do not pair up; no fixture written")
             tensors[f"authors_logits_{spec_bits}"] = result["reference_logits"]
             scales[spec_bits] = result["scales"]
-        tensors.update({f"weights.{k}": v.contiguous() for k, v in result["weights"].items()})
-        save_file(tensors, str(directory / f"{name}.safetensors"))
-        meta = {"authors_repository": "https://github.com/hahnyuan/PTQ4ViT", "authors_commit": commit,
-                "timm_class": "VisionTransformer", "kwargs": kwargs, "seed": seed, "dtype": "float64",
-                "torch": torch.__version__, "timm": timm.__version__,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "produced_by": "benchmarks/ptq4vit_parity.py --write-fixtures", "authors_scales": scales}
-        (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
-        print(f"wrote {directory / name}.safetensors/.json")
+        save_fixture(directory, name, tensors, result["weights"], {
+            "authors_repository": "https://github.com/hahnyuan/PTQ4ViT", "authors_commit": commit,
+            "timm_class": model_class(name).__name__, "kwargs": kwargs, "seed": seed, "dtype": "float64",
+            "torch": torch.__version__, "timm": timm.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "produced_by": "benchmarks/ptq4vit_parity.py --write-fixtures", "authors_scales": scales})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authors", type=Path, required=True, help="checkout of github.com/hahnyuan/PTQ4ViT")
-    parser.add_argument("--models", default="deit_small_config", help=f"any of {', '.join([*SMALL, *FULL])}")
-    parser.add_argument("--bits", default="w8a8,w6a6,w4a4")
-    parser.add_argument("--calib-images", type=int, default=32)
-    parser.add_argument("--eval-images", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = parity_parser(__doc__.splitlines()[0], "github.com/hahnyuan/PTQ4ViT", "deit_small_config",
+                           f"any of {', '.join([*SMALL, *FULL])}", "w8a8,w6a6,w4a4", 8)
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
-    parser.add_argument("--write-fixtures", type=Path, help="write the test fixtures (small configuration) here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     authors = authors_modules(args.authors)

@@ -49,9 +49,7 @@ activation quantizer in call order), which
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
 import types
 from pathlib import Path
@@ -60,7 +58,6 @@ from typing import Iterator
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from timm.models.swin_transformer import PatchMerging, SwinTransformer
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
@@ -73,7 +70,7 @@ from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
-from parity_kit import authors_commit, smooth_images, without_mask  # noqa: E402
+from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
 from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 
 FULL = {
@@ -258,27 +255,17 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list
                 raise SystemExit(f"{name}: the quantizer sets differ; no fixture written")
             tensors[f"authors_logits_{spec_bits}"] = result["reference_logits"]
             quantizers[spec_bits] = result["quantizers"]
-        tensors.update({f"weights.{k}": v.contiguous() for k, v in result["weights"].items()})
-        save_file(tensors, str(directory / f"{name}.safetensors"))
-        meta = {"authors_repository": "https://github.com/zkkli/RepQ-ViT", "authors_commit": commit,
-                "timm_class": timm_class(name).__name__, "kwargs": kwargs, "seed": seed, "dtype": "float64",
-                "produced_by": "benchmarks/repq_parity.py --write-fixtures",
-                "quantizers_in_call_order": quantizers}
-        (directory / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
-        print(f"wrote {directory / name}.safetensors/.json")
+        save_fixture(directory, name, tensors, result["weights"], {
+            "authors_repository": "https://github.com/zkkli/RepQ-ViT", "authors_commit": commit,
+            "timm_class": timm_class(name).__name__, "kwargs": kwargs, "seed": seed, "dtype": "float64",
+            "produced_by": "benchmarks/repq_parity.py --write-fixtures", "quantizers_in_call_order": quantizers})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authors", type=Path, required=True, help="checkout of github.com/zkkli/RepQ-ViT")
-    parser.add_argument("--models", help=f"any of {', '.join([*FULL, *SMALL])} (default: deit_tiny; "
-                        f"with --write-fixtures: {', '.join(SMALL)})")
-    parser.add_argument("--bits", default="w4a4,w6a6")
-    parser.add_argument("--calib-images", type=int, default=32)
-    parser.add_argument("--eval-images", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = parity_parser(__doc__.splitlines()[0], "github.com/zkkli/RepQ-ViT", None,
+                           f"any of {', '.join([*FULL, *SMALL])} (default: deit_tiny; with --write-fixtures: "
+                           f"{', '.join(SMALL)})", "w4a4,w6a6", 64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--write-fixtures", type=Path, help="write the test fixtures (small configuration) here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     authors = authors_module(args.authors)

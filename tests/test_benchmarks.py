@@ -1,26 +1,15 @@
 """The benchmarks that tests keep working, in their quick modes (figures are printed, never asserted)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 from PIL import Image
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def test_imagenet_throughput_quick(tmp_path, capsys):
-    throughput = _load("imagenet_throughput")
+    throughput = load_benchmark("imagenet_throughput")
     figures = throughput.main(["--quick", "--workdir", str(tmp_path), "--workers", "0"])
     val = tmp_path / "imagenet" / "val"
     jpegs = sorted(val.glob("*/*.JPEG"))

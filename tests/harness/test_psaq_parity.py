@@ -24,39 +24,23 @@ measures (docs/quantizer.md, Parity with the authors' code).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import timm.models.swin_transformer
-import timm.models.vision_transformer
 import torch
-from safetensors.torch import load_file
 
-from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
-from harness.method import CalibrationContext, CalibrationSet
-from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.convert import QuantConfig
 from harness.quant.modules import act_quantizers
+from parity_fixtures import calibrated_on_fixture, load_fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "psaq_parity"
-CLASSES = {"VisionTransformer": timm.models.vision_transformer.VisionTransformer,
-           "SwinTransformer": timm.models.swin_transformer.SwinTransformer}
 CASES = [(name, bits) for name in ("deit_small_config", "swin_small_config") for bits in ("w8a8", "w4a8")]
 
 
 def _calibrated(name: str, bits: str) -> tuple[torch.nn.Module, dict, dict]:
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    tensors = load_file(str(FIXTURES / f"{name}.safetensors"))
-    model = CLASSES[meta["timm_class"]](**meta["kwargs"]).eval()
-    model.load_state_dict({k.removeprefix("weights."): v for k, v in tensors.items() if k.startswith("weights.")})
-    model.double()
-    spec = parse_bits(bits)
-    qmodel = quantize_model(model, spec, QuantConfig(profile="psaq")).double()  # the quantizers' buffers too
-    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(
-        fp_model=model, calibration=CalibrationSet(tensors["calibration_images"].double()), bits=spec, seed=0,
-        device=torch.device("cpu")))
-    return qmodel, meta, tensors
+    meta, tensors = load_fixture(FIXTURES / name)
+    return calibrated_on_fixture(meta, tensors, bits, MinMaxCalibrator(), QuantConfig(profile="psaq")), meta, tensors
 
 
 @pytest.mark.parametrize("name, bits", CASES)

@@ -16,25 +16,18 @@ reparameterization: all per tensor). Float64 for the reason ``test_psaq_parity.p
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from timm.models.swin_transformer import SwinTransformer
-from timm.models.vision_transformer import VisionTransformer
 
 from harness.arch import is_window_attention
-from harness.bits import parse_bits
-from harness.method import CalibrationContext, CalibrationSet
-from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import ActQuantizer
 from methods.repq_vit.calibrator import RepQCalibrator
+from parity_fixtures import calibrated_on_fixture, load_fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "repq_parity"
 CONFIGS = ["deit_small_config", "swin_small_config"]
-CLASSES = {"VisionTransformer": VisionTransformer, "SwinTransformer": SwinTransformer}
 # The fixtures were made with torch's AVX-512 CPU kernels. With other kernels (another reduction order in
 # float64), the percentile search can pick the other of two nearly equal candidates for a quantizer: on
 # generic kernels the DeiT fixture's W6A6 then differs by 0.0089 in logits of magnitude 0.35 (scales by up
@@ -44,18 +37,8 @@ EXACT = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _calibrated(config: str, bits: str) -> tuple[torch.nn.Module, dict, dict]:
-    fixture = FIXTURES / config
-    meta = json.loads(fixture.with_suffix(".json").read_text())
-    tensors = load_file(str(fixture.with_suffix(".safetensors")))
-    model = CLASSES[meta["timm_class"]](**meta["kwargs"]).eval()
-    model.load_state_dict({k.removeprefix("weights."): v for k, v in tensors.items() if k.startswith("weights.")})
-    model.double()
-    spec = parse_bits(bits)
-    qmodel = quantize_model(model, spec, QuantConfig()).double()
-    RepQCalibrator().calibrate(qmodel, CalibrationContext(
-        fp_model=model, calibration=CalibrationSet(tensors["calibration_images"].double()), bits=spec, seed=0,
-        device=torch.device("cpu")))
-    return qmodel, meta, tensors
+    meta, tensors = load_fixture(FIXTURES / config)
+    return calibrated_on_fixture(meta, tensors, bits, RepQCalibrator()), meta, tensors
 
 
 @pytest.mark.parametrize("bits", ["w4a4", "w6a6"])

@@ -4,11 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.bits import parse_bits
+from calibration import calibrate
 from harness.grid import GridSpec
 from harness.instrument import get_point
-from harness.method import CalibrationContext, CalibrationSet
-from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import (
     fake_quant_symmetric_signed,
     fake_quant_twin_signed,
@@ -20,17 +18,11 @@ from harness.registry import CALIBRATORS, METHODS, discover_plugins
 from harness.runner import GridRunner
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator, PTQ4ViTOptions
 
-CPU = torch.device("cpu")
-
 
 def _calibrate(model, bits="w4a4", **options):
-    spec = parse_bits(bits)
-    qmodel = quantize_model(model, spec, QuantConfig())
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    context = CalibrationContext(fp_model=model, calibration=CalibrationSet(images), bits=spec, seed=0, device=CPU,
-                                 batch_size=4)
-    info = PTQ4ViTCalibrator(PTQ4ViTOptions(**{**PTQ4ViTCalibrator.smoke_options, **options})).calibrate(qmodel,
-                                                                                                     context)
+    calibrator = PTQ4ViTCalibrator(PTQ4ViTOptions(**{**PTQ4ViTCalibrator.smoke_options, **options}))
+    qmodel, info = calibrate(model, bits, calibrator, images, batch_size=4)
     return qmodel, images, info
 
 

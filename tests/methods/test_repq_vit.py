@@ -1,24 +1,16 @@
 import pytest
 import torch
 
-from harness.bits import parse_bits
+from calibration import calibrate
 from harness.mm.stack import available
-from harness.method import CalibrationContext, CalibrationSet
-from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
 from harness.registry import CALIBRATORS, METHODS, discover_plugins
 from methods.repq_vit.calibrator import RepQCalibrator, RepQOptions
 
-CPU = torch.device("cpu")
-BITS = parse_bits("w4a4")
-
 
 def _calibrate(model, image_size=32, **options):
-    qmodel = quantize_model(model, BITS, QuantConfig())
     images = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    context = CalibrationContext(fp_model=model, calibration=CalibrationSet(images), bits=BITS, seed=0, device=CPU,
-                                 batch_size=4)
-    info = RepQCalibrator(RepQOptions(**options)).calibrate(qmodel, context)
+    qmodel, info = calibrate(model, "w4a4", RepQCalibrator(RepQOptions(**options)), images, batch_size=4)
     return qmodel, images, info
 
 
