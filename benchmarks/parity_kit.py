@@ -14,6 +14,26 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 
+# timm keyword arguments of the random-init models the parity scripts compare at full size
+FULL_SIZE = {
+    "deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "deit_small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "swin_tiny": dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
+                      num_heads=(3, 6, 12, 24)),
+}
+# the RepQ-ViT and PTQ4ViT fixtures' configurations (PSAQ-ViT's fixtures, written earlier, keep their own
+# two-stage Swin). Head dimension 16: timm's 1/sqrt(d) is a power of two, so scaling q before the product
+# (timm, the harness) or the product after it (the authors' DeiT code) gives the same floats.
+SMALL_FIXTURES = {
+    # DeiT's code paths at 32 px
+    "deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+    # Swin-T's code paths at 32 px: 16x16 tokens, window 4; stages 1 and 2 shift their odd blocks (with
+    # the mask), stage 3 (4x4 tokens, one window) does not, as Swin-T's last stage; two patch mergings
+    "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
+                              num_heads=(1, 2, 4), num_classes=10),
+}
+
+
 def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise at 1/16 resolution, upsampled bilinearly: image-like, spatially correlated inputs."""
     coarse = torch.randn(count, 3, max(2, size // 16), max(2, size // 16), generator=generator)

@@ -59,20 +59,8 @@ from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.instrument import get_point  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
-from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
+from parity_kit import FULL_SIZE, SMALL_FIXTURES, authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator  # noqa: E402
-
-# DeiT's code paths at 32 px: head dimension 16, so timm's 1/sqrt(d) is a power of two and scaling q
-# before the product (timm, the harness) or the product after it (the authors) gives the same floats
-SMALL = {"deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
-         # Swin-T's code paths at 32 px (the RepQ-ViT parity fixture's configuration): shifted windows with
-         # the mask in stages 1 and 2, one unshifted window in stage 3, two patch mergings
-         "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
-                                   num_heads=(1, 2, 4), num_classes=10)}
-FULL = {"deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
-        "swin_tiny": dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
-                          num_heads=(3, 6, 12, 24))}
-
 
 class SwinWithLinearHead(SwinTransformer):
     """timm's Swin with the classifier of the timm the authors wrote for: average pooling, then a Linear
@@ -220,7 +208,7 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
 def write_fixtures(directory: Path, authors, commit: str, seed: int, bits: list[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    for name, kwargs in SMALL.items():
+    for name, kwargs in SMALL_FIXTURES.items():
         size = kwargs["img_size"]
         calib = smooth_images(FIXTURE_CALIBRATION_IMAGES[name], size, generator)
         evaluation = smooth_images(4, size, generator)
@@ -242,7 +230,7 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, bits: list[
 
 def main() -> None:
     parser = parity_parser(__doc__.splitlines()[0], "github.com/hahnyuan/PTQ4ViT", "deit_small_config",
-                           f"any of {', '.join([*SMALL, *FULL])}", "w8a8,w6a6,w4a4", 8)
+                           f"any of {', '.join([*SMALL_FIXTURES, *FULL_SIZE])}", "w8a8,w6a6,w4a4", 8)
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -255,7 +243,7 @@ def main() -> None:
         return
     generator = torch.Generator().manual_seed(args.seed)
     for name in args.models.split(","):
-        kwargs = {**SMALL, **FULL}[name]
+        kwargs = {**SMALL_FIXTURES, **FULL_SIZE}[name]
         calib = smooth_images(args.calib_images, kwargs["img_size"], generator)
         evaluation = smooth_images(args.eval_images, kwargs["img_size"], generator)
         for spec_bits in args.bits.split(","):

@@ -70,23 +70,9 @@ from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
-from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
+from parity_kit import FULL_SIZE, SMALL_FIXTURES, authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
 from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 
-FULL = {
-    "deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "deit_small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "swin_tiny": dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
-                      num_heads=(3, 6, 12, 24)),
-}
-SMALL = {  # the fixtures' configurations (head dimension 16, a power of two)
-    # DeiT's code paths at 32 px
-    "deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
-    # Swin-T's code paths at 32 px: 16x16 tokens, window 4; stages 1 and 2 shift their odd blocks (with
-    # the mask), stage 3 (4x4 tokens, one window) does not, as Swin-T's last stage; two patch mergings
-    "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
-                              num_heads=(1, 2, 4), num_classes=10),
-}
 
 
 def timm_class(name: str) -> type[nn.Module]:
@@ -243,7 +229,7 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
 def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
-        kwargs = SMALL[name]
+        kwargs = SMALL_FIXTURES[name]
         generator = torch.Generator().manual_seed(seed)
         size = kwargs["img_size"]
         calib, evaluation = smooth_images(8, size, generator), smooth_images(4, size, generator)
@@ -263,8 +249,8 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list
 
 def main() -> None:
     parser = parity_parser(__doc__.splitlines()[0], "github.com/zkkli/RepQ-ViT", None,
-                           f"any of {', '.join([*FULL, *SMALL])} (default: deit_tiny; with --write-fixtures: "
-                           f"{', '.join(SMALL)})", "w4a4,w6a6", 64)
+                           f"any of {', '.join([*FULL_SIZE, *SMALL_FIXTURES])} (default: deit_tiny; with --write-fixtures: "
+                           f"{', '.join(SMALL_FIXTURES)})", "w4a4,w6a6", 64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -273,10 +259,10 @@ def main() -> None:
     print(f"authors' code: {args.authors} at {commit}")
     if args.write_fixtures:
         write_fixtures(args.write_fixtures, authors, commit, args.seed,
-                       args.models.split(",") if args.models else list(SMALL))
+                       args.models.split(",") if args.models else list(SMALL_FIXTURES))
         return
     generator = torch.Generator().manual_seed(args.seed)
-    configs = {**FULL, **SMALL}
+    configs = {**FULL_SIZE, **SMALL_FIXTURES}
     for name in (args.models or "deit_tiny").split(","):
         size = configs[name]["img_size"]
         calib = smooth_images(args.calib_images, size, generator)
