@@ -29,6 +29,7 @@ from harness.export import measure_deployment
 from harness.grid import Cell
 from harness.io import config_hash, file_lock, write_json
 from harness.labels import row_label
+from harness.machine import simulation_kernels
 from harness.memory import reused_heap
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.quant.convert import quantize_model
@@ -161,6 +162,7 @@ class CellWorker:
             record["traceback"] = traceback.format_exc()
         record["timing_s"] = {k: round(v, 4) for k, v in timing.items()}
         record["memory"] = memory.summary()
+        record["kernels"] = simulation_kernels(self.device)
         return record
 
     def _execute(self, cell: Cell, weights_id: str, timing: dict[str, float]) -> dict[str, Any]:

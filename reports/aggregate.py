@@ -10,6 +10,7 @@ from harness.errors import HarnessError
 from harness.grid import cell_from_record, code_differences, record_configuration
 from harness.io import config_hash
 from harness.labels import row_label
+from harness.machine import kernel_class
 
 STALE_MARK = "†"
 IDENTITY = ("cell_id", "label", "method", "generator", "calibrator", "task", "model", "bits", "seed")
@@ -46,9 +47,10 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update(_deployment_columns(record.get("deployment")))
         row["weights_id"] = record.get("weights_id")
         row["configuration"] = record_configuration(record)
+        row["kernels"] = kernel_class(record.get("kernels"))
         row["published_as"] = published_as(record)
         rows.append(row)
-    return _one_configuration_per_label(pd.DataFrame(rows))
+    return _one_kernel_class_per_label(_one_configuration_per_label(pd.DataFrame(rows)))
 
 
 def published_as(record: dict[str, Any]) -> str:
@@ -72,6 +74,18 @@ def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:
         for index, row in group.iterrows():
             weights = f"weights {str(row['weights_id'])[:8]}, " if several_weights else ""
             frame.loc[index, "label"] = f"{row['label']} ‹{weights}config {row['configuration'][:6]}›"
+    return frame
+
+
+def _one_kernel_class_per_label(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give seeds of one entry computed on different kernels (another CPU class, eager instead of fused
+    kernels, another torch or device) labels of their own: their values may differ by more than rounding,
+    so the report never averages them as seeds (docs/results.md, Kernels)."""
+    if frame.empty:
+        return frame
+    for _, group in frame.groupby(["task", "model", "subset", "label", "bits"], sort=False):
+        if group["kernels"].nunique() > 1:
+            frame.loc[group.index, "label"] = [f"{label} ‹{kernels}›" for label, kernels in zip(group["label"], group["kernels"])]
     return frame
 
 

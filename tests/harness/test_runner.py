@@ -19,7 +19,7 @@ from harness.runner import GridRunner
 REPO = Path(__file__).resolve().parents[2]
 RECORD_FIELDS = {"cell_id", "method", "generator", "calibrator", "task", "model", "bits", "seed", "options",
                  "metrics", "fp_metrics", "timing_s", "memory", "num_calibration_images", "versions",
-                 "harness_commit", "date", "status", "weights_id", "code"}
+                 "harness_commit", "date", "status", "weights_id", "code", "kernels"}
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -37,6 +37,10 @@ def test_grid_writes_complete_records_and_reuses_calibration_sets(tmp_path):
         assert 0 <= record["metrics"]["top1"] <= 100
     by_bits = {r["bits"]: r for r in records.values()}
     assert by_bits["fp"]["metrics"] == by_bits["fp"]["fp_metrics"]
+    # the kernels the values came from (docs/results.md, Kernels)
+    kernels = by_bits["w8a8"]["kernels"]
+    assert (kernels["device"], kernels["torch"], kernels["torch_cpu"]) == (
+        "cpu", torch.__version__, torch.backends.cpu.get_cpu_capability())
     assert by_bits["w8a8"]["options"]["quant"]["profile"] == "standard"
     assert by_bits["w8a8"]["num_calibration_images"] == 32
     # the real images are drawn once for the (model, seed) and reused by the second bit width

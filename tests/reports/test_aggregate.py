@@ -31,3 +31,25 @@ def test_cost_table(grid_records):
     noise = costs.loc[("all images", "noise")]
     assert noise["time.generate"] == pytest.approx((10 + 10 + 11) / 3)
     assert (noise["cells"], noise["cache_hits"], noise["memory.peak_rss_mb"]) == (3, 1, 1001.0)
+
+
+def _kernels(torch_cpu: str, fused: str = "compiled") -> dict:
+    return {"device": "cpu", "torch": "2.14.1", "torch_cpu": torch_cpu, "fused": fused,
+            "cpu": {"model": "AMD EPYC", "arch": "x86_64", "extensions": ["avx2"]}}
+
+
+def test_seeds_on_other_kernels_are_rows_of_their_own_never_averaged():
+    from conftest import make_record
+
+    records = [make_record(seed=0, top1=70.0), make_record(seed=1, top1=71.0), make_record(seed=2, top1=60.0)]
+    for record, kernels in zip(records, (_kernels("AVX2"), _kernels("AVX2"), _kernels("DEFAULT", "eager"))):
+        record["kernels"] = kernels
+    stats = seed_stats(records_frame(records), "metric.top1").set_index("label")
+    assert stats.loc["psaq ‹cpu AVX2, fused compiled, torch 2.14.1›", ["mean", "seeds"]].tolist() == [70.5, 2]
+    assert stats.loc["psaq ‹cpu DEFAULT, fused eager, torch 2.14.1›", ["mean", "seeds"]].tolist() == [60.0, 1]
+    # one kernel class: the plain label; records from before kernels were recorded are a class of their own
+    same = seed_stats(records_frame(records[:2]), "metric.top1")
+    assert same["label"].tolist() == ["psaq"] and same["seeds"].tolist() == [2]
+    del records[1]["kernels"]
+    assert sorted(records_frame(records[:2])["label"]) == ["psaq ‹cpu AVX2, fused compiled, torch 2.14.1›",
+                                                           "psaq ‹not recorded›"]
