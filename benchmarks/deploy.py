@@ -8,12 +8,15 @@ Three measurements, each printed with its figures:
 2. DeiT-T and DeiT-S, random init, W8A8 and W4A8, min-max on 32 smooth random images: logits on 32
    more, ONNX Runtime against fake-quant (max abs difference, relative L2, argmax agreement), with
    ONNX Runtime's integer kernels and with its graph optimizations off (the reference Q/DQ
-   operators, float products), which separates quantize rounding from integer accumulation.
-3. DeiT-S W8A8 latency: the Q/DQ export against the FP32 model exported the same way, both in ONNX
-   Runtime with every available core, batch 1 and batch 32, after 3 warm-up runs, median of
-   ``--repeats`` runs (target: speed-up >= 1.5 at batch 32); and file sizes (target <= 0.3).
+   operators, float products), which separates quantize rounding from integer accumulation; 8-bit
+   weights in both stored forms, u8 (exact on every CPU) and s8 (the u8 x s8 kernel, whose pair sums
+   saturate on CPUs without VNNI): docs/deploy.md, Same integers on every CPU.
+3. DeiT-S W8A8 latency: the Q/DQ export (u8 and s8 weights) against the FP32 model exported the
+   same way, both in ONNX Runtime with every available core, batch 1 and batch 32, after 3 warm-up
+   runs, median of ``--repeats`` runs (target: speed-up >= 1.5 at batch 32); and file sizes (target <= 0.3).
 
-Also printed: which integer kernels ONNX Runtime's graph optimizer fused the Q/DQ pairs into.
+Also printed: the CPU class and model, and which integer kernels ONNX Runtime's graph optimizer
+fused the Q/DQ pairs into.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ import torch
 
 from harness.bits import parse_bits
 from harness.calibrators import MinMaxCalibrator
-from harness.export import OnnxRuntimeModel, export_onnx, median_seconds
+from harness.export import EXECUTION_PROVIDER, OnnxRuntimeModel, export_onnx, median_seconds, stored_weight_type
+from harness.machine import cpu_class, cpu_description
 from harness.grid import GridSpec, expand
 from harness.method import CalibrationContext, CalibrationSet
 from harness.progress import set_progress
@@ -39,6 +43,7 @@ from harness.worker import CellWorker
 from parity_kit import smooth_images  # noqa: E402
 
 BITS = ("w8a8", "w4a8")
+FORMS_AT_8_BITS = ("u8", "s8")  # the stored weight types compared where they differ (8-bit weights)
 
 
 def digits(folder: Path, threads: int) -> None:
@@ -59,11 +64,17 @@ def calibrated(model: torch.nn.Module, bits: str, images: torch.Tensor) -> torch
     return qmodel
 
 
+def weight_types(bits: str) -> tuple[str, ...]:
+    """Both stored forms for 8-bit weights; below 8 bits the two compute the same integers, so the default."""
+    weight_bits = parse_bits(bits).weight_bits
+    return FORMS_AT_8_BITS if weight_bits == 8 else (stored_weight_type(weight_bits),)
+
+
 def fused_kernels(path: Path, folder: Path) -> dict[str, int]:
     """The operators of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(folder / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(path), options, providers=[EXECUTION_PROVIDER])
     counts = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
     return {op: n for op, n in sorted(counts.items()) if "Integer" in op or op.startswith(("QLinear", "Quantize",
                                                                                           "Dequantize", "MatMul"))}
@@ -78,17 +89,18 @@ def logits(name: str, folder: Path, threads: int) -> None:
         qmodel = calibrated(model, bits, calibration)
         with torch.no_grad():
             expected = qmodel(evaluation)
-        path = export_onnx(qmodel, evaluation[:2], folder / f"{name}-{bits}.onnx")
-        for optimize, how in ((True, "integer kernels"), (False, "reference Q/DQ operators, float products")):
-            actual = OnnxRuntimeModel(path, threads, optimize=optimize)(evaluation)
-            difference = (actual - expected).abs().max().item()
-            relative = ((actual - expected).norm() / expected.norm()).item()
-            agree = (actual.argmax(1) == expected.argmax(1)).sum().item()
-            print(f"{name} {bits}: ONNX Runtime ({how}) vs fake-quant logits: max abs difference {difference:.3g} "
-                  f"(logits up to {expected.abs().max().item():.3g}), relative L2 {relative:.3g}, "
-                  f"argmax agreement {agree}/{len(expected)}", flush=True)
-        if bits == "w8a8":
-            print(f"  kernels run by ONNX Runtime: {fused_kernels(path, folder)}", flush=True)
+        for weight_type in weight_types(bits):
+            path = export_onnx(qmodel, evaluation[:2], folder / f"{name}-{bits}-{weight_type}.onnx", weight_type)
+            for optimize, how in ((True, "integer kernels"), (False, "reference Q/DQ operators, float products")):
+                actual = OnnxRuntimeModel(path, threads, optimize=optimize)(evaluation)
+                difference = (actual - expected).abs().max().item()
+                relative = ((actual - expected).norm() / expected.norm()).item()
+                agree = (actual.argmax(1) == expected.argmax(1)).sum().item()
+                print(f"{name} {bits} {weight_type} weights: ONNX Runtime ({how}) vs fake-quant logits: max abs "
+                      f"difference {difference:.3g} (logits up to {expected.abs().max().item():.3g}), relative L2 "
+                      f"{relative:.3g}, argmax agreement {agree}/{len(expected)}", flush=True)
+            if bits == "w8a8":
+                print(f"  kernels run by ONNX Runtime: {fused_kernels(path, folder)}", flush=True)
 
 
 def median_latency(path: Path, images: torch.Tensor, threads: int, repeats: int) -> float:
@@ -101,15 +113,17 @@ def latency(folder: Path, threads: int, repeats: int) -> None:
     model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
     images = smooth_images(32, 224, generator)
     fp_path = export_onnx(model, images[:2], folder / "deit_small-fp32.onnx")
-    q_path = export_onnx(calibrated(model, "w8a8", images), images[:2], folder / "deit_small-w8a8.onnx")
-    size = q_path.stat().st_size / fp_path.stat().st_size
-    print(f"deit_small W8A8: file {q_path.stat().st_size / 2**20:.1f} MiB vs FP32 {fp_path.stat().st_size / 2**20:.1f} "
-          f"MiB, ratio {size:.3f} (target <= 0.3)", flush=True)
-    for batch in (1, 32):
-        fp, quant = (median_latency(path, images[:batch], threads, repeats) for path in (fp_path, q_path))
-        print(f"deit_small W8A8 batch {batch}: ONNX Runtime {threads} thread(s), median of {repeats} warm runs: "
-              f"FP32 {fp * 1e3:.1f} ms, W8A8 {quant * 1e3:.1f} ms per batch, speed-up {fp / quant:.2f}x"
-              + (" (target >= 1.5)" if batch == 32 else ""), flush=True)
+    qmodel = calibrated(model, "w8a8", images)
+    for weight_type in FORMS_AT_8_BITS:
+        q_path = export_onnx(qmodel, images[:2], folder / f"deit_small-w8a8-{weight_type}.onnx", weight_type)
+        size = q_path.stat().st_size / fp_path.stat().st_size
+        print(f"deit_small W8A8 {weight_type} weights: file {q_path.stat().st_size / 2**20:.1f} MiB vs FP32 "
+              f"{fp_path.stat().st_size / 2**20:.1f} MiB, ratio {size:.3f} (target <= 0.3)", flush=True)
+        for batch in (1, 32):
+            fp, quant = (median_latency(path, images[:batch], threads, repeats) for path in (fp_path, q_path))
+            print(f"deit_small W8A8 {weight_type} weights batch {batch}: ONNX Runtime {threads} thread(s), median of "
+                  f"{repeats} warm runs: FP32 {fp * 1e3:.1f} ms, W8A8 {quant * 1e3:.1f} ms per batch, speed-up "
+                  f"{fp / quant:.2f}x" + (" (target >= 1.5)" if batch == 32 else ""), flush=True)
 
 
 def main() -> None:
@@ -120,7 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_progress(False)
-    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} thread(s)")
+    cpu = cpu_description()
+    print(f"onnxruntime {ort.__version__} {EXECUTION_PROVIDER}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"{cpu_class(cpu)}: {cpu['model']}, extensions {' '.join(cpu['extensions']) or 'none listed'}")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         if args.part in ("all", "digits"):

@@ -2,10 +2,11 @@
 
 Each activation quantizer of the `standard` placement at 8 bits becomes a QuantizeLinear →
 DequantizeLinear pair with the calibrated scale and zero point; each quantized weight is stored as
-integers (int8, holding values of its own bit width) with a per-output-channel DequantizeLinear, the
+integers (holding values of its own bit width) with a per-output-channel DequantizeLinear, the
 scales exactly those the fake quantizer uses. ONNX Runtime then fuses the pairs into integer
 kernels. What has no integer form is refused with its reasons (:func:`deployability`), never
-approximated.
+approximated. The weights' integer type decides whether every CPU computes the same integers
+(:data:`WEIGHT_TYPES`, docs/deploy.md, Same integers on every CPU).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -26,14 +27,34 @@ from torch import nn
 from harness.arch import is_instrumented_attention
 from harness.errors import HarnessError
 from harness.instrument import POINTS
+from harness.machine import cpu_description
 from harness.quant.fake_quant import fake_quant_asymmetric
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, weight_quantized_layers
 from harness.task import Task
 
 OPSET = 18
 ACT_BITS = 8  # the only activation width with integer kernels in ONNX Runtime (docs/deploy.md, What lowers)
-MAX_WEIGHT_BITS = 8  # weights are stored in int8 containers
+MAX_WEIGHT_BITS = 8  # weights are stored in 8-bit containers
+EXECUTION_PROVIDER = "CPUExecutionProvider"
 ATTENTION_POINTS = ("q", "k", "v", "attn")
+# How a quantized weight is stored (docs/deploy.md, Same integers on every CPU). ONNX Runtime's u8 x s8
+# kernel on x86 CPUs without VNNI (vpmaddubsw) sums two products in a saturating int16: exact while
+# 2 * 255 * 2^(b-1) <= 32767, i.e. for weights of at most 7 bits. "s8": int8 weights, the fastest kernel,
+# whose 8-bit results then depend on the CPU; "u8": weights shifted by 128 into uint8 (zero point 128),
+# u8 x u8 products widened to int16 before any sum, exact on every CPU; "auto": s8 up to 7 bits, u8 at 8.
+WEIGHT_TYPES = ("auto", "s8", "u8")
+WeightType = Literal["auto", "s8", "u8"]
+SATURATION_FREE_WEIGHT_BITS = 7
+U8_WEIGHT_ZERO_POINT = 128
+
+
+def stored_weight_type(weight_bits: int, requested: WeightType = "auto") -> str:
+    """The integer type a ``weight_bits`` weight is stored in for ``requested`` (see :data:`WEIGHT_TYPES`)."""
+    if requested not in WEIGHT_TYPES:
+        raise HarnessError(f"weight type accepts {', '.join(WEIGHT_TYPES)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "s8" if weight_bits <= SATURATION_FREE_WEIGHT_BITS else "u8"
 
 
 @dataclass(frozen=True)
@@ -107,10 +128,11 @@ def _(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.T
 
 @torch.library.custom_op("dfq_deploy::dequantize_weight", mutates_args=())
 def _dequantize_weight(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
-    """Integer weight times its per-channel scale; in ONNX, a DequantizeLinear on an int8 initializer."""
+    """Integer weight less its zero point, times its per-channel scale; in ONNX, a DequantizeLinear on an
+    int8 or uint8 initializer."""
     shape = [1] * q.dim()
     shape[axis] = -1
-    return q.float() * scale.view(shape)
+    return (q.float() - zero_point.float().view(shape)) * scale.view(shape)
 
 
 @_dequantize_weight.register_fake
@@ -154,19 +176,23 @@ def _input_quantizer(layer: nn.Module) -> nn.Module:
 class _DeployedWeight(nn.Module):
     """A layer's weight: integers q = clamp(round(w / s_c)) exactly as the fake quantizer computes them
     (docs/quantizer.md, Arithmetic) behind a per-channel DequantizeLinear, or the FP weight of a layer
-    the profile keeps in floating point. ``transpose`` stores a Linear's weight as (in, out), so the
-    DequantizeLinear feeds MatMul directly."""
+    the profile keeps in floating point. Stored as int8 with zero point 0, or as uint8 q + 128 with zero
+    point 128 (``weight_type``, :data:`WEIGHT_TYPES`). ``transpose`` stores a Linear's weight as (in, out),
+    so the DequantizeLinear feeds MatMul directly."""
 
-    def __init__(self, layer: QuantLinear | QuantConv2d, transpose: bool) -> None:
+    def __init__(self, layer: QuantLinear | QuantConv2d, transpose: bool, weight_type: WeightType) -> None:
         super().__init__()
         weight = layer.weight.detach().float()
         self.bits, self.axis = layer.weight_bits, 1 if transpose else 0
         if self.bits:
             scale = layer.weight_scale.detach().float()
             limit = 2 ** (self.bits - 1)
-            weight = torch.clamp(torch.round(weight / scale), -limit, limit - 1).to(torch.int8)
+            weight = torch.clamp(torch.round(weight / scale), -limit, limit - 1)
+            unsigned = stored_weight_type(self.bits, weight_type) == "u8"
+            offset, dtype = (U8_WEIGHT_ZERO_POINT, torch.uint8) if unsigned else (0, torch.int8)
+            weight = (weight + offset).to(dtype)
             self.register_buffer("scale", scale.flatten())
-            self.register_buffer("zero_point", torch.zeros_like(self.scale, dtype=torch.int8))
+            self.register_buffer("zero_point", torch.full_like(self.scale, offset, dtype=dtype))
         self.register_buffer("values", weight.t().contiguous() if transpose else weight)
 
     def forward(self) -> torch.Tensor:
@@ -178,10 +204,10 @@ class _DeployedWeight(nn.Module):
 class _DeployLinear(nn.Module):
     """Input Q/DQ, then x @ DQ(qᵀ) + b."""
 
-    def __init__(self, layer: QuantLinear) -> None:
+    def __init__(self, layer: QuantLinear, weight_type: WeightType) -> None:
         super().__init__()
         self.input_quantizer = _input_quantizer(layer)
-        self.weight = _DeployedWeight(layer, transpose=True)
+        self.weight = _DeployedWeight(layer, transpose=True, weight_type=weight_type)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,12 +218,12 @@ class _DeployLinear(nn.Module):
 class _DeployConv2d(nn.Module):
     """The patch-embedding convolution: input Q/DQ, per-output-channel DequantizeLinear weight."""
 
-    def __init__(self, layer: QuantConv2d) -> None:
+    def __init__(self, layer: QuantConv2d, weight_type: WeightType) -> None:
         super().__init__()
         if layer.padding_mode != "zeros":
             raise HarnessError(f"convolution padding mode {layer.padding_mode!r} is not exported; only zeros")
         self.input_quantizer = _input_quantizer(layer)
-        self.weight = _DeployedWeight(layer, transpose=False)
+        self.weight = _DeployedWeight(layer, transpose=False, weight_type=weight_type)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
 
@@ -206,8 +232,9 @@ class _DeployConv2d(nn.Module):
                         self.groups)
 
 
-def deploy_model(qmodel: nn.Module) -> nn.Module:
-    """A copy of a calibrated model whose quantizers are explicit Q/DQ operations (same values in torch).
+def deploy_model(qmodel: nn.Module, weight_type: WeightType = "auto") -> nn.Module:
+    """A copy of a calibrated model whose quantizers are explicit Q/DQ operations (same values in torch),
+    weights stored as ``weight_type`` (:data:`WEIGHT_TYPES`).
 
     Raises HarnessError, naming every obstacle, when a placement has no integer form.
     """
@@ -217,19 +244,23 @@ def deploy_model(qmodel: nn.Module) -> nn.Module:
     model = copy.deepcopy(qmodel).float().cpu().eval()
     for name, layer in list(model.named_modules()):
         if isinstance(layer, (QuantLinear, QuantConv2d)):
-            deployed = (_DeployLinear if isinstance(layer, QuantLinear) else _DeployConv2d)(layer)
+            deployed = (_DeployLinear if isinstance(layer, QuantLinear) else _DeployConv2d)(layer, weight_type)
             model.set_submodule(name, deployed)
     for name, quantizer in [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuantizer)]:
         model.set_submodule(name, _QuantizeDequantize(quantizer))
     return model
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, weight_type: WeightType = "auto") -> Path:
     """Write ``model`` (calibrated quantized, or FP for a baseline) to ``path`` with a dynamic batch axis.
 
-    A quantized model goes through :func:`deploy_model` first, so an undeployable one is refused.
+    A quantized model goes through :func:`deploy_model` first (weights as ``weight_type``), so an
+    undeployable one is refused.
     """
-    deployable = deploy_model(model) if _has_quantizers(model) else copy.deepcopy(model).float().cpu().eval()
+    if _has_quantizers(model):
+        deployable = deploy_model(model, weight_type)
+    else:
+        deployable = copy.deepcopy(model).float().cpu().eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -264,7 +295,7 @@ class OnnxRuntimeModel(nn.Module):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=[EXECUTION_PROVIDER])
         self.input_name = self.session.get_inputs()[0].name
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # a device for harness.evaluation
 
@@ -275,13 +306,15 @@ class OnnxRuntimeModel(nn.Module):
 
 def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model: nn.Module,
                        simulated: dict[str, float], limit: int | None, repeats: int = 5) -> dict:
-    """The record's ``deployment`` block (docs/deploy.md, The grid option): deployable or the reason
-    not; the task's metrics in ONNX Runtime and their difference from the fake-quant ``simulated``;
-    latency at batch 1 and 32 (2 warm-up runs, median of ``repeats``) and file size, each against
-    the FP model exported the same way."""
+    """The record's ``deployment`` block (docs/deploy.md, The grid option): what decides its figures
+    (runtime and version, execution provider, CPU model and vector extensions, threads, the weights'
+    integer types); deployable or the reason not; the task's metrics in ONNX Runtime and their
+    difference from the fake-quant ``simulated``; latency at batch 1 and 32 (2 warm-up runs, median of
+    ``repeats``) and file size, each against the FP model exported the same way."""
     import onnxruntime as ort
 
-    block: dict = {"runtime": "onnxruntime", "version": ort.__version__}
+    block: dict = {"runtime": "onnxruntime", "version": ort.__version__, "execution_provider": EXECUTION_PROVIDER,
+                   "cpu": cpu_description()}
     check = deployability(qmodel)
     if check.deployable and task.quantized_part(qmodel) is not qmodel:
         check = Deployability((f"the task quantizes {task.quantization_scope()}: export covers whole classifiers only",))
@@ -297,7 +330,9 @@ def measure_deployment(task: Task, model_name: str, qmodel: nn.Module, fp_model:
         latency = {f"batch{batch}": {kind: 1e3 * median_seconds(session, images[:batch], repeats)
                                      for kind, session in sessions.items()} for batch in (1, 32)}
         sizes = {kind: path.stat().st_size for kind, path in paths.items()}
-    return {**block, "deployable": True, "threads": threads, "metrics": metrics,
+    weight_types = sorted({stored_weight_type(layer.weight_bits) for _, layer in weight_quantized_layers(qmodel)
+                           if layer.weight_bits})
+    return {**block, "deployable": True, "threads": threads, "weight_types": weight_types, "metrics": metrics,
             "difference": {name: metrics[name] - simulated[name] for name in metrics if name in simulated},
             "latency_ms": latency,
             "speedup": {batch: times["fp"] / times["quantized"] for batch, times in latency.items()},

@@ -10,7 +10,7 @@ from harness.errors import HarnessError
 from harness.grid import cell_from_record, code_differences, record_configuration
 from harness.io import config_hash
 from harness.labels import row_label
-from harness.machine import kernel_class
+from harness.machine import cpu_class, kernel_class
 
 STALE_MARK = "†"
 IDENTITY = ("cell_id", "label", "method", "generator", "calibrator", "task", "model", "bits", "seed")
@@ -156,12 +156,28 @@ def _deployment_columns(deployment: dict[str, Any] | None) -> dict[str, Any]:
     if not deployment:
         return {}
     if not deployment.get("deployable"):
-        return {"deploy.status": deployment.get("reason", "simulated only")}
-    columns = {"deploy.status": "deployable", "deploy.speedup1": deployment["speedup"]["batch1"],
+        return {"deploy.status": deployment.get("reason", "simulated only"), "deploy.setup": deployment_setup(deployment)}
+    columns = {"deploy.status": "deployable", "deploy.setup": deployment_setup(deployment),
+               "deploy.speedup1": deployment["speedup"]["batch1"],
                "deploy.speedup32": deployment["speedup"]["batch32"], "deploy.size_ratio": deployment["size_ratio"]}
     columns.update({f"deploy.metric.{k}": v for k, v in deployment["metrics"].items()})
     columns.update({f"deploy.difference.{k}": v for k, v in deployment["difference"].items()})
     return columns
+
+
+def deployment_setup(deployment: dict[str, Any]) -> str:
+    """What decides a deployment's figures, as one text (docs/deploy.md, What decides a deployment figure):
+    CPU class and model, runtime, version and execution provider, threads, the weights' integer types.
+    Records measured in different setups are never averaged."""
+    cpu = deployment.get("cpu")
+    parts = [f"{cpu_class(cpu)} ({cpu.get('model', 'unknown')})" if isinstance(cpu, dict) else "CPU not recorded",
+             f"{deployment.get('runtime', '?')} {deployment.get('version', '?')} "
+             f"{deployment.get('execution_provider', 'CPUExecutionProvider')}"]
+    if deployment.get("threads"):
+        parts.append(f"{deployment['threads']} threads")
+    if deployment.get("weight_types"):
+        parts.append("weights " + "+".join(map(str, deployment["weight_types"])))
+    return ", ".join(parts)
 
 
 def bits_order(bits: str) -> tuple:

@@ -107,6 +107,7 @@ class DeploymentRow:
 
     label: str
     bits: str
+    setup: str  # CPU class and model, runtime, threads, weight types: rows never average across setups
     cells: int
     status: str  # "deployable", or "simulated only: <reasons>"
     metric: float | None  # the primary metric through the runtime
@@ -326,17 +327,19 @@ def _cost_rows(costs: pd.DataFrame) -> list[CostRow]:
 
 
 def _deployment_rows(frame: pd.DataFrame, model: str, subset: str, metric: str) -> list[DeploymentRow]:
-    """The deployment table of a section: rows measured with ``--deploy`` only, by label and bit width."""
+    """The deployment table of a section: rows measured with ``--deploy`` only, by label, bit width and
+    the setup that decides the figures (one row per CPU class, runtime version, threads)."""
     if "deploy.status" not in frame.columns:
         return []
     measured = frame[(frame["model"] == model) & (frame["subset"] == subset) & frame["deploy.status"].notna()]
     rows = []
-    groups = sorted(measured.groupby(["label", "bits"]), key=lambda item: (item[0][0], bits_order(item[0][1])))
-    for (label, bits), group in groups:
+    groups = sorted(measured.groupby(["label", "bits", "deploy.setup"]),
+                    key=lambda item: (item[0][0], bits_order(item[0][1]), item[0][2]))
+    for (label, bits, setup), group in groups:
         mean = {column: _number(group[column].mean()) if column in group else None
                 for column in (f"deploy.metric.{metric}", f"deploy.difference.{metric}", "deploy.speedup1",
                                "deploy.speedup32", "deploy.size_ratio")}
-        rows.append(DeploymentRow(label=str(label), bits=str(bits), cells=len(group),
+        rows.append(DeploymentRow(label=str(label), bits=str(bits), setup=str(setup), cells=len(group),
                                   status="; ".join(sorted(set(group["deploy.status"]))),
                                   metric=mean[f"deploy.metric.{metric}"], difference=mean[f"deploy.difference.{metric}"],
                                   speedup1=mean["deploy.speedup1"], speedup32=mean["deploy.speedup32"],

@@ -53,3 +53,24 @@ def test_seeds_on_other_kernels_are_rows_of_their_own_never_averaged():
     del records[1]["kernels"]
     assert sorted(records_frame(records[:2])["label"]) == ["psaq ‹cpu AVX2, fused compiled, torch 2.14.1›",
                                                            "psaq ‹not recorded›"]
+
+
+def test_deployments_measured_on_other_cpus_are_separate_rows():
+    from conftest import make_record
+    from reports.content import _deployment_rows
+
+    def deployed(seed: int, extensions: list[str], speedup: float) -> dict:
+        record = make_record(seed=seed)
+        record["deployment"] = {
+            "runtime": "onnxruntime", "version": "1.32.0", "execution_provider": "CPUExecutionProvider",
+            "cpu": {"model": "AMD EPYC", "arch": "x86_64", "extensions": extensions}, "deployable": True,
+            "threads": 2, "weight_types": ["u8"], "metrics": {"top1": 70.0}, "difference": {"top1": 0.0},
+            "speedup": {"batch1": speedup, "batch32": speedup}, "size_ratio": 0.27}
+        return record
+
+    frame = records_frame([deployed(0, ["avx2"], 1.6), deployed(1, ["avx2"], 1.8),
+                           deployed(2, ["avx2", "avx512f", "avx512_vnni"], 2.6)])
+    rows = _deployment_rows(frame, "deit_tiny_patch16_224", "all images", "metric.top1")
+    assert [(row.setup, row.cells, round(row.speedup32, 9)) for row in rows] == [
+        ("x86_64 AVX-512 VNNI (AMD EPYC), onnxruntime 1.32.0 CPUExecutionProvider, 2 threads, weights u8", 1, 2.6),
+        ("x86_64 AVX2 (AMD EPYC), onnxruntime 1.32.0 CPUExecutionProvider, 2 threads, weights u8", 2, 1.7)]
