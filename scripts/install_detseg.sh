@@ -3,16 +3,19 @@
 # mmdet/mmseg import mmcv's compiled ops, and the registry has no Linux wheel of mmcv 2.1.0 with ops,
 # so mmcv is built once from its source package, patched for torch 2.14's C++20 headers, and the
 # wheel is cached outside the repository, keyed by torch and Python version (a build takes ~12 min
-# on 2 cores; a cached install takes seconds).
+# on 2 cores; a cached install takes seconds). CONSTRAINTS: the torch pair to install (default: `make setup`'s).
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CONSTRAINTS=${CONSTRAINTS:-$ROOT/constraints/torch2.14.txt}
 MMCV_VERSION=2.1.0
+# The project with the extra first, under the constraints: the torch mmcv is then built against and keyed by
+# stays. The extra brings setuptools < 82 (mmcv's setup.py and mmengine 0.10.7 import pkg_resources) and
+# mmengine, addict, yapf (mmcv's run-time requirements; mmcv itself is installed without deps below).
+"$PY" -m pip install --progress-bar off -c "$CONSTRAINTS" ninja wheel -e "$ROOT[detseg]"
 TORCH=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 CACHE=${DFQ_HARNESS_CACHE:-$HOME/.cache/dfq_harness}/wheels/mmcv-$MMCV_VERSION-torch-$TORCH-$PYTAG
-# mmcv's setup.py and mmengine 0.10.7 at run time import pkg_resources, gone from setuptools 82.
-"$PY" -m pip install --progress-bar off "setuptools<82" ninja wheel
 
 if ! ls "$CACHE"/mmcv-*.whl >/dev/null 2>&1; then
     echo "[detseg] no cached mmcv wheel in $CACHE: building mmcv $MMCV_VERSION from source (~12 min on 2 cores)"
@@ -42,8 +45,6 @@ if ! ls "$CACHE"/mmcv-*.whl >/dev/null 2>&1; then
     cp "$WORK/dist/$WHEEL" "$CACHE/.$WHEEL.partial" && mv "$CACHE/.$WHEEL.partial" "$CACHE/$WHEEL"
     echo "[detseg] mmcv wheel built in $(( $(date +%s) - START )) s, cached in $CACHE"
 fi
+# Without deps, so pip never rebuilds it.
 "$PY" -m pip install --progress-bar off --no-deps "$CACHE"/mmcv-*.whl
-# mmcv's own run-time requirements (installed without deps above so pip never rebuilds it).
-"$PY" -m pip install --progress-bar off addict yapf "mmengine==0.10.7"
-"$PY" -m pip install --progress-bar off -e "$ROOT[detseg]"
 "$PY" -c 'from mmcv.ops import nms, RoIAlign; import mmdet, mmseg; print("[detseg] mmcv", __import__("mmcv").__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
