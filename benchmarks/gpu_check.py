@@ -1,9 +1,10 @@
-"""GPU checks: CUDA vs CPU agreement, PSAQ-ViT synthesis cost, eval throughput, fused kernels.
+"""GPU checks: CUDA vs CPU agreement, PSAQ-ViT synthesis cost, eval throughput, fused kernels, CLI cells on the device.
 
-    bash benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--iterations N] [--json FILE]
+    bash benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--iterations N] [--only CHECK,...]
+                                 [--out DIR] [--json FILE] [--wheels DIR]
 
-Random-init timm models and seeded random images only (no weights, data or network), so it runs
-from a plain checkout. One labelled line per figure:
+Random-init timm models, seeded random images, the shipped digits models and a synthetic ImageNet
+folder only (no weights, data or network), so it runs from a plain checkout. One labelled line per figure:
 
 - agreement: L_PSE and its gradient on the same attn·v tensors, on the device with the fused
   kernels (as synthesis runs it) vs eager torch on CPU (the plain reference); then the logits of
@@ -16,10 +17,25 @@ from a plain checkout. One labelled line per figure:
   timed run.
 - throughput: DeiT-S eval images/s on random inputs, FP vs fake-quant W8A8 and W4A8.
 - fused kernels: the device types the compiled kernels ran on, or why they fell back.
+- methods, calibrators: ``python -m harness run --device DEVICE`` on ``digits`` (one model, W4A8,
+  seed 0), every registered method with its own pair, then every registered calibrator on ``real``
+  images, each plugin at the conformance kit's fast options (``smoke_options``). Each name is printed
+  with ok and its top-1, or FAILED and its record's error with the innermost frame of this repository
+  (a tensor left on the wrong device fails its cell there); a cell that ran on another device fails too.
+- imagenet: a synthetic ImageNet val folder (``imagenet_throughput.write_synthetic_imagenet``) and a
+  random-init DeiT checkpoint through ``run --tasks imagenet`` twice, into two results folders: the
+  first run decodes the images into the evaluation cache (``imagenet_eval/*/images.npy``), the second
+  must find that entry untouched and the same top-1.
 
-A check that fails prints its reason (traceback on stderr) and the others still run. ``--quick``
-(DeiT-T, a few images and iterations) rehearses every path on CPU: ``--device cpu --quick``, where
-"device vs CPU" compares CPU with itself (and L_PSE fused with eager).
+A check that fails prints its reason (traceback on stderr) and the others still run; the exit status
+is 1 when anything failed. ``--out`` (default ``results/gpu_check``) receives ``gpu_check.json``
+(every figure and per-check result), ``gpu_check.log`` (the console, the CLI runs' output included)
+and ``cells/`` (the CLI runs' records, replaced on every run); the synthetic images and the harness
+cache live in a temporary folder. ``--quick`` (DeiT-T, a few images and iterations, 32 digits test
+images) rehearses every path on CPU: ``--device cpu --quick``, where "device vs CPU" compares CPU
+with itself (and L_PSE fused with eager). The harness's dependencies (pyproject.toml) are checked
+first: a machine without network installs the missing ones from ``--wheels DIR``
+(``pip install --no-index --find-links DIR``); without it, one line names them.
 """
 from __future__ import annotations
 
@@ -27,24 +43,82 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
+import re
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import timm
-import torch
-from torch import Tensor, nn
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def dependency_options() -> argparse.ArgumentParser:
+    """The options read before anything is imported (the main parser includes them, for ``--help``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--wheels", type=Path, metavar="DIR", help="install missing dependencies from this folder "
+                        "of wheels (pip install --no-index --find-links DIR): a machine without network")
+    return parser
+
+
+def required_distributions(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The harness's run-time dependencies as pyproject.toml names them (distribution names, no versions)."""
+    with pyproject.open("rb") as file:
+        requirements = tomllib.load(file)["project"]["dependencies"]
+    return [re.match(r"[A-Za-z0-9._-]+", requirement).group() for requirement in requirements]
+
+
+def missing_distributions(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` not installed. Versions are not compared: a GPU machine brings its own torch build."""
+    missing = []
+    for name in names:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def ensure_dependencies(wheels: Path | None, required: list[str]) -> None:
+    """Install what is missing from ``wheels`` before the checks import it, or exit with one line naming it."""
+    missing = missing_distributions(required)
+    if not missing:
+        return
+    if wheels is None:
+        sys.exit(f"gpu_check: missing {', '.join(missing)}; install them, or pass --wheels DIR "
+                 "(a folder of their wheels, installed with pip install --no-index --find-links DIR)")
+    command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *missing]
+    print(f"gpu_check: installing {', '.join(missing)} from {wheels}", flush=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"gpu_check: `{shlex.join(command)}` failed (pip's reason above; an externally managed "
+                 "Python takes PIP_BREAK_SYSTEM_PACKAGES=1)")
+    importlib.invalidate_caches()
+    still = missing_distributions(missing)
+    if still:
+        sys.exit(f"gpu_check: still missing {', '.join(still)} after installing from {wheels}")
+
+
+if __name__ == "__main__":  # before the imports below, which need what it installs
+    ensure_dependencies(dependency_options().parse_known_args()[0].wheels, required_distributions())
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
 sys.path.insert(0, str(REPO))
 
 from harness.bits import parse_bits  # noqa: E402
 from harness.calibrators import MinMaxCalibrator  # noqa: E402
+from harness.conformance import smoke_options  # noqa: E402
 from harness.fused import ENVIRONMENT_SWITCH, fused_kernel_states  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext  # noqa: E402
 from harness.memory import reused_heap  # noqa: E402
@@ -52,13 +126,18 @@ from harness.priors.patch_similarity import attn_v_probes, patch_similarity_loss
 from harness.progress import set_progress  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import in_place_evaluation  # noqa: E402
-from harness.records import PeakMemory, harness_commit, library_versions  # noqa: E402
+from harness.records import PeakMemory, ResultStore, harness_commit, library_versions  # noqa: E402
+from harness.registry import CALIBRATORS, GENERATORS, METHODS  # noqa: E402
+from imagenet_throughput import write_synthetic_imagenet  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 from tasks.imagenet import ImageNetTask  # noqa: E402
 
 BITS = ("fp", "w8a8", "w4a8")
 AUTHORS_FULL_SCHEDULE_S = 227.0  # PSAQ-ViT's authors, RTX 3090, the full schedule
 IMAGE_SHAPE = (3, 224, 224)
+DIGITS_MODEL, CELL_BITS = "digits_vit_seed0", "w4a8"
+CALIBRATION_DATA = "real"  # the generator every calibrator is crossed with: real images cost no synthesis
+IMAGENET_METHOD, IMAGENET_BITS = "noise", "w8a8"  # noise needs no train/ split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +155,23 @@ class Sizes:
     eval_model: str
     eval_batch: int
     eval_batches: int  # timed, after two warm-up batches
+    digits_limit: int | None  # digits test images of each CLI cell (None: the whole split)
+    imagenet_images: int  # synthetic val JPEGs, evaluated by eval_model through the CLI
+    imagenet_short_side: tuple[int, int]  # px range of their shorter side
 
 
 FULL = Sizes("deit_small_patch16_224", pse_images=8, calibration_images=32, test_images=64,
              synthesis_model="deit_base_patch16_224", synthesis_images=32, warmup_iterations=5, timed_iterations=100,
-             eval_model="deit_small_patch16_224", eval_batch=128, eval_batches=20)
+             eval_model="deit_small_patch16_224", eval_batch=128, eval_batches=20,
+             digits_limit=None, imagenet_images=500, imagenet_short_side=(300, 500))
 QUICK = Sizes("deit_tiny_patch16_224", pse_images=2, calibration_images=4, test_images=4,
               synthesis_model="deit_tiny_patch16_224", synthesis_images=4, warmup_iterations=2, timed_iterations=3,
-              eval_model="deit_tiny_patch16_224", eval_batch=8, eval_batches=2)
+              eval_model="deit_tiny_patch16_224", eval_batch=4, eval_batches=1,
+              digits_limit=32, imagenet_images=8, imagenet_short_side=(40, 80))
+
+
+class CheckFailed(Exception):
+    """A check's finding (not a crash): its line says why, without a traceback."""
 
 
 class Report:
@@ -91,6 +179,7 @@ class Report:
 
     def __init__(self) -> None:
         self.checks: dict[str, dict[str, Any]] = {}
+        self.failed: list[str] = []  # checks and cells that failed, for the total line and the exit status
 
     def line(self, check: str, text: str, **figures: Any) -> None:
         print(f"{check:<12} {text}", flush=True)
@@ -100,11 +189,23 @@ class Report:
         """``measure`` adds its lines; a failure becomes a line with its reason, so later checks still run."""
         try:
             measure(self)
+        except CheckFailed as finding:
+            self.fail(check, str(finding))
         except Exception as error:  # noqa: BLE001 - every failure is a finding to report
             traceback.print_exc()
             message = str(error).strip().splitlines()
             reason = f"{type(error).__name__}: {message[0][:300]}" if message else type(error).__name__
-            self.line(check, f"FAILED {reason}", failed=reason)
+            self.fail(check, reason)
+
+    def fail(self, check: str, reason: str) -> None:
+        self.line(check, f"FAILED {reason}", failed=reason)
+        self.failed.append(check)
+
+    def cell(self, check: str, name: str, result: dict[str, Any]) -> None:
+        """A method's or calibrator's cell: ``name ok top-1 ...`` or ``name FAILED reason``, kept under its name."""
+        self.line(check, f"{name:<14} {describe(result)}", **{name: result})
+        if result["status"] != "ok":
+            self.failed.append(f"{check} {name}")
 
 
 def random_model(name: str, device: torch.device) -> nn.Module:
@@ -296,36 +397,220 @@ def check_fused_kernels(report: Report, sizes: Sizes, device: torch.device) -> N
                     **{purpose: {**state, f"ran_on_{device.type}": ok}})
 
 
-CHECKS = {"agreement": (check_patch_similarity, check_quantized_logits), "synthesis": (check_synthesis,),
-          "throughput": (check_throughput,), "fused": (check_fused_kernels,)}
+@dataclasses.dataclass(frozen=True)
+class HarnessCLI:
+    """``python -m harness run`` as users call it, in its own process, on the checked device."""
+
+    sizes: Sizes
+    device: torch.device
+    results: Path  # OUT/cells: one results folder per grid, kept beside the log
+    workdir: Path  # the synthetic ImageNet and the harness cache: large, temporary
+
+    @property
+    def cache(self) -> Path:
+        return self.workdir / "harness_cache"
+
+    def arguments(self, results: Path, grid: list[str]) -> list[str]:
+        """The ``harness`` arguments of one grid on this device, its records in ``results``."""
+        return ["run", *grid, "--seeds", "0", "--device", self.device.type, "--results", str(results),
+                "--no-report", "--no-progress"]
+
+    def run(self, results: Path, grid: list[str]) -> int:
+        """One grid; its output goes through this console (so into the log). Its exit status."""
+        command = [sys.executable, "-m", "harness", *self.arguments(results, grid)]
+        print(f"$ python {shlex.join(command[1:])}", flush=True)
+        environment = {**os.environ, "DFQ_HARNESS_CACHE": str(self.cache), "HF_HUB_OFFLINE": "1",
+                       "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as process:
+            for line in process.stdout:
+                print(f"  | {line}", end="", flush=True)
+        return process.returncode
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def smoke_flags(generators: Iterable[str], calibrators: Iterable[str]) -> list[str]:
+    """The conformance kit's fast options of these plugins (their ``smoke_options``), as scoped CLI flags."""
+    flags = []
+    for flag, registry, names in (("--gen-opt", GENERATORS, generators), ("--calib-opt", CALIBRATORS, calibrators)):
+        for name in sorted(set(names)):
+            for key, value in smoke_options(registry.get(name), name).items():
+                flags += [flag, f"{name}.{key}={json.dumps(value)}"]
+    return flags
+
+
+def records_by_pair(results: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The records of a results folder by (generator, calibrator): one grid of one model, bit width and seed."""
+    return {(record["generator"], record["calibrator"]): record for record in ResultStore(results).records()}
+
+
+def cell_result(record: dict[str, Any] | None, device: torch.device, exit_status: int) -> dict[str, Any]:
+    """A cell's outcome for the report: ok with its top-1 and stage times, or FAILED with its record's reason."""
+    if record is None:
+        return {"status": "FAILED", "error": f"no record: `harness run` exited with status {exit_status} first"}
+    if record["status"] != "ok":
+        return {"status": "FAILED", "error": record["error"], "where": innermost_frame(record.get("traceback", ""))}
+    kernels = record["kernels"]
+    if kernels["device"] != device.type:
+        return {"status": "FAILED", "error": f"the cell ran on {kernels['device']}, not {device.type}"}
+    return {"status": "ok", "top1": record["metrics"]["top1"], "timing_s": record["timing_s"],
+            "device": kernels["device"], "fused": kernels["fused"]}
+
+
+def innermost_frame(traceback_text: str) -> str | None:
+    """The last frame of a traceback in this repository's code (harness, a plugin, a test), not in a library
+    (a virtual environment may live in the checkout): where to look first."""
+    frames = [(Path(path), line, function)
+              for path, line, function in re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text)]
+    ours = [(path, line, function) for path, line, function in frames
+            if path.is_relative_to(REPO) and not {"site-packages", "dist-packages"} & set(path.parts)]
+    if not ours:
+        return None
+    path, line, function = ours[-1]
+    return f"{path.relative_to(REPO)}:{line} in {function}"
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A :func:`cell_result` as the text after its name: what a reader of the log needs to act on it."""
+    if result["status"] != "ok":
+        return f"FAILED {result['error']}" + (f" (at {result['where']})" if result.get("where") else "")
+    stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in sorted(result["timing_s"].items()))
+    return f"ok      top-1 {result['top1']:6.2f}  ({stages}; on {result['device']}, fused kernels {result['fused']})"
+
+
+def check_digits_cells(report: Report, cli: HarnessCLI, check: str, pairs: dict[str, tuple[str, str]],
+                       selection: list[str]) -> None:
+    """One ``run`` of the digits cells ``selection`` makes, then a line per name of ``pairs`` from its record."""
+    limit = [] if cli.sizes.digits_limit is None else ["--limit", str(cli.sizes.digits_limit)]
+    results = cli.results / "digits"  # methods and calibrators share it: a pair both run is computed once
+    exit_status = cli.run(results, [*selection, "--tasks", "digits", "--models", DIGITS_MODEL, "--bits", CELL_BITS,
+                                    *limit, *smoke_flags([generator for generator, _ in pairs.values()],
+                                                         [calibrator for _, calibrator in pairs.values()])])
+    records = records_by_pair(results)
+    for name, pair in pairs.items():
+        report.cell(check, name, cell_result(records.get(pair), cli.device, exit_status))
+
+
+def check_methods(report: Report, cli: HarnessCLI) -> None:
+    """Every registered method, with its own generator and calibrator."""
+    pairs = {name: (spec.generator, spec.calibrator) for name, spec in METHODS.items()}
+    check_digits_cells(report, cli, "methods", pairs, ["--methods", ",".join(pairs)])
+
+
+def check_calibrators(report: Report, cli: HarnessCLI) -> None:
+    """Every registered calibrator on real images, those no method pairs with ``real`` included."""
+    pairs = {name: (CALIBRATION_DATA, name) for name in CALIBRATORS.names()}
+    check_digits_cells(report, cli, "calibrators", pairs, ["--data", CALIBRATION_DATA, "--calib", ",".join(pairs)])
+
+
+def check_imagenet_cache(report: Report, cli: HarnessCLI) -> None:
+    """``run --tasks imagenet`` twice: the second run's evaluations (FP and quantized) read the first's cache entry."""
+    sizes, model, method = cli.sizes, cli.sizes.eval_model, METHODS.get(IMAGENET_METHOD)
+    root, checkpoint = cli.workdir / "imagenet", cli.workdir / f"{model}.pth"
+    mean_kb = write_synthetic_imagenet(root / "val", sizes.imagenet_images, sizes.imagenet_short_side)
+    torch.save(random_model(model, torch.device("cpu")).state_dict(), checkpoint)
+    report.line("imagenet", f"synthetic val: {sizes.imagenet_images} JPEGs, {mean_kb:.0f} KB on average; "
+                f"random-init {model}", images=sizes.imagenet_images, mean_kb=mean_kb, model=model)
+    arguments = ["--methods", IMAGENET_METHOD, "--tasks", "imagenet", "--models", model, "--bits", IMAGENET_BITS,
+                 "--data-root", str(root), "--checkpoint", str(checkpoint),
+                 *smoke_flags([method.generator], [method.calibrator])]
+    runs = {}
+    for run in ("first", "second"):
+        results = cli.results / f"imagenet_{run}"
+        exit_status = cli.run(results, arguments)
+        result = cell_result(next(iter(records_by_pair(results).values()), None), cli.device, exit_status)
+        if result["status"] != "ok":
+            raise CheckFailed(f"{run} run: {describe(result)}")
+        runs[run] = {**result, "cache_entries": eval_cache_entries(cli.cache)}
+        report.line("imagenet", f"{run} run: {describe(result)}, {len(runs[run]['cache_entries'])} evaluation "
+                    "cache entry", **{f"{run}_run": runs[run]})
+    first, second = runs["first"], runs["second"]
+    hit = len(first["cache_entries"]) == 1 and second["cache_entries"] == first["cache_entries"]
+    report.line("imagenet", f"second run served from the evaluation cache: {'yes' if hit else 'no'} (entry "
+                f"{'untouched' if hit else 'rebuilt or missing'}), top-1 {second['top1']:.2f} vs {first['top1']:.2f}",
+                second_run_cache_hit=hit)
+    if not hit or second["top1"] != first["top1"]:
+        raise CheckFailed("the second run did not evaluate the same images from the first run's cache entry")
+
+
+def eval_cache_entries(cache: Path) -> dict[str, list[int]]:
+    """Each decoded-images file of the imagenet evaluation cache with its inode and mtime: a rebuild changes them."""
+    return {str(path.relative_to(cache)): [(stat := path.stat()).st_ino, stat.st_mtime_ns]
+            for path in sorted(cache.glob("imagenet_eval/*/images.npy"))}
+
+
+MEASUREMENTS = {"agreement": (check_patch_similarity, check_quantized_logits), "synthesis": (check_synthesis,),
+                "throughput": (check_throughput,), "fused": (check_fused_kernels,)}  # in this process
+CLI_CHECKS = {"methods": check_methods, "calibrators": check_calibrators, "imagenet": check_imagenet_cache}
+
+
+class Tee:
+    """A text stream writing to the console and the log file, so the log holds the whole run."""
+
+    def __init__(self, console: TextIO, log: TextIO) -> None:
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the console's
+        return getattr(self.console, name)
+
+
+def run_checks(selected: list[str], sizes: Sizes, device: torch.device, cli: HarnessCLI) -> Report:
+    """The ``selected`` checks in order, each failure reported and the rest run anyway."""
+    report = Report()
+    info = environment(device)
+    report.line("environment", ", ".join(f"{key} {value}" for key, value in info.items()), **info)
+    start = time.perf_counter()
+    for check, measures in MEASUREMENTS.items():
+        for measure in measures if check in selected else ():
+            report.run(check, lambda report, measure=measure: measure(report, sizes, device))
+    for check, measure in CLI_CHECKS.items():
+        if check in selected:
+            report.run(check, lambda report, measure=measure: measure(report, cli))
+    seconds = time.perf_counter() - start
+    verdict = f"FAILED: {', '.join(report.failed)}" if report.failed else "every check passed"
+    report.line("total", f"{seconds:.0f} s; {verdict}", seconds=seconds, failures=report.failed)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    checks = [*MEASUREMENTS, *CLI_CHECKS]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[dependency_options()])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="DeiT-T, a few images and iterations: a CPU rehearsal")
     parser.add_argument("--iterations", type=int, help="timed synthesis iterations (default 100; 3 with --quick)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args()
+    parser.add_argument("--only", type=lambda text: text.split(","), default=checks, metavar="CHECK,...",
+                        help=f"comma-separated checks to run (default all: {','.join(checks)})")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu_check", metavar="DIR",
+                        help="gpu_check.json, gpu_check.log and the CLI runs' records (cells/, replaced) go here")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="the figures and per-check results (default OUT/gpu_check.json)")
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available to this torch build; --device cpu rehearses the checks")
+    if set(args.only) - set(checks):
+        parser.error(f"unknown check(s) {', '.join(sorted(set(args.only) - set(checks)))}; known: {', '.join(checks)}")
     sizes = QUICK if args.quick else FULL
     if args.iterations:
         sizes = dataclasses.replace(sizes, timed_iterations=args.iterations)
     device = torch.device(args.device)
     set_progress(False)
-    report = Report()
-    info = environment(device)
-    report.line("environment", ", ".join(f"{key} {value}" for key, value in info.items()), **info)
-    start = time.perf_counter()
-    for check, measures in CHECKS.items():
-        for measure in measures:
-            report.run(check, lambda report, measure=measure: measure(report, sizes, device))
-    seconds = time.perf_counter() - start
-    report.line("total", f"{seconds:.0f} s", seconds=seconds)
-    if args.json:
-        args.json.write_text(json.dumps({"sizes": dataclasses.asdict(sizes), **report.checks}, indent=2) + "\n")
+    out = args.out.resolve()  # the CLI runs in the repository, not here
+    shutil.rmtree(out / "cells", ignore_errors=True)  # a rerun computes every cell again
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "gpu_check.log").open("w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)), \
+            contextlib.redirect_stderr(Tee(sys.stderr, log)), tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
+        report = run_checks(args.only, sizes, device, HarnessCLI(sizes, device, out / "cells", Path(work)))
+    figures = {"sizes": dataclasses.asdict(sizes), "checks_run": args.only, **report.checks}
+    (args.json or out / "gpu_check.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
