@@ -20,7 +20,7 @@ from harness.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.mm.tiny import save_random_init, write_images
 from harness.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
                             ImageCountOptions, MethodSpec, NoOptions)
-from harness.options import at_least
+from harness.options import Range, at_least, percent, positive, probability, ranged
 from harness.paths import cache_dir
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
@@ -64,7 +64,8 @@ __all__ = [
     # what plugins declare they need and offer (docs/plugins.md, Support)
     "ATTENTION", "BLOCKS", "CLASSES", "REAL_IMAGES",
     # options and errors
-    "HarnessError", "ImageCountOptions", "NoOptions", "at_least",
+    "HarnessError", "ImageCountOptions", "NoOptions", "Range", "at_least", "percent", "positive", "probability",
+    "ranged",
     # progress and evaluation
     "progress_bar", "show_losses", "tensor_batches", "topk_accuracy",
     # files, caches and weights

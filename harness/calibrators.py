@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from harness.method import CalibrationContext, Calibrator
+from harness.options import Range, at_least, percent, ranged
 from harness.quant.calibrate import mse_weight_scales, observe_and_freeze
 from harness.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver
 from harness.registry import CALIBRATORS
@@ -22,7 +23,7 @@ class MinMaxCalibrator(Calibrator):
 
 @dataclass
 class PercentileOptions:
-    percentile: float = 99.99  # docs/methods.md, Baselines: 99.99 % of values inside, at each end
+    percentile: float = percent(99.99)  # docs/methods.md, Baselines: 99.99 % of values inside, at each end
 
 
 @CALIBRATORS.register("percentile")
@@ -39,9 +40,9 @@ class PercentileCalibrator(Calibrator):
 
 @dataclass
 class OMSEOptions:
-    num_candidates: int = 100  # clipping ratios searched per quantizer (unpublished; our default)
-    weight_min_ratio: float = 0.5  # smallest weight clipping ratio searched
-    sample_limit: int = 262144  # activation values kept per quantizer for the search
+    num_candidates: int = at_least(1, 100)  # clipping ratios searched per quantizer (unpublished; our default)
+    weight_min_ratio: float = ranged(Range(low=0, high=1, low_open=True), 0.5)  # smallest weight clipping ratio searched
+    sample_limit: int = at_least(1, 262144)  # activation values kept per quantizer for the search
 
 
 @CALIBRATORS.register("omse")

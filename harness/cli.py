@@ -9,6 +9,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE (`harness list | head -1`)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
-        return {"run": command_run, "list": command_list, "report": command_report, "export": command_export,
+        code = {"run": command_run, "list": command_list, "report": command_report, "export": command_export,
                 "new-method": command_new_method, "new-task": command_new_task}[args.command](args)
+        sys.stdout.flush()  # a reader gone before the last line is seen here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -135,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"internal error: {type(error).__name__}: {error} (set DFQ_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _discard_stdout() -> None:
+    """The reader of our output went away (``| head``): that is its choice, not an error. What is still
+    buffered goes to /dev/null, so the interpreter's final flush cannot fail again with a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests capture it)
+        pass
 
 
 def _set_threads(threads: int | None) -> None:

@@ -38,7 +38,7 @@ from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import act_quantizers
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
 from harness.runner import GridRunner
-from harness.task import ImagePrior, Task, TaskOptions
+from harness.task import METRIC_RANGE, ImagePrior, Task, TaskOptions
 from harness.task_setup import SETUP_LIMIT, ConformanceSkip, TaskSetup
 
 HOST_TASK, HOST_MODEL, HOST_BITS, HOST_LIMIT = "digits", "digits_vit_seed0", "w4a8", SETUP_LIMIT
@@ -309,7 +309,8 @@ def _check_task_instance(task: Task, name: str, setup: TaskSetup, results: Path,
     _require(torch.equal(images, task.calibration_images(model_name, 2, 0)), "task-calibration-images", plugin,
              "calibration_images() differ for the same seed")
     metrics = task.evaluate(model, model_name, limit=setup.limit)
-    _require(set(metrics) == set(task.metric_names) and all(0.0 <= float(v) <= 100.0 for v in metrics.values()),
+    low, high = METRIC_RANGE
+    _require(set(metrics) == set(task.metric_names) and all(low <= float(v) <= high for v in metrics.values()),
              "task-metrics", plugin, f"evaluate() gave {metrics}; expected {task.metric_names} in percent")
     small = type(task)(dataclasses.replace(task.options, batch_size=SMALL_BATCH))
     small_metrics = small.evaluate(model, model_name, limit=setup.limit)

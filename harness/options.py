@@ -1,7 +1,8 @@
 """Options dataclasses: ``key=value`` overrides from the command line, and dicts for records.
 
-Every value is checked against the field's declared type (and its ``minimum`` metadata, see
-:func:`at_least`) before any cell runs, so a bad value is one line naming the option, never an
+Every value is checked against the field's declared type and its declared :class:`Range` (field
+metadata, see :func:`ranged` and its shorthands :func:`at_least`, :func:`positive`, :func:`probability`,
+:func:`percent`) before any cell runs, so a bad value is one line naming the option, never an
 error record per cell (docs/plugins.md, Options).
 """
 from __future__ import annotations
@@ -16,9 +17,53 @@ import yaml
 from harness.errors import HarnessError
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts, declared with the option (as its type is) and checked before
+    any cell runs: bounds (None: unbounded), each inclusive unless ``open``. For a list or tuple option
+    every element must lie in it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"a value {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"a value {'<' if self.high_open else '<='} {self.high:g}"
+        return f"a value in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def ranged(accepted: Range, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose value must lie in ``accepted``: ``percentile: float = percent(99.99)``."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"range": accepted})
+
+
 def at_least(minimum: float, default: Any) -> Any:
-    """A dataclass field whose value must be ``>= minimum``: ``num_images: int = at_least(1, 32)``."""
-    return dataclasses.field(default=default, metadata={"minimum": minimum})
+    """A count or a weight: ``num_images: int = at_least(1, 32)``, ``tv_weight: float = at_least(0, 0.05)``."""
+    return ranged(Range(low=minimum), default)
+
+
+def positive(default: Any) -> Any:
+    """A learning rate, a scale, a bandwidth: ``> 0``."""
+    return ranged(Range(low=0, low_open=True), default)
+
+
+def probability(default: Any) -> Any:
+    """A probability or a share: ``[0, 1]``."""
+    return ranged(Range(low=0, high=1), default)
+
+
+def percent(default: Any) -> Any:
+    """A percentile: ``(0, 100]`` (0 would clip every value away)."""
+    return ranged(Range(low=0, high=100, low_open=True), default)
 
 
 def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
@@ -45,7 +90,7 @@ def build_options(options_class: type, overrides: dict[str, Any], plugin: str, o
         accepted = ", ".join(sorted(fields)) or "none"
         raise HarnessError(f"{owner} has no option {unknown[0]!r}; accepted: {accepted}")
     hints = typing.get_type_hints(options_class)
-    checked = {key: checked_value(value, hints[key], fields[key].metadata.get("minimum"), f"{owner} option {key}")
+    checked = {key: checked_value(value, hints[key], fields[key].metadata.get("range"), f"{owner} option {key}")
                for key, value in overrides.items()}
     try:
         return options_class(**checked)
@@ -53,14 +98,17 @@ def build_options(options_class: type, overrides: dict[str, Any], plugin: str, o
         raise HarnessError(f"invalid option for {owner}: {error}") from error
 
 
-def checked_value(value: Any, annotation: Any, minimum: float | None, what: str) -> Any:
-    """``value`` as ``annotation`` asks (ints widen to floats, lists become tuples), or a one-line error."""
+def checked_value(value: Any, annotation: Any, accepted: Range | None, what: str) -> Any:
+    """``value`` as ``annotation`` asks (ints widen to floats, lists become tuples) and within ``accepted``,
+    or a one-line error naming the option, the value and what is accepted."""
     try:
         result = _coerce(value, annotation)
     except _Mismatch:
         raise HarnessError(f"{what}={_show(value)} is not {_describe(annotation)}") from None
-    if minimum is not None and result is not None and result < minimum:
-        raise HarnessError(f"{what}={_show(value)} is out of range; accepted: a value >= {minimum:g}")
+    numbers = result if isinstance(result, (list, tuple)) else () if result is None else (result,)
+    if accepted is not None and not all(number in accepted for number in numbers):
+        each = "each element " if isinstance(result, (list, tuple)) else ""
+        raise HarnessError(f"{what}={_show(value)} is out of range; accepted: {each}{accepted}")
     return result
 
 

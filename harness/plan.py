@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from harness.errors import HarnessError
 from harness.grid import Cell, GridSpec, code_differences, expand
 from harness.io import config_hash
-from harness.records import ResultStore
+from harness.records import ResultStore, read_fp_metric
 from harness.registry import GENERATORS, TASKS
 from harness.support import CLASSES
 from harness.worker import calibration_key, fp_metric_path
@@ -122,7 +122,8 @@ def _cell_plan(cell: Cell, store: ResultStore, tasks: dict[tuple, Any], force: b
         stale = bool(code_differences(record))
         if not (stale and recompute_stale):
             return CellPlan(cell, "stale" if stale else "finished")
-    plan = CellPlan(cell, "to run", fp_cached=not force and fp_metric_path(store, cell, weights_id).exists())
+    fp_cached = not force and read_fp_metric(fp_metric_path(store, cell, weights_id), task.metric_names)[0] is not None
+    plan = CellPlan(cell, "to run", fp_cached=fp_cached)
     if _cached_sets(cell):
         # the target's model is loaded only to make images; its prior and class source are the cache key's
         needs_classes = CLASSES in GENERATORS.get(cell.generator)(cell.generator_options).required()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import socket
@@ -27,7 +26,9 @@ from safetensors.torch import save
 from harness.errors import HarnessError
 from harness.io import atomic_write, write_json
 from harness.method import CalibrationSet
-from harness.task import ImagePrior
+from harness.schema import (MISSING, boolean, fields, finite_number, integer, list_of, mapping_of,
+                            number_within, shown, text)
+from harness.task import METRIC_RANGE, ImagePrior
 
 RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "mmdet", "mmsegmentation", "mmengine")
@@ -172,22 +173,56 @@ class InvalidRecord:
 
 _IDENTITY_TYPES = {"cell_id": str, "method": str, "task": str, "model": str, "bits": str, "seed": int,
                    "label": str, "weights_id": str, "options": dict}
+_CPU = fields({"model": text, "arch": text, "extensions": list_of(text)})
+_CODE = mapping_of(fields({"version": text, "digest": text}))
+# what a deployable block must hold: the report's deployment columns (reports/aggregate.py, _deployment_columns)
+_SPEEDUP = fields({"batch1": finite_number, "batch32": finite_number}, required=("batch1", "batch32"))
+_DEPLOYED = fields({"speedup": _SPEEDUP, "size_ratio": finite_number, "metrics": mapping_of(finite_number),
+                    "difference": mapping_of(finite_number)},
+                   required=("speedup", "size_ratio", "metrics", "difference"))
+_DEPLOYMENT = fields({"deployable": boolean, "reason": text, "runtime": text, "version": text,
+                      "execution_provider": text, "threads": integer, "weight_types": list_of(text), "cpu": _CPU})
+
+
+def _deployment(value: Any, where: str) -> str | None:
+    """The ``deployment`` block (harness.export.measure_deployment), with its figures where it was deployable."""
+    if (problem := _DEPLOYMENT(value, where)) is not None:
+        return problem
+    return _DEPLOYED(value, where) if value.get("deployable") else None
+
+
+# Optional fields of a record and the shapes the run, the dry run and the report read them in
+# (docs/results.md, Records are validated on read); a record without one is valid, one with a
+# malformed one is not.
+OPTIONAL_FIELDS = fields({
+    "timing_s": mapping_of(finite_number),
+    "memory": mapping_of(finite_number),
+    "code": _CODE,
+    "versions": mapping_of(text),
+    "kernels": fields({"device": text, "torch": text, "torch_cpu": text, "fused": text, "gpu": text, "cpu": _CPU}),
+    "deployment": _deployment,
+})
 
 
 def load_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """``(record, None)`` for a valid record, ``(record or None, why)`` for an invalid one, ``(None, None)`` if absent."""
+    """``(record, None)`` for a valid record, ``(record or None, why)`` for an invalid one, ``(None, None)`` if absent.
+
+    A record's identity is its content: it is valid only in the file its ``cell_id`` names
+    (``records/<cell_id>.json``), so a copy or a renamed record never counts as another cell or seed,
+    and a record found under a cell's name is always that cell's.
+    """
     if not path.exists():
         return None, None
     if not path.is_file():
         return None, "a directory or special file, not a record"
-    try:
-        with open(path) as handle:
-            record = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None, "not valid JSON (a torn or edited file)"
-    except OSError as error:
-        return None, f"unreadable ({error.strerror or error})"
-    return record, record_problem(record)
+    record, problem = _read_json(path)
+    if problem is not None:
+        return None, problem
+    problem = record_problem(record)
+    if problem is None and record["cell_id"] != path.stem:
+        problem = (f"its cell_id {record['cell_id']!r} differs from its file name (a copy or a renamed record); "
+                   "a record counts only in the file its cell_id names")
+    return record, problem
 
 
 def record_problem(record: Any) -> str | None:
@@ -197,38 +232,53 @@ def record_problem(record: Any) -> str | None:
     if record.get("schema") != RECORD_SCHEMA:
         return f"schema {record.get('schema')!r}; this harness reads schema {RECORD_SCHEMA}"
     for key, kind in _IDENTITY_TYPES.items():
-        value = record.get(key, _MISSING)
+        value = record.get(key, MISSING)
         if not isinstance(value, kind) or isinstance(value, bool):
-            return f"field {key!r} is {_shown(value)}, expected {kind.__name__}"
+            return f"field {key!r} is {shown(value)}, expected {kind.__name__}"
+    if (problem := OPTIONAL_FIELDS(record, "")) is not None:
+        return problem
     if record.get("status") == "error":
         return None if isinstance(record.get("error"), str) else "an error record without its error message"
     if record.get("status") != "ok":
         return f"status {record.get('status')!r}; expected 'ok' or 'error'"
     for key in ("metrics", "fp_metrics"):
-        metrics = record.get(key, _MISSING)
+        metrics = record.get(key, MISSING)
         if not isinstance(metrics, dict) or not metrics:
-            return f"field {key!r} is {_shown(metrics)}, expected metric names with numbers"
-        for name, value in metrics.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                return f"{key}.{name} is {_shown(value)}, expected a finite number"
+            return f"field {key!r} is {shown(metrics)}, expected metric names with numbers"
+        if (problem := mapping_of(finite_number)(metrics, key)) is not None:
+            return problem
     return None
 
 
-_MISSING = object()
+def read_fp_metric(path: Path, metric_names: tuple[str, ...]) -> tuple[dict[str, Any] | None, str | None]:
+    """A cached FP metric file (harness.worker): ``(content, None)`` when usable, ``(None, why)`` when not,
+    ``(None, None)`` when absent. Usable means exactly the task's metrics, each a finite number in the
+    task's range (:data:`harness.task.METRIC_RANGE`), and code a record could hold: anything else would be
+    copied into every record that uses it."""
+    if not path.exists():
+        return None, None
+    cached, problem = _read_json(path)
+    if problem is None and not isinstance(cached, dict):
+        problem = "not a JSON object"
+    if problem is not None or (problem := _FP_METRIC(cached, "")) is not None:
+        return None, problem
+    if set(cached["metrics"]) != set(metric_names):
+        return None, f"metrics {sorted(cached['metrics'])}, expected the task's {sorted(metric_names)}"
+    return cached, None
 
 
-def _shown(value: Any) -> str:
-    return "missing" if value is _MISSING else "null" if value is None else f"{value!r}"[:40]
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A record, or None when absent or unreadable (a torn write is treated as not finished)."""
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """A JSON file's content, or why it cannot be read: a torn or edited file is named, never fatal."""
     try:
         with open(path) as handle:
-            record = json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and "cell_id" in record else None
+            return json.load(handle), None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not valid JSON (a torn or edited file)"
+    except OSError as error:
+        return None, f"unreadable ({error.strerror or error})"
+
+
+_FP_METRIC = fields({"metrics": mapping_of(number_within(*METRIC_RANGE)), "code": _CODE}, required=("metrics",))
 
 
 def library_versions() -> dict[str, str]:

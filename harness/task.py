@@ -15,6 +15,11 @@ from harness.registry import MODELS
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 
 
+# Every task reports its metrics in percent (top-1, box AP, mIoU, ...): conformance checks evaluate()
+# against it, and a cached FP metric outside it is no measurement (harness.records.read_fp_metric).
+METRIC_RANGE = (0.0, 100.0)
+
+
 @dataclass(frozen=True)
 class ImagePrior:
     """What a generator may know about the inputs: shape, normalization, classes (docs/methods.md, Generators and calibrators)."""

@@ -35,7 +35,7 @@ from harness.method import CalibrationContext, CalibrationSet, GenerationContext
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, in_place_evaluation, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, PeakMemory, ResultStore, harness_commit, library_versions, provenance,
-                             read_calibration, read_record, write_calibration)
+                             read_calibration, read_fp_metric, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, TASKS
 from harness.support import CLASSES
 from harness.task import ImagePrior, SynthesisTarget, Task
@@ -230,7 +230,10 @@ class CellWorker:
         task_code = {"task": cell.code()["task"]}
         path = fp_metric_path(self.store, cell, weights_id)
         with file_lock(path.with_suffix(".lock"), holder=self._holder, on_wait=_announce_wait(f"FP metric {path.name}")):
-            cached = read_record(path)
+            cached, problem = read_fp_metric(path, task.metric_names)
+            if problem is not None:  # rebuilt now, so the next run finds it usable
+                print(f"warning: FP metric {path} is not usable ({problem}); recomputing it",
+                      file=sys.stderr, flush=True)
             if (cached is not None and not self._forced(path)
                     and self._current(path, "FP metric", f"{cell.task} {cell.model}", cached.get("code"), task_code)):
                 return cached["metrics"]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from harness.method import ImageCountOptions
+from harness.options import Range, at_least, positive, ranged
 from harness.priors.synthesis import clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip, warmup_cosine_lr
 from harness.progress import progress_bar, show_losses
 from harness.task import ImagePrior
@@ -49,12 +50,12 @@ class SynthesisOptions(ImageCountOptions):
     """The hyper-parameters every pixel-synthesis generator shares, with PSAQ-ViT's values
     (docs/methods.md, PSAQ-ViT, steps 1, 3 and 5); a method redeclares one to change its default."""
 
-    batch_size: int = 32  # step 1: B images optimized together (one TV target per batch)
-    warmup: int = 100  # step 3: linear warm-up iterations at the start of every round
-    lr: float | None = None  # step 3: Adam; None = by architecture, 0.20 ViT/DeiT, 0.25 Swin
-    betas: tuple[float, float] = (0.5, 0.9)  # step 3: Adam
-    tv_weight: float = 0.05  # step 5: 0.05·L_TV
-    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # step 5: v ~ U(2500, 3000) for B = 32 at 224 px
+    batch_size: int = at_least(1, 32)  # step 1: B images optimized together (one TV target per batch)
+    warmup: int = at_least(0, 100)  # step 3: linear warm-up iterations at the start of every round
+    lr: float | None = positive(None)  # step 3: Adam; None = by architecture, 0.20 ViT/DeiT, 0.25 Swin
+    betas: tuple[float, float] = ranged(Range(low=0, high=1, high_open=True), (0.5, 0.9))  # step 3: Adam
+    tv_weight: float = at_least(0, 0.05)  # step 5: 0.05·L_TV
+    tv_target_range: tuple[float, float] = positive((2500.0, 3000.0))  # step 5: v ~ U(2500, 3000) for B = 32 at 224 px
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # records and YAML give lists

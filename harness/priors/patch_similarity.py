@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.fused import FusedKernels
+from harness.options import at_least, positive
 from harness.priors.probes import Probe, attention_point_probes
 
 ATTN_V = "attn_v"
@@ -345,9 +346,9 @@ def patch_similarity_loss(attn_v_outputs: Iterable[Tensor], batch_size: int, ban
 class PatchSimilarityOptions:
     """L_PSE's hyper-parameters (docs/methods.md, PSAQ-ViT, step 5), for every method keeping the prior."""
 
-    bandwidth: float = BANDWIDTH  # step 5: KDE bandwidth
-    kde_points: int = NUM_POINTS  # step 5: KDE evaluation points
-    entropy_offset: float = ENTROPY_OFFSET  # step 5: -(p + 1e-4) log(p + 1e-4)
+    bandwidth: float = positive(BANDWIDTH)  # step 5: KDE bandwidth
+    kde_points: int = at_least(2, NUM_POINTS)  # step 5: KDE evaluation points
+    entropy_offset: float = positive(ENTROPY_OFFSET)  # step 5: -(p + 1e-4) log(p + 1e-4)
 
     def __post_init__(self) -> None:
         if self.kde_points < 2:

@@ -31,15 +31,16 @@ from torch import Tensor, nn
 from harness.api import (BLOCKS, CALIBRATORS, LAYER_INPUT, LAYER_OUTPUT, CalibrationContext, Calibrator, MinMaxObserver,
                          Target, call_arguments, capture, fix_scales, is_instrumented_block, keep_scales_positive,
                          learnable_scales, observe_and_freeze, progress_bar)
+from harness.api import at_least, positive
 
 
 @dataclass
 class BlockReconOptions:
     """docs/methods.md, SPDFQ, Calibrator: block reconstruction; the paper's values where it gives them."""
 
-    iterations: int = 100  # paper: 100 iterations per block
-    lr: float = 4e-5  # paper: Adam lr 4e-5, cosine decay
-    batch_size: int = 32  # images per iteration (ours; the whole default set of 32)
+    iterations: int = at_least(1, 100)  # paper: 100 iterations per block
+    lr: float = positive(4e-5)  # paper: Adam lr 4e-5, cosine decay
+    batch_size: int = at_least(1, 32)  # images per iteration (ours; the whole default set of 32)
     quantized_inputs: bool = True  # block input from the quantized model (True) or the FP model
     activations: bool = True  # learn activation scales
     weights: bool = True  # learn per-channel weight scales

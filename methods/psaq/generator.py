@@ -24,6 +24,7 @@ from torch import Tensor
 from harness.api import (ATTENTION, CLASSES, GENERATORS, SUPPORTED, TV_SCALINGS, CalibrationSet, GenerationContext,
                          Generator, HarnessError, Objective, PatchSimilarityOptions, PixelSynthesis, Probe,
                          SynthesisOptions, attn_v_probes, field_order, gaussian_noise, synthesis_lr, tv_loss, tv_target)
+from harness.api import at_least, positive, probability
 
 
 @field_order(  # as declared before the shared bases: records' labels list options in this order
@@ -36,12 +37,12 @@ class PSAQOptions(SynthesisOptions, PatchSimilarityOptions):
     ``lr``, ``betas``, ``tv_weight`` and ``tv_target_range`` come from SynthesisOptions, the KDE's from
     PatchSimilarityOptions."""
 
-    iterations: int = 500  # step 3: per round
-    roll_ranges: tuple[int, ...] = (15, 30)  # step 4: ±px of the roll, one entry per round (two rounds)
-    flip_probability: float = 0.5  # step 4
-    eps: float = 1e-8  # step 3: Adam
-    pse_weight: float = 1.0  # step 5: L = 1.0·L_PSE + 1.0·L_OH + 0.05·L_TV; 0 ablates the PSE prior
-    oh_weight: float = 1.0  # step 5
+    iterations: int = at_least(1, 500)  # step 3: per round
+    roll_ranges: tuple[int, ...] = at_least(0, (15, 30))  # step 4: ±px of the roll, one entry per round (two rounds)
+    flip_probability: float = probability(0.5)  # step 4
+    eps: float = positive(1e-8)  # step 3: Adam
+    pse_weight: float = at_least(0, 1.0)  # step 5: L = 1.0·L_PSE + 1.0·L_OH + 0.05·L_TV; 0 ablates the PSE prior
+    oh_weight: float = at_least(0, 1.0)  # step 5
     # docs/methods.md, Task-agnostic backbones: a backbone without classes drops L_OH; true keeps it, synthesizing through the task's class source
     # (docs/methods.md, Class sources)
     one_hot_on_backbones: bool = False

@@ -23,6 +23,7 @@ from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, 
                          MinMaxObserver, PatchSimilarityOptions, PixelSynthesis, Probe, act_quantizers, attn_v_probes,
                          field_order, fix_scales, keep_scales_positive, learnable_scales, observe_and_freeze,
                          progress_bar, random_roll_flip, show_losses, tv_target, weight_quantized_layers)
+from harness.api import Range, at_least, positive, probability, ranged
 from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
 
 
@@ -52,20 +53,20 @@ class PSAQV2Options(PatchSimilarityOptions):
     student at full rate; one Adam state carries across rounds, as PSAQ-ViT's does across its two.
     """
 
-    iterations: int = 1000  # *(unpublished)* total budget, sample + student steps over all rounds
-    rounds: int = 10  # *(unpublished)* R alternations; iterations / rounds steps per round
-    sample_share: float = 0.5  # *(unpublished)* share of each round's steps spent on the samples
-    batch_size: int = 32  # B = 32; larger sets accumulate gradients over batches of this size
-    image_lr: float = 0.2  # image lr 0.2, PSAQ-ViT step 3's warm-up + cosine, restarted every round
-    image_warmup: float = 0.2  # PSAQ-ViT step 3's warm-up share (100 of 500 iterations) of a round's sample steps
-    image_betas: tuple[float, float] = (0.5, 0.9)  # Adam as PSAQ-ViT
-    student_lr: float = 1e-5  # small, Adam; see the docstring
-    temperature: float = 4.0  # *(unpublished)* KL softening, Hinton's T² scaling keeps D's size
-    adv_weight: float = 1.0  # *(unpublished)* λ_adv, same weight as PSAQ-ViT's label term it replaces
-    tv_weight: float = 0.05  # *(unpublished)* λ_tv, PSAQ-ViT step 5's weight
-    tv_target_range: tuple[float, float] = (2500.0, 3000.0)  # PSAQ-ViT step 5, scaled as tv_target does
-    max_shift: int = 15  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
-    flip_probability: float = 0.5  # PSAQ-ViT step 4
+    iterations: int = at_least(1, 1000)  # *(unpublished)* total budget, sample + student steps over all rounds
+    rounds: int = at_least(1, 10)  # *(unpublished)* R alternations; iterations / rounds steps per round
+    sample_share: float = probability(0.5)  # *(unpublished)* share of each round's steps spent on the samples
+    batch_size: int = at_least(1, 32)  # B = 32; larger sets accumulate gradients over batches of this size
+    image_lr: float = positive(0.2)  # image lr 0.2, PSAQ-ViT step 3's warm-up + cosine, restarted every round
+    image_warmup: float = probability(0.2)  # PSAQ-ViT step 3's warm-up share (100 of 500 iterations) of a round's sample steps
+    image_betas: tuple[float, float] = ranged(Range(low=0, high=1, high_open=True), (0.5, 0.9))  # Adam as PSAQ-ViT
+    student_lr: float = positive(1e-5)  # small, Adam; see the docstring
+    temperature: float = positive(4.0)  # *(unpublished)* KL softening, Hinton's T² scaling keeps D's size
+    adv_weight: float = at_least(0, 1.0)  # *(unpublished)* λ_adv, same weight as PSAQ-ViT's label term it replaces
+    tv_weight: float = at_least(0, 0.05)  # *(unpublished)* λ_tv, PSAQ-ViT step 5's weight
+    tv_target_range: tuple[float, float] = positive((2500.0, 3000.0))  # PSAQ-ViT step 5, scaled as tv_target does
+    max_shift: int = at_least(0, 15)  # *(unpublished)* PSAQ-ViT step 4's roll (round 1)
+    flip_probability: float = probability(0.5)  # PSAQ-ViT step 4
     discrepancy: Literal["auto", "kl", "mse"] = "auto"  # auto: KL for classifiers, MSE of features for backbones
     # the student of docs/methods.md, PSAQ-ViT V2 (weights through the straight-through estimator, learnable
     # scales): `quantized` trains exactly those (the weights of quantized layers + scales); `all` also

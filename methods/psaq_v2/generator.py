@@ -19,6 +19,7 @@ from torch import Tensor
 from harness.api import (ATTENTION, GENERATORS, SUPPORTED, CalibrationSet, GenerationContext, Generator, HarnessError,
                          PatchSimilarityOptions, PixelSynthesis, SynthesisOptions, attn_v_probes, clamp_pixels,
                          field_order, gaussian_noise, tv_target)
+from harness.api import at_least, positive, probability
 from methods.psaq_v2.losses import prior_terms
 
 
@@ -30,11 +31,11 @@ class InitOptions(SynthesisOptions, PatchSimilarityOptions):
     """``num_images`` = B = 32 (docs/methods.md, PSAQ-ViT V2). The rest *(unpublished)*,
     PSAQ-ViT's values (SynthesisOptions, PatchSimilarityOptions)."""
 
-    prior_iterations: int = 200  # *(unpublished)* label-free warm start; 1/5 of PSAQ-ViT's 1000
-    warmup: int = 20  # PSAQ-ViT step 3's warm-up share (100 of 500); capped at prior_iterations
-    lr: float = 0.2  # PSAQ-ViT V2: image lr 0.2, Adam as PSAQ-ViT
-    max_shift: int = 15  # PSAQ-ViT step 4, round 1
-    flip_probability: float = 0.5  # PSAQ-ViT step 4
+    prior_iterations: int = at_least(0, 200)  # *(unpublished)* label-free warm start; 1/5 of PSAQ-ViT's 1000
+    warmup: int = at_least(0, 20)  # PSAQ-ViT step 3's warm-up share (100 of 500); capped at prior_iterations
+    lr: float = positive(0.2)  # PSAQ-ViT V2: image lr 0.2, Adam as PSAQ-ViT
+    max_shift: int = at_least(0, 15)  # PSAQ-ViT step 4, round 1
+    flip_probability: float = probability(0.5)  # PSAQ-ViT step 4
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,6 +25,7 @@ from harness.api import (ATTENTION, CALIBRATORS, ActQuantizer, CalibrationContex
                          act_quantizers, attach_point, best_candidate, fake_quant_symmetric_signed, fake_quant_twin_signed,
                          fake_quant_twin_uniform, fraction_candidates, get_point, is_instrumented_attention,
                          output_similarity, remove_point, unquantized_weights, weight_quantized_layers)
+from harness.api import at_least, positive
 
 GELU_MINIMUM = 0.16997124254703522  # -min GELU(x), the negative range of post-GELU activations
 
@@ -34,14 +35,14 @@ class PTQ4ViTOptions:
     """Defaults of the authors' code for PTQ4ViT with 32 images (docs/methods.md, PTQ4ViT)."""
 
     metric: str = "hessian"  # hessian, l2 or cosine (Base PTQ's)
-    alpha: float = 0.01  # smallest candidate fraction of the max-based scale
-    beta: float = 1.2  # candidate fractions alpha + i (beta - alpha) / candidates
-    candidates: int = 100
-    rounds: int = 3  # alternating weight / input searches
+    alpha: float = positive(0.01)  # smallest candidate fraction of the max-based scale
+    beta: float = positive(1.2)  # candidate fractions alpha + i (beta - alpha) / candidates
+    candidates: int = at_least(1, 100)  # candidate scales searched per quantizer
+    rounds: int = at_least(1, 3)  # alternating weight / input searches
     twin_softmax: bool = True  # twin-uniform post-softmax quantizer, else symmetric per head
     twin_gelu: bool = True  # signed twin-uniform post-GELU quantizer, else symmetric
-    softmax_splits: int = 20  # split candidates 2^0 .. 2^-(softmax_splits - 1)
-    gradient_batch_size: int = 4  # images per backward pass of the task loss
+    softmax_splits: int = at_least(1, 20)  # split candidates 2^0 .. 2^-(softmax_splits - 1)
+    gradient_batch_size: int = at_least(1, 4)  # images per backward pass of the task loss
     quantize_image: bool = False  # the authors leave the patch embedding's input (the image) FP
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from harness.api import (ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, MinMaxObserver, act_quantizers,
                          observe_and_freeze, progress_bar, weight_quantized_layers)
+from harness.api import Range, at_least, ranged
 from methods.ranking.mixed_precision import allocate_bits, average_bits, layer_sensitivity
 from methods.ranking.objective import element_pairs
 from methods.ranking.search import alternating_search, bias_correction, candidate_grid
@@ -35,15 +36,15 @@ from methods.ranking.units import capture, matmul_sites
 class RankingOptions:
     """The paper's defaults where it gives them; θ, γ are unpublished (docs/methods.md, Ranking-loss PTQ)."""
 
-    search_low: float = 0.5  # paper: α = 0.5 (grid [α Δ0, β Δ0])
-    search_high: float = 1.2  # paper: β = 1.2
-    num_candidates: int = 71  # grid points, a 0.01 step (unpublished); 1.0 is always one of them
-    rounds: int = 3  # alternating W-then-X rounds, the paper's "a few rounds" (unpublished)
-    gamma: float = 1.0  # weight of the ranking loss (unpublished; our default)
-    theta: float = 0.001  # hinge margin on attention probabilities (unpublished; our default)
-    rank_pairs: int = 1024  # element pairs of each head's attention map compared (a fixed sample; ours)
+    search_low: float = ranged(Range(low=0, high=1, low_open=True), 0.5)  # paper: α = 0.5 (grid [α Δ0, β Δ0])
+    search_high: float = at_least(1, 1.2)  # paper: β = 1.2
+    num_candidates: int = at_least(2, 71)  # grid points, a 0.01 step (unpublished); 1.0 is always one of them
+    rounds: int = at_least(1, 3)  # alternating W-then-X rounds, the paper's "a few rounds" (unpublished)
+    gamma: float = at_least(0, 1.0)  # weight of the ranking loss (unpublished; our default)
+    theta: float = at_least(0, 0.001)  # hinge margin on attention probabilities (unpublished; our default)
+    rank_pairs: int = at_least(1, 1024)  # element pairs of each head's attention map compared (a fixed sample; ours)
     bias_correction: bool = True  # paper: subtract the mean output error from the bias
-    bit_choices: tuple[int, ...] | None = None  # mixed precision; None: (b-2, b, b+2), {4, 6, 8} for mp6
+    bit_choices: tuple[int, ...] | None = ranged(Range(low=2, high=16), None)  # mixed precision; None: (b-2, b, b+2), {4, 6, 8} for mp6
 
     def __post_init__(self) -> None:
         if not 0 < self.search_low <= 1.0 <= self.search_high:

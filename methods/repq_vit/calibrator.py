@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -21,14 +21,16 @@ from torch import nn
 from harness.api import (CALIBRATORS, ActQuantizer, CalibrationContext, Calibrator, HarnessError, act_quantizers,
                          fold_channel_params, get_point, is_instrumented_attention, norm_linear_pairs,
                          percentile_mse_log_sqrt2_scale, percentile_mse_params, weight_quantized_layers)
+from harness.api import Range, ranged
 
 
 @dataclass
 class RepQOptions:
     """Defaults of the authors' code (docs/methods.md, RepQ-ViT)."""
 
-    percentiles: list[float] = field(default_factory=lambda: [0.999, 0.9999, 0.99999])  # candidate clipping ranges
-    input_bits: int = 8  # the image (patch-embedding input) stays at 8 bits
+    percentiles: list[float] = ranged(Range(low=0.5, high=1, low_open=True),  # candidate clipping ranges
+                                      default_factory=lambda: [0.999, 0.9999, 0.99999])
+    input_bits: int = ranged(Range(low=2, high=16), 8)  # the image (patch-embedding input) stays at 8 bits
     post_softmax: str = "log_sqrt2"  # post-softmax quantizer: log_sqrt2, or uniform
     reparameterize: bool = True  # fold per-channel post-LayerNorm quantizers into per-tensor ones
 

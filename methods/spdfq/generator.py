@@ -26,6 +26,7 @@ from harness.api import (ATTENTION, CLASSES, GENERATORS, SUPPORTED, CalibrationS
                          HarnessError, PixelSynthesis, Probe, SynthesisOptions, aligned_blocks,
                          attention_alignment_loss, attention_probes, field_order, gaussian_mixture_priors,
                          gaussian_noise, is_window_attention, patch_attention, synthesis_lr, tv_loss, tv_target)
+from harness.api import at_least, positive
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 
 APA_WEIGHT_RANGE = (1.0, 1e5)  # docs/methods.md, SPDFQ: α1 is per model, 1 to 1e5
@@ -44,12 +45,12 @@ class SPDFQOptions(SynthesisOptions):
     apa: bool = True  # Attention Priors Alignment
     msr: bool = True  # Multi-Semantic Reinforcement
     sl: bool = True  # soft-label learning (off: one-hot cross-entropy)
-    iterations: int = 1000  # SPDFQ: 1000 Adam iterations
-    eps: float = 1e-8
-    apa_weight: float | None = None  # α1; None: power of ten balancing L_APA with L_SL at the start
-    num_modes: int = 5  # SPDFQ APA: K = 5 Gaussians per prior
-    width_range: tuple[float, float] = (0.05, 0.25)  # prior σ / grid side (unpublished; ours)
-    msr_max_patches: int = 4  # SPDFQ MSR: m in {1..4}, K_MSR = 4
+    iterations: int = at_least(1, 1000)  # SPDFQ: 1000 Adam iterations
+    eps: float = positive(1e-8)  # Adam
+    apa_weight: float | None = at_least(0, None)  # α1; None: power of ten balancing L_APA with L_SL at the start
+    num_modes: int = at_least(1, 5)  # SPDFQ APA: K = 5 Gaussians per prior
+    width_range: tuple[float, float] = positive((0.05, 0.25))  # prior σ / grid side (unpublished; ours)
+    msr_max_patches: int = at_least(1, 4)  # SPDFQ MSR: m in {1..4}, K_MSR = 4
     target_logit_range: tuple[float, float] = (5.0, 10.0)  # SPDFQ SL: target logits ~ U(5, 10)
 
     def __post_init__(self) -> None:

@@ -85,7 +85,7 @@ def test_grid_always_holds_the_min_max_scale():
         assert bool((grid.diff() > 0).all())
     options = RankingOptions()
     assert (options.search_low, options.search_high) == (0.5, 1.2)  # docs/methods.md, Ranking-loss PTQ: α = 0.5, β = 1.2
-    with pytest.raises(HarnessError, match="contain 1.0"):
+    with pytest.raises(HarnessError, match=r"search_low=1.1 is out of range; accepted: a value in \(0, 1\]"):
         expand(GridSpec(methods=("ranking",), bits=("w4a4",), calibrator_options={"search_low": 1.1}))
 
 

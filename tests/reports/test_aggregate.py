@@ -38,9 +38,7 @@ def _kernels(torch_cpu: str, fused: str = "compiled") -> dict:
             "cpu": {"model": "AMD EPYC", "arch": "x86_64", "extensions": ["avx2"]}}
 
 
-def test_seeds_on_other_kernels_are_rows_of_their_own_never_averaged():
-    from conftest import make_record
-
+def test_seeds_on_other_kernels_are_rows_of_their_own_never_averaged(make_record):
     records = [make_record(seed=0, top1=70.0), make_record(seed=1, top1=71.0), make_record(seed=2, top1=60.0)]
     for record, kernels in zip(records, (_kernels("AVX2"), _kernels("AVX2"), _kernels("DEFAULT", "eager"))):
         record["kernels"] = kernels
@@ -55,8 +53,7 @@ def test_seeds_on_other_kernels_are_rows_of_their_own_never_averaged():
                                                            "psaq ‹not recorded›"]
 
 
-def test_deployments_measured_on_other_cpus_are_separate_rows():
-    from conftest import make_record
+def test_deployments_measured_on_other_cpus_are_separate_rows(make_record):
     from reports.content import _deployment_rows
 
     def deployed(seed: int, extensions: list[str], speedup: float) -> dict:
