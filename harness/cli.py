@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
     export.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     export.add_argument("--threads", type=int, help="torch CPU threads (default: one per available core)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
 
     method = commands.add_parser("new-method", help="write a method plugin folder (and its test) from the template",
                                  description="Scaffold a working method: a generator and a calibrator called NAME, "
@@ -317,7 +318,7 @@ def command_export(args: argparse.Namespace) -> int:
     from harness.cell_export import export_cell
 
     _set_threads(args.threads)
-    print(f"written: {export_cell(args.results, args.cell, args.out)}")
+    print(f"written: {export_cell(args.results, args.cell, args.out, overwrite=args.overwrite)}")
     return 0
 
 

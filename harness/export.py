@@ -27,6 +27,7 @@ from torch import nn
 from harness.arch import is_instrumented_attention
 from harness.errors import HarnessError
 from harness.instrument import POINTS
+from harness.io import atomic_save
 from harness.machine import cpu_description
 from harness.quant.fake_quant import fake_quant_asymmetric
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, weight_quantized_layers
@@ -251,25 +252,27 @@ def deploy_model(qmodel: nn.Module, weight_type: WeightType = "auto") -> nn.Modu
     return model
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, weight_type: WeightType = "auto") -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, weight_type: WeightType = "auto",
+                overwrite: bool = True) -> Path:
     """Write ``model`` (calibrated quantized, or FP for a baseline) to ``path`` with a dynamic batch axis.
 
     A quantized model goes through :func:`deploy_model` first (weights as ``weight_type``), so an
-    undeployable one is refused.
+    undeployable one is refused. The file is written atomically (``harness.io.atomic_save``): an
+    interrupted export leaves no half file; without ``overwrite`` an existing ``path`` is never replaced
+    (FileExistsError).
     """
     if _has_quantizers(model):
         deployable = deploy_model(model, weight_type)
     else:
         deployable = copy.deepcopy(model).float().cpu().eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.onnx.export(deployable, (example.float(),), dynamo=True, opset_version=OPSET,
                                     input_names=["images"], output_names=["logits"],
                                     dynamic_shapes=({0: batch},), custom_translation_table=_translations(),
                                     external_data=False, verbose=False)
-    program.save(str(path))
+    atomic_save(path, lambda temporary: program.save(str(temporary)), overwrite=overwrite)
     return path
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,10 +19,8 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # image files the tasks read from da
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary sibling, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary_sibling(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared results folder needs the user's umask
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -29,6 +30,83 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(path: Path, save: Callable[[Path], None], overwrite: bool = False) -> None:
+    """For writers that want a path, not a handle (an ONNX program's ``save``): ``save(temporary)`` into
+    a sibling of ``path``, then move it into place, the temporary file removed on any failure.
+
+    Without ``overwrite`` the file is hard-linked into place, which fails rather than replaces a file
+    that appeared since the caller looked (FileExistsError): a file it did not create is never lost.
+    """
+    fd, tmp = _temporary_sibling(path, suffix=f".tmp{path.suffix}")  # a writer may pick its format by suffix
+    os.close(fd)
+    try:
+        save(Path(tmp))
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _temporary_sibling(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A hidden temporary file beside ``path`` (a rename never crosses file systems), with the user's umask
+    (mkstemp makes 0600; a shared results folder needs group access)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+@contextlib.contextmanager
+def replaced_folder(folder: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``folder`` to fill; when the block ends normally the sibling
+    takes the folder's place whole, otherwise it is removed and the folder stays as it was.
+
+    A reader sees either the old folder complete or the new one (a report never half new, issue 31).
+    The swap is two renames with SIGINT and SIGTERM held back between them; what a harder end (SIGKILL,
+    power) leaves behind is put right at the next call, under a lock so that concurrent writers never
+    remove each other's work.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        _remove_leftovers(folder)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".new"))
+        try:
+            staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
+            yield staging
+            _swap_in(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    previous = _previous(folder)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if folder.exists():
+            os.rename(folder, previous)
+        os.rename(staging, folder)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal held back is delivered here
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """An earlier call ended between its two renames: its old folder goes back; unfinished fillings go."""
+    previous = _previous(folder)
+    if previous.is_dir() and not folder.exists():
+        os.rename(previous, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+    for staging in folder.parent.glob(f".{glob.escape(folder.name)}.*.new"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def current_umask() -> int:

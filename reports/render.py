@@ -9,6 +9,8 @@ from typing import Sequence
 
 from jinja2 import Environment, PackageLoader
 
+from harness.errors import HarnessError
+from harness.io import replaced_folder
 from harness.records import ResultStore
 from reports.content import Report, build_report
 
@@ -18,16 +20,39 @@ FIGURES = "figures"
 
 
 def write_report(results: Path, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Render every record under ``results``; returns the entry pages written (``index.md``, ``report.html``)."""
+    """Render every record under ``results``; returns the entry pages written (``index.md``, ``report.html``).
+
+    The pages are written into a temporary sibling of ``out`` that then replaces it whole, so an
+    interrupted or failing render leaves the previous report as it was, never half new (issue 31).
+    """
+    check_report_folder(out)
     store = ResultStore(results)
     report = build_report(store.records(), results, invalid=store.invalid_records(set_aside=True))
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if "md" in formats:
-        written.append(write_markdown(report, out, html_page=HTML_PAGE if "html" in formats else None))
-    if "html" in formats:
-        written.append(write_html(report, out / HTML_PAGE))
-    return written
+    with replaced_folder(out.resolve()) as staging:
+        written = []
+        if "md" in formats:
+            written.append(write_markdown(report, staging, html_page=HTML_PAGE if "html" in formats else None))
+        if "html" in formats:
+            written.append(write_html(report, staging / HTML_PAGE))
+    return [out / page.relative_to(staging) for page in written]
+
+
+def check_report_folder(out: Path) -> None:
+    """The report folder is replaced whole, so it may hold nothing but a report: ``--out`` naming the
+    results folder or a working folder would otherwise lose its files."""
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"report folder {out} is a file; name a folder (new, or an earlier report's)")
+    foreign = sorted(entry.name for entry in out.iterdir() if not _report_entry(entry)) if out.is_dir() else []
+    if foreign:
+        raise HarnessError(f"report folder {out} holds files that are not a report's ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}); name a folder that is new or holds only a report, "
+                           "as it is replaced whole")
+
+
+def _report_entry(entry: Path) -> bool:
+    if entry.name == FIGURES:
+        return entry.is_dir() and all(figure.suffix == ".svg" for figure in entry.iterdir())
+    return entry.is_file() and (entry.suffix == ".md" or entry.name == HTML_PAGE)
 
 
 def write_markdown(report: Report, out: Path, html_page: str | None = None) -> Path:

@@ -246,3 +246,136 @@ def test_a_pipe_closed_after_the_first_line_ends_list_quietly():
                             shell=True, executable="/bin/bash", capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.splitlines()[0] == "methods:"
     assert result.stderr == "" and result.stdout.splitlines()[-1] in ("rc=0", "rc=141")
+
+
+# --- export: never over a file it was not asked to replace ----------------------------------------------
+
+def _export(results: Path, out: Path, *flags: str) -> int:
+    return main(["export", "--cell", _record_path(results).stem, "--results", str(results), "--threads", "1",
+                 *flags, str(out)])
+
+
+def _temporary_files(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.name.startswith(".")]
+
+
+def test_export_never_writes_over_a_record(results, capsys):
+    record = _record_path(results)
+    before = record.read_bytes()
+    capsys.readouterr()
+
+    for flags in ((), ("--overwrite",)):  # was: rc 0, the ONNX model over the finished record
+        assert _export(results, record, *flags) == 2
+        assert capsys.readouterr().err == (f"error: output path {record} is inside the results folder {results}; "
+                                           "name a file outside it (the results folder holds only what runs write)\n")
+    assert record.read_bytes() == before
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: out.write_text("mine"),
+     "error: output path {out} already exists; pass --overwrite to replace it, or name a new file"),
+    (lambda out: out.mkdir(),
+     "error: output path {out} is a directory; name the ONNX file to write, e.g. {out}/model.onnx"),
+])
+def test_export_refuses_an_existing_path_before_recalibrating(results, tmp_path, capsys, monkeypatch, make, message):
+    from harness.worker import CellWorker
+
+    out = tmp_path / "model.onnx"
+    make(out)
+    monkeypatch.setattr(CellWorker, "calibrated_model", lambda *_: pytest.fail("recalibrated before the path check"))
+    capsys.readouterr()
+
+    assert _export(results, out) == 2
+    assert capsys.readouterr().err == message.format(out=out) + "\n"
+    assert not out.is_file() or out.read_text() == "mine"
+
+
+def test_export_under_a_file_is_one_line(results, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "sub" / "model.onnx"
+    capsys.readouterr()
+
+    assert _export(results, out) == 2  # was: internal error, NotADirectoryError
+    assert capsys.readouterr().err == (f"error: output path {out} is under {tmp_path / 'file'}, which is a file; "
+                                       "name a file in a folder\n")
+
+
+def test_export_replaces_only_with_overwrite_and_atomically(results, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
+    from torch.onnx import ONNXProgram
+
+    out = tmp_path / "model.onnx"
+    out.write_text("mine")
+    real_save = ONNXProgram.save
+
+    def save_half_then_fail(program, destination, **kwargs):
+        Path(destination).write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ONNXProgram, "save", save_half_then_fail)
+    assert _export(results, out, "--overwrite") == 130
+    assert out.read_text() == "mine" and _temporary_files(tmp_path) == []
+
+    monkeypatch.setattr(ONNXProgram, "save", real_save)
+    capsys.readouterr()
+    assert _export(results, out, "--overwrite") == 0
+    assert capsys.readouterr().out.endswith(f"written: {out}\n")
+    assert out.read_bytes()[:4] != b"mine" and _temporary_files(tmp_path) == []
+
+
+# --- report: whole or not at all ------------------------------------------------------------------------
+
+def _report_files(report: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(report)): path.read_bytes() for path in sorted(report.rglob("*")) if path.is_file()}
+
+
+def test_a_failing_report_leaves_the_previous_one_whole(results, capsys, monkeypatch):
+    import reports.render
+
+    assert main(["report", "--results", str(results)]) == 0
+    report = results / "report"
+    (report / "index.md").write_text("the previous report")
+    before = _report_files(report)
+
+    def fail(*_):
+        raise KeyboardInterrupt  # as SIGINT would, after the Markdown pages are written
+
+    monkeypatch.setattr(reports.render, "write_html", fail)
+    assert main(["report", "--results", str(results)]) == 130  # was: Markdown new, HTML old
+    assert _report_files(report) == before
+    assert sorted(path.name for path in results.iterdir() if path.name.startswith(".report.")) == [".report.lock"]
+
+
+def test_a_report_replaces_all_its_files_and_an_interrupted_attempts_leftovers(results, capsys):
+    assert main(["report", "--results", str(results)]) == 0
+    report = results / "report"
+    expected = _report_files(report)
+    (report / "index.md").write_text("stale")
+    (report / "gone-task.md").write_text("a task no record has any more")
+    (results / ".report.abc123.new").mkdir()  # an attempt killed while filling its folder
+    (results / ".report.old").mkdir()  # and one killed after the swap, before removing the old folder
+
+    assert main(["report", "--results", str(results)]) == 0
+    assert _report_files(report) == expected
+    assert sorted(path.name for path in results.iterdir() if path.name.startswith(".report.")) == [".report.lock"]
+
+
+def test_a_report_killed_between_its_renames_is_restored_first(results, capsys, monkeypatch):
+    import reports.render
+
+    assert main(["report", "--results", str(results)]) == 0
+    before = _report_files(results / "report")
+    (results / "report").rename(results / ".report.old")
+    monkeypatch.setattr(reports.render, "write_html", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    assert main(["report", "--results", str(results)]) == 130
+    assert _report_files(results / "report") == before
+
+
+def test_a_report_folder_holding_other_files_is_refused(results, capsys):
+    capsys.readouterr()
+    assert main(["report", "--results", str(results), "--out", str(results)]) == 2
+    assert capsys.readouterr().err == (f"error: report folder {results} holds files that are not a report's "
+                                       "(cache, fp, locks, ...); name a folder that is new or holds only a report, "
+                                       "as it is replaced whole\n")
+    assert len(list(ResultStore(results).records())) == 1

@@ -176,9 +176,9 @@ def test_uncalibrated_model_is_refused(tiny_vit):
 def test_export_of_a_bad_or_missing_cell_is_one_line_exit_2(tmp_path, capsys, cell, message):
     from harness.cli import main
 
-    code = main(["export", "--cell", cell, "--results", str(tmp_path), str(tmp_path / "model.onnx")])
+    code = main(["export", "--cell", cell, "--results", str(tmp_path / "results"), str(tmp_path / "model.onnx")])
     err = capsys.readouterr().err
-    assert code == 2 and err == message.format(records=tmp_path / "records") + "\n"
+    assert code == 2 and err == message.format(records=tmp_path / "results" / "records") + "\n"
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -186,12 +186,13 @@ def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
     from harness.cli import main
     from harness.records import RECORD_SCHEMA
 
-    (tmp_path / "records").mkdir()
+    records = tmp_path / "results" / "records"
+    records.mkdir(parents=True)
     record = {"schema": RECORD_SCHEMA, "cell_id": "0123456789abcdef", "status": "error", "error": "boom"}
-    (tmp_path / "records" / "0123456789abcdef.json").write_text(json.dumps(record))
-    code = main(["export", "--cell", "0123456789abcdef", "--results", str(tmp_path), str(tmp_path / "m.onnx")])
+    (records / "0123456789abcdef.json").write_text(json.dumps(record))
+    code = main(["export", "--cell", "0123456789abcdef", "--results", str(tmp_path / "results"), str(tmp_path / "m.onnx")])
     assert code == 2
-    assert capsys.readouterr().err == (f"error: no valid record for cell 0123456789abcdef in {tmp_path / 'records'} "
+    assert capsys.readouterr().err == (f"error: no valid record for cell 0123456789abcdef in {records} "
                                        "(field 'method' is missing, expected str)\n")
 
 
@@ -213,10 +214,10 @@ def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtim
     from harness.export import OnnxRuntimeModel
     from harness.registry import TASKS
 
-    common = ["--results", str(tmp_path), "--threads", "1"]
+    common = ["--results", str(tmp_path / "results"), "--threads", "1"]
     assert main(["run", "--methods", "real", "--tasks", "digits", "--models", "digits_vit_seed0", "--bits", "w8a8",
                  "--seeds", "0", "--limit", "100", "--no-progress", "--no-report", *common]) == 0
-    (record_path,) = (tmp_path / "records").glob("*.json")
+    (record_path,) = (tmp_path / "results" / "records").glob("*.json")
     record = json.loads(record_path.read_text())
     assert main(["export", "--cell", record_path.stem, "--format", "onnx", *common, str(tmp_path / "cell.onnx")]) == 0
     assert capsys.readouterr().out.endswith(f"written: {tmp_path / 'cell.onnx'}\n")
