@@ -11,6 +11,7 @@ import torch
 from harness.errors import HarnessError
 from harness.export import deployability, export_onnx
 from harness.grid import cell_from_record
+from harness.paths import check_writable_folder
 from harness.records import ResultStore, load_record
 from harness.worker import CellWorker
 
@@ -68,6 +69,7 @@ def check_output_path(path: Path, results: Path, overwrite: bool) -> None:
         raise HarnessError(f"output path {path} is under {blocking}, which is a file; name a file in a folder")
     if os.path.lexists(path) and not overwrite:  # a dangling link counts: os.link would not replace it either
         raise HarnessError(_exists_message(path))
+    check_writable_folder(path.parent, f"output path {path}")  # a read-only or full folder, before recalibrating
 
 
 def _exists_message(path: Path) -> str:

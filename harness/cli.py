@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, os_error_message
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE (`harness list | head -1`)
@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # last resort behind the up-front checks: the path and what the system said
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
@@ -301,6 +304,8 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
+    from harness.discovery import discover_plugins
+    from harness.paths import check_writable_folder
     from harness.records import ResultStore
     from reports.render import FORMATS, write_report
 
@@ -309,7 +314,10 @@ def command_report(args: argparse.Namespace) -> int:
     store = ResultStore(args.results)
     if not store.records_dir.is_dir():
         raise HarnessError(f"no records in {store.records_dir}: run `python -m harness run --results {args.results}` first")
-    for page in write_report(args.results, args.out or args.results / "report", args.format):
+    discover_plugins()  # a broken plugin is refused by name, as by list and run, not reported as "other code"
+    out = args.out or args.results / "report"
+    check_writable_folder(out.resolve().parent, f"report folder {out}")  # the report is staged beside it
+    for page in write_report(args.results, out, args.format):
         print(f"written: {page}")
     return 0
 

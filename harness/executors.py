@@ -13,12 +13,15 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import HarnessError
 from harness.grid import Cell
+from harness.paths import cache_dir
 from harness.progress import progress_enabled, set_progress
+from harness.records import load_record
 from harness.worker import CellWorker, Outcome
 
 EXECUTORS = ("local", "isolated", "ray", "slurm", "submitit-local")
@@ -98,19 +101,49 @@ def _ray(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str
 
 
 def _submitit(executor: str, worker: CellWorker, cells: list[Cell], options: dict[str, Any]) -> Iterator[Outcome]:
-    """One submitit job per cell; ``slurm`` submits to Slurm, ``submitit-local`` runs the jobs here."""
+    """One submitit job per cell; ``slurm`` submits to Slurm, ``submitit-local`` runs the jobs here.
+
+    submitit keeps its jobs as pickles in its folder and unpickles them there, so that folder is a fresh
+    one under the harness cache (on a cluster, home is shared by the nodes), never in the results folder,
+    where nothing is unpickled (docs/results.md). Results come back through the record files only: a
+    job's returned pickle is never read (issue 31).
+    """
     submitit = _require("submitit", "submitit")
     cluster = "slurm" if executor == "slurm" else "local"
-    jobs_dir = worker.store.root / "submitit"
-    backend = submitit.AutoExecutor(folder=str(jobs_dir), cluster=cluster)
+    backend = submitit.AutoExecutor(folder=str(submitit_folder()), cluster=cluster)
     gpus = 1 if worker.device.type == "cuda" else 0
     backend.update_parameters(**{"timeout_min": 240, "gpus_per_node": gpus, "cpus_per_task": 2, **options})
+    stamps = [_record_stamp(worker, cell) for cell in cells]
     jobs = [backend.submit(execute_cell, *_arguments(worker), cell) for cell in cells]
-    for job, cell in zip(jobs, cells):
-        try:
-            yield job.result()
-        except Exception as error:  # submitit re-raises the job's failure with its own wrapper
-            yield worker.record_failure(cell, f"submitit job {job.job_id} failed: {str(error).strip().splitlines()[0]}")
+    for job, cell, before in zip(jobs, cells, stamps):
+        job.wait()
+        yield _written_record(worker, cell, before, f"submitit job {job.job_id} ({job.state}; log "
+                                                          f"{job.paths.stderr})")
+
+
+def submitit_folder() -> Path:
+    """A new folder per grid under ``<cache>/submitit``: nothing planted beforehand can share a job's name."""
+    parent = cache_dir() / "submitit"
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix="jobs."))
+
+
+def _record_stamp(worker: CellWorker, cell: Cell) -> int | None:
+    """When the cell's record file last changed (None: no file), to tell a job's record from an older one."""
+    try:
+        return worker.store.path(worker.cell_id(cell)).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _written_record(worker: CellWorker, cell: Cell, before: int | None, job: str) -> Outcome:
+    """The record the job wrote for ``cell``, read as any record is (validated JSON); a job that wrote none
+    (killed, out of memory, failed to start) becomes an error record naming the job."""
+    path = worker.store.path(worker.cell_id(cell))
+    record, problem = load_record(path)
+    if record is None or problem is not None or _record_stamp(worker, cell) == before:
+        return worker.record_failure(cell, f"{job} wrote no valid record at {path}")
+    return record, True
 
 
 def _require(module: str, package: str) -> Any:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -26,8 +28,8 @@ from safetensors.torch import save
 from harness.errors import HarnessError
 from harness.io import atomic_write, write_json
 from harness.method import CalibrationSet
-from harness.schema import (MISSING, boolean, fields, finite_number, integer, list_of, mapping_of,
-                            number_within, shown, text)
+from harness.schema import (MISSING, boolean, fields, finite_number, integer, list_of, mapping_of, nullable,
+                            number_within, read_json, shown, text)
 from harness.task import METRIC_RANGE, ImagePrior
 
 RECORD_SCHEMA = 2  # 2: records carry the code versions and source digests that made them
@@ -113,15 +115,33 @@ class ResultStore:
         return self.root / "cache" / "generators" / generator / f"{key}{CALIBRATION_SUFFIX}"
 
     def calibration_entries(self) -> Iterator["CachedCalibration"]:
-        """Every readable cached calibration set, in path order (torn or foreign files are skipped)."""
+        """Every usable cached calibration set, in path order; torn, altered or foreign files are skipped
+        (the run that needs one names it and regenerates it: :func:`load_calibration`)."""
         for path in sorted((self.root / "cache" / "generators").glob(f"*/*{CALIBRATION_SUFFIX}")):
-            entry = read_calibration(path)
+            entry = load_calibration(path)[0]
             if entry is not None:
                 yield entry
 
 
 CALIBRATION_SUFFIX = ".safetensors"
-CALIBRATION_META = {"generator", "model", "seed", "options", "prior", "code", "generate_seconds"}
+
+
+def _input_size(value: Any, where: str) -> str | None:
+    """A prior's ``(C, H, W)``: three positive integers, the shape every cached image must have."""
+    if (problem := list_of(integer)(value, where)) is not None:
+        return problem
+    return None if len(value) == 3 and min(value) > 0 else f"{where} is {shown(value)}, expected [channels, height, width]"
+
+
+_COMPONENT = fields({"version": text, "digest": text}, required=("version", "digest"))
+# the header's ``meta`` as harness.worker writes it and as the worker, the gallery and exports read it
+CALIBRATION_META = fields({
+    "generator": text, "model": text, "seed": integer, "options": fields({}),
+    "prior": fields({"input_size": _input_size, "mean": list_of(finite_number), "std": list_of(finite_number),
+                     "num_classes": nullable(integer)}, required=("input_size", "mean", "std", "num_classes")),
+    "code": fields({"generator": _COMPONENT, "task": _COMPONENT}, required=("generator", "task")),
+    "generate_seconds": number_within(0, math.inf),
+}, required=("generator", "model", "seed", "options", "prior", "code", "generate_seconds"))
 
 
 @dataclasses.dataclass
@@ -139,28 +159,91 @@ class CachedCalibration:
                           num_classes=prior["num_classes"])
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of each tensor's name, dtype, shape and bytes: images altered under an intact header
+    (zeroed, another set's) no longer match the digest written beside them."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def write_calibration(path: Path, calibration: CalibrationSet, meta: dict[str, Any]) -> None:
-    """Images (and labels) as safetensors; ``meta`` and the set's info as JSON in the file's header."""
+    """Images (and labels) as safetensors; ``meta``, the set's info and the tensors' digest as JSON in the header."""
     tensors = {"images": calibration.images.detach().cpu().contiguous()}
     if calibration.labels is not None:
         tensors["labels"] = calibration.labels.detach().cpu().contiguous()
-    header = {"meta": json.dumps(meta, sort_keys=True), "info": json.dumps(calibration.info, sort_keys=True)}
+    header = {"meta": json.dumps(meta, sort_keys=True), "info": json.dumps(calibration.info, sort_keys=True),
+              "digest": tensor_digest(tensors)}
     atomic_write(path, lambda handle: handle.write(save(tensors, metadata=header)))
 
 
 def read_calibration(path: Path) -> CachedCalibration | None:
-    """A cache entry, or None when absent, torn, tampered or not written by :func:`write_calibration`."""
+    """A usable cache entry, or None when absent or not usable (:func:`load_calibration` says why)."""
+    return load_calibration(path)[0]
+
+
+def load_calibration(path: Path, prior: ImagePrior | None = None) -> tuple[CachedCalibration | None, str | None]:
+    """A cached calibration set: ``(entry, None)`` when usable, ``(None, why)`` when not, ``(None, None)`` when absent.
+
+    Usable means what :func:`write_calibration` wrote, unchanged: a header of the declared shape
+    (:data:`CALIBRATION_META`), tensors matching its digest, finite images of the prior's shape (the
+    task's ``prior`` where given, else the header's) and one label per image. A set without a digest
+    predates digests and cannot be checked, so it is not usable either (docs/results.md).
+    """
+    if not path.exists():
+        return None, None
     try:
         with safe_open(path, framework="pt") as handle:
-            header = handle.metadata()
+            header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (OSError, SafetensorError, ValueError) as error:
+        return None, f"not a safetensors file ({str(error).strip()[:60] or type(error).__name__}; torn or replaced)"
+    meta, info, problem = _calibration_header(header)
+    if problem is None and header["digest"] != tensor_digest(tensors):
+        problem = "its tensors differ from the digest in its header (altered images or labels)"
+    entry = None if problem is not None else CachedCalibration(path, CalibrationSet(
+        images=tensors.get("images"), labels=tensors.get("labels"), info=info), meta)
+    if entry is not None:
+        problem = _calibration_problem(entry, prior or entry.prior)
+    return (None, problem) if problem is not None else (entry, None)
+
+
+def _calibration_header(header: dict[str, str]) -> tuple[Any, Any, str | None]:
+    """The header's ``meta`` and ``info``, or why the header is not what :func:`write_calibration` writes."""
+    if "digest" not in header:
+        return None, None, "no digest of its tensors in its header (written before digests were stored)"
+    try:
         meta, info = json.loads(header["meta"]), json.loads(header["info"])
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError):
-        return None
-    if "images" not in tensors or not isinstance(meta, dict) or not CALIBRATION_META <= meta.keys() or not isinstance(info, dict):
-        return None
-    return CachedCalibration(path, CalibrationSet(images=tensors["images"], labels=tensors.get("labels"), info=info),
-                             meta)
+    except (KeyError, ValueError):
+        return None, None, "its header's meta or info is missing or not valid JSON"
+    if (problem := CALIBRATION_META(meta, "meta")) is not None:
+        return None, None, problem
+    return meta, info, None if isinstance(info, dict) else f"info is {shown(info)}, expected a mapping"
+
+
+def _calibration_problem(entry: CachedCalibration, prior: ImagePrior) -> str | None:
+    """Why a set whose header and digest hold cannot calibrate a model of ``prior``: shapes, values, labels."""
+    images, labels = entry.calibration.images, entry.calibration.labels
+    if images is None or not images.is_floating_point() or images.ndim != 4 or images.shape[0] == 0:
+        return f"images {_described(images)}, expected a floating (N, C, H, W) tensor"
+    if tuple(images.shape[1:]) != tuple(prior.input_size):
+        return f"images of shape {tuple(images.shape[1:])}, expected the prior's {tuple(prior.input_size)}"
+    if entry.prior != prior:
+        return f"its header's prior {entry.prior} differs from the task's {prior}"
+    if not len(prior.mean) == len(prior.std) == prior.input_size[0]:  # de-normalizing (the gallery) needs one per channel
+        return f"meta.prior has {len(prior.mean)} means and {len(prior.std)} stds for {prior.input_size[0]} channels"
+    if not torch.isfinite(images).all():
+        return "images hold NaN or infinite values"
+    if labels is not None and (labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != images.shape[:1]):
+        return f"labels {_described(labels)}, expected one integer label for each of the {images.shape[0]} images"
+    return None
+
+
+def _described(tensor: torch.Tensor | None) -> str:
+    return "missing" if tensor is None else f"{tensor.dtype} of shape {tuple(tensor.shape)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +298,7 @@ def load_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
     if not path.is_file():
         return None, "a directory or special file, not a record"
-    record, problem = _read_json(path)
+    record, problem = read_json(path)
     if problem is not None:
         return None, problem
     problem = record_problem(record)
@@ -257,7 +340,7 @@ def read_fp_metric(path: Path, metric_names: tuple[str, ...]) -> tuple[dict[str,
     copied into every record that uses it."""
     if not path.exists():
         return None, None
-    cached, problem = _read_json(path)
+    cached, problem = read_json(path)
     if problem is None and not isinstance(cached, dict):
         problem = "not a JSON object"
     if problem is not None or (problem := _FP_METRIC(cached, "")) is not None:
@@ -265,17 +348,6 @@ def read_fp_metric(path: Path, metric_names: tuple[str, ...]) -> tuple[dict[str,
     if set(cached["metrics"]) != set(metric_names):
         return None, f"metrics {sorted(cached['metrics'])}, expected the task's {sorted(metric_names)}"
     return cached, None
-
-
-def _read_json(path: Path) -> tuple[Any, str | None]:
-    """A JSON file's content, or why it cannot be read: a torn or edited file is named, never fatal."""
-    try:
-        with open(path) as handle:
-            return json.load(handle), None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None, "not valid JSON (a torn or edited file)"
-    except OSError as error:
-        return None, f"unreadable ({error.strerror or error})"
 
 
 _FP_METRIC = fields({"metrics": mapping_of(number_within(*METRIC_RANGE)), "code": _CODE}, required=("metrics",))

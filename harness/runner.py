@@ -17,6 +17,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.executors import check_executor, map_cells
 from harness.grid import Cell, GridSpec, expand
+from harness.paths import check_cache_dir
 from harness.progress import progress_bar
 from harness.records import InvalidRecord
 from harness.support import supported_cells
@@ -92,7 +93,7 @@ class GridRunner:
 
     def preflight(self, cells: list[Cell], executor: str = "local") -> list[Cell]:
         """Check, before the first cell, what would otherwise fail every cell: the executor, the results
-        folder, each task's data and weights, and the record paths (one HarnessError, exit 2).
+        and cache folders, each task's data and weights, and the record paths (one HarnessError, exit 2).
 
         Returns the cells with ``limit`` dropped where it covers the whole evaluation split.
         """
@@ -102,11 +103,13 @@ class GridRunner:
             raise HarnessError(f"--deploy onnxruntime needs the deploy extra ({', '.join(missing)} missing): "
                                "pip install -e '.[deploy]'")
         self.store.check_writable()
+        check_cache_dir()
         sizes = {}
         for cell in cells:
             if (cell.task, cell.model) not in sizes:
                 task = self.worker.task(cell)
                 task.check_environment(cell.model)
+                task.check_weights(cell.model)
                 sizes[cell.task, cell.model] = task.evaluation_size(cell.model) if cell.limit else None
         cells = [dataclasses.replace(cell, limit=None)
                  if cell.limit and sizes[cell.task, cell.model] is not None and cell.limit >= sizes[cell.task, cell.model]

@@ -1,13 +1,16 @@
-"""Declared shapes of what the harness reads back from disk (records, FP metrics; docs/results.md, Records are
-validated on read): a file is used only if every declared part has its shape, and a bad one is named by
-the first part that is wrong, in one line, instead of failing later in whatever code reads that part.
+"""Declared shapes of what the harness reads back from disk (records, FP metrics, calibration-set headers, evaluation
+cache entries; docs/results.md, Records and Caches are validated on read): a file is used only if every declared
+part has its shape, and a bad one is named by the first part that is wrong, in one line, instead of failing later
+in whatever code reads that part.
 
 A shape is a function ``(value, where) -> why it is not this shape, or None``; ``where`` names the part
 (``timing_s.generate``; empty for a whole document), so the message says what to look at.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 Shape = Callable[[Any, str], "str | None"]
@@ -48,6 +51,13 @@ def number_within(low: float, high: float) -> Shape:
     return check
 
 
+def nullable(shape: Shape) -> Shape:
+    """``shape`` or JSON null: a part the writer leaves empty on purpose (a prior without classes)."""
+    def check(value: Any, where: str) -> str | None:
+        return None if value is None else shape(value, where)
+    return check
+
+
 def list_of(items: Shape) -> Shape:
     def check(value: Any, where: str) -> str | None:
         if not isinstance(value, list):
@@ -83,3 +93,14 @@ def fields(shapes: Mapping[str, Shape], required: tuple[str, ...] = ()) -> Shape
 
 def _part(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
+
+
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """A JSON file's content, or why it cannot be read: a torn or edited file is named, never fatal."""
+    try:
+        with open(path) as handle:
+            return json.load(handle), None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not valid JSON (a torn or edited file)"
+    except OSError as error:
+        return None, f"unreadable ({error.strerror or error})"

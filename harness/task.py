@@ -13,6 +13,7 @@ from harness.errors import HarnessError
 from harness.options import at_least
 from harness.registry import MODELS
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.weights import check_finite
 
 
 # Every task reports its metrics in percent (top-1, box AP, mIoU, ...): conformance checks evaluate()
@@ -134,6 +135,18 @@ class Task(ABC):
         data_root = getattr(self.options, "data_root", None)
         if data_root and not Path(data_root).expanduser().is_dir():
             raise HarnessError(f"--data-root {data_root}: no such directory")
+
+    def check_weights(self, model_name: str) -> None:
+        """Load the FP model once from a ``--checkpoint`` file before the grid: an empty, truncated or
+        misfitting file, or one holding inf/NaN, is then one error rather than an error record per cell
+        (or an ok record whose collapse is blamed on the calibration images, issue 31).
+
+        The loaded tensors are checked here, whatever reader the task uses; the harness's own readers
+        (harness.weights) also check at every load, so a cell never computes an FP metric from them.
+        """
+        checkpoint = getattr(self.options, "checkpoint", None)
+        if checkpoint:
+            check_finite(self.load_model(model_name).state_dict(), Path(checkpoint).expanduser())
 
     def backbone(self, model: nn.Module) -> nn.Module:
         """The module generators synthesize for (README, Tasks); a classifier is its own backbone."""

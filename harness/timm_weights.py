@@ -93,10 +93,9 @@ def load_weights(model: nn.Module, model_name: str, path: Path) -> None:
                            f"missing keys {_first(missing)}; unexpected keys {_first(unexpected)}")
     wrong = [key for key in expected if state_dict[key].shape != expected[key].shape]
     if wrong:
-        key = wrong[0]
-        raise HarnessError(f"checkpoint {path} does not fit {model_name}: {key} has shape "
-                           f"{tuple(state_dict[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
-                           + (f" ({len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""))
+        shapes = [f"{key} has shape {tuple(state_dict[key].shape)} in the file, {tuple(expected[key].shape)} in the "
+                  "model" for key in wrong]
+        raise HarnessError(f"checkpoint {path} does not fit {model_name}: {_first(shapes)}")
     model.load_state_dict(state_dict)
 
 
@@ -112,5 +111,6 @@ def _timm_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[
 
 
 def _first(keys: list[str], count: int = 3) -> str:
+    """The first differences, and how many more: enough to tell a wrong model from a renamed layer."""
     shown = ", ".join(keys[:count]) or "none"
     return f"{shown} (+{len(keys) - count} more)" if len(keys) > count else shown

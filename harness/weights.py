@@ -11,6 +11,8 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.io import atomic_write, file_sha256
 
+ACCEPTED_FILES = "accepted: a whole safetensors file or torch.save state dict (a copy cut short reads as this)"
+
 
 def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, a plain state dict, or one under ``"model"`` (DeiT/Swin releases) or ``"state_dict"``.
@@ -20,6 +22,8 @@ def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tens
     """
     if not path.is_file():
         raise HarnessError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise HarnessError(f"checkpoint {path} is empty (0 bytes); {ACCEPTED_FILES}")
     try:
         if path.suffix == ".safetensors":
             content = load_file(path)
@@ -27,12 +31,25 @@ def read_state_dict(path: Path, allowed: list[Any] = ()) -> dict[str, torch.Tens
             with torch.serialization.safe_globals(list(allowed)):
                 content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any reader failure means the same thing to the user: not a weights file
-        raise HarnessError(f"checkpoint {path} is unreadable: {_one_line(error)}") from error
+        raise HarnessError(f"checkpoint {path} is unreadable ({_one_line(error)}); {ACCEPTED_FILES}") from error
     if isinstance(content, dict):
         content = content.get("model", content.get("state_dict", content))
     if not content or not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise HarnessError(f"checkpoint {path} holds no state dict (name -> tensor, possibly under 'model' or 'state_dict')")
+    check_finite(content, path)
     return content
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], path: Path | str, shown: int = 3) -> None:
+    """Refuse weights holding inf or NaN: they evaluate near chance and the blame falls on the calibration
+    images (issue 31), so the file is named before any metric is computed from it."""
+    counts = {name: int((~torch.isfinite(tensor)).sum()) for name, tensor in state_dict.items()
+              if tensor.is_floating_point() or tensor.is_complex()}
+    bad = [name for name, count in counts.items() if count]
+    if bad:
+        names = ", ".join(bad[:shown]) + (f" (+{len(bad) - shown} more tensors)" if len(bad) > shown else "")
+        raise HarnessError(f"checkpoint {path}: {sum(counts.values())} non-finite values in {names}; "
+                           "accepted: weights that are all finite numbers (a file saved from a trained model)")
 
 
 def write_state_dict(path: Path, model: nn.Module) -> str:
@@ -45,5 +62,6 @@ def write_state_dict(path: Path, model: nn.Module) -> str:
 def _one_line(error: Exception, limit: int = 200) -> str:
     """The reason alone: torch wraps a weights-only refusal in paragraphs of advice we do not want followed."""
     reason = str(error).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
-    text = " ".join((reason or str(error)).split())
-    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+    text = " ".join((reason or str(error)).split()).partition(". ")[0]  # the first sentence says what broke
+    text = f"{text[:limit]}{'...' if len(text) > limit else ''}"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

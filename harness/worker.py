@@ -34,8 +34,8 @@ from harness.memory import reused_heap
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, in_place_evaluation, weight_quantized_layers
-from harness.records import (RECORD_SCHEMA, PeakMemory, ResultStore, harness_commit, library_versions, provenance,
-                             read_calibration, read_fp_metric, write_calibration)
+from harness.records import (RECORD_SCHEMA, CachedCalibration, PeakMemory, ResultStore, harness_commit,
+                             library_versions, load_calibration, provenance, read_fp_metric, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, TASKS
 from harness.support import CLASSES
 from harness.task import ImagePrior, SynthesisTarget, Task
@@ -256,7 +256,7 @@ class CellWorker:
         path = self.store.calibration_path(cell.generator, calibration_key(cell, prior, weights_id, target.class_source))
         with file_lock(path.with_suffix(".lock"), holder=self._holder,  # one worker generates a set
                        on_wait=_announce_wait(f"calibration set {path.name}")):
-            entry = read_calibration(path) if path.exists() and not self._forced(path) else None
+            entry = self._cached_calibration(path, prior)
             what = f"{cell.generator} {cell.model} seed {cell.seed}"
             if entry is not None and self._current(path, "calibration set", what, entry.meta.get("code"), code):
                 timing["generate"] = entry.meta["generate_seconds"]
@@ -268,6 +268,17 @@ class CellWorker:
                 "code": code, "generate_seconds": timing["generate"], "weights_id": weights_id,
             })
         return calibration, False, code["generator"]
+
+    def _cached_calibration(self, path: Path, prior: ImagePrior) -> CachedCalibration | None:
+        """The usable cached set at ``path``, unless --force redoes it; an unusable one is named in one line
+        and left to be regenerated and rewritten by the caller, so the next run finds it usable."""
+        if not path.exists() or self._forced(path):
+            return None
+        entry, problem = load_calibration(path, prior)
+        if problem is not None:
+            print(f"warning: calibration set {path} is not usable ({problem}); regenerating it",
+                  file=sys.stderr, flush=True)
+        return entry
 
     def _generate(self, cell: Cell, generator: Generator, task: Task, target: SynthesisTarget,
                   timing: dict[str, float]) -> CalibrationSet:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from harness.errors import HarnessError
 from harness.io import config_hash, current_umask, file_lock, write_json
 from harness.paths import cache_dir
 from harness.progress import progress_bar
+from harness.schema import fields, integer, list_of, read_json
 
 FORMAT = 1  # bump when the stored layout changes
 IMAGES, LABELS, META = "images.npy", "labels.npy", "meta.json"
@@ -140,11 +142,15 @@ def preprocessed_images(samples: list[tuple[Path, int]], pixels: transforms.Comp
     root = root or cache_dir() / "imagenet_eval"
     key = cache_key(samples, pixels, split_dir)
     final = root / key
-    if (final / META).is_file():
+    if final.is_dir() and entry_problem(final, len(samples)) is None:
         return PreprocessedImages(final)
     with file_lock(root / f"{key}.lock", holder=f"pid {os.getpid()}"):
-        if (final / META).is_file():  # built while we waited
-            return PreprocessedImages(final)
+        if final.is_dir():  # built while we waited, or found unusable: rebuilt once, under the lock
+            if (problem := entry_problem(final, len(samples))) is None:
+                return PreprocessedImages(final)
+            print(f"warning: eval cache entry {final} is not usable ({problem}); rebuilding it",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(final)
         for leftover in root.glob(f".{key}.*"):  # a build that died (we hold the lock: nobody else is building)
             shutil.rmtree(leftover, ignore_errors=True)
         building = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
@@ -156,6 +162,29 @@ def preprocessed_images(samples: list[tuple[Path, int]], pixels: transforms.Comp
             shutil.rmtree(building, ignore_errors=True)
             raise
     return PreprocessedImages(final)
+
+
+_META = fields({"format": integer, "count": integer, "shape": list_of(integer)}, required=("format", "count", "shape"))
+
+
+def entry_problem(directory: Path, count: int) -> str | None:
+    """Why a finished entry is not what :func:`_build` wrote for ``count`` files (a truncated or edited
+    ``images.npy``, labels of another length), or None. Read as evaluation reads it, memory-mapped, so a
+    bad entry is found before any cell evaluates, instead of failing every cell that uses it."""
+    meta, problem = read_json(directory / META)
+    if problem is not None or (problem := _META(meta, META)) is not None:
+        return problem
+    if meta["format"] != FORMAT or meta["count"] != count:
+        return f"{META} says format {meta['format']} with {meta['count']} images, expected format {FORMAT} with {count}"
+    expected = {IMAGES: ((count, *meta["shape"]), np.uint8, "r"), LABELS: ((count,), np.int64, None)}
+    for name, (shape, dtype, mmap_mode) in expected.items():
+        try:
+            array = np.load(directory / name, mmap_mode=mmap_mode)
+        except (OSError, ValueError, EOFError) as error:
+            return f"{name} unreadable ({str(error).strip()[:80] or type(error).__name__}; truncated or replaced)"
+        if array.shape != shape or array.dtype != dtype:
+            return f"{name} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}"
+    return None
 
 
 def _build(directory: Path, samples: list[tuple[Path, int]], pixels: transforms.Compose, split_dir: Path,

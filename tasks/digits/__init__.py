@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.api import (TASKS, HarnessError, ImagePrior, Task, calibration_indices, file_sha256, read_state_dict,
+from harness.api import (TASKS, HarnessError, ImagePrior, Task, calibration_indices, file_sha256, load_weights,
                          register_models, tensor_batches, topk_accuracy)
 from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from tasks.digits.model import build_model
@@ -49,7 +49,7 @@ class DigitsTask(Task):
 
     def load_model(self, model_name: str) -> nn.Module:
         model = build_model()
-        model.load_state_dict(read_state_dict(self._weights_file(model_name)[0]))
+        load_weights(model, model_name, self._weights_file(model_name)[0])  # a misfit or non-finite file: one line
         return model.eval()
 
     def prior(self, model_name: str) -> ImagePrior:

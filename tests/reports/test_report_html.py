@@ -27,7 +27,7 @@ def write_cache_entry(results: Path, generator: str, model: str, seed: int) -> P
     path = ResultStore(results).calibration_path(generator, f"{model}-{seed}")
     write_calibration(path, CalibrationSet(images=images), {
         "generator": generator, "model": model, "seed": seed, "options": {}, "prior": dataclasses.asdict(prior),
-        "code": {}, "generate_seconds": 1.0})
+        "code": {name: {"version": "1", "digest": "0" * 16} for name in ("generator", "task")}, "generate_seconds": 1.0})
     return path
 
 
