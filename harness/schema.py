@@ -1,5 +1,5 @@
 """Declared shapes of what the harness reads back from disk (records, FP metrics, calibration-set headers, evaluation
-cache entries; docs/results.md, Records and Caches are validated on read): a file is used only if every declared
+cache entries; docs/results.md, Records are validated on read, and Caches are validated on read): a file is used only if every declared
 part has its shape, and a bad one is named by the first part that is wrong, in one line, instead of failing later
 in whatever code reads that part.
 
