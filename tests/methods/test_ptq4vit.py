@@ -113,7 +113,12 @@ def test_search_on_a_layer_beats_every_other_candidate_on_its_own_metric(tiny_vi
         return ((out - raw) ** 2).mean().item()
 
     chosen = error(quantizer.scale)
-    assert all(chosen <= error(f * initial) + 1e-12 for f in fraction_candidates(0.01, 1.2, 12, initial))
+    # the calibrator's candidate and the one recomputed here can differ in the scale's last bit (another
+    # order of the max-based scale's float32 operations, e.g. on torch's generic kernels: 0.30273637 vs
+    # 0.30273634 measured on AVX2 with ATEN_CPU_CAPABILITY=default), which moves the float32 mean error by
+    # about one unit of its rounding (5.7e-8 relative); allowed: 8 units, 2^-20 relative. Neighbouring
+    # candidates differ by more than 20 %.
+    assert all(chosen <= error(f * initial) * (1 + 2.0**-20) for f in fraction_candidates(0.01, 1.2, 12, initial))
 
 
 @pytest.mark.parametrize("model_name", ["tiny_vit", "tiny_swin"])
