@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -23,7 +24,7 @@ FULL_SIZE = {
 }
 # the RepQ-ViT and PTQ4ViT fixtures' configurations (PSAQ-ViT's fixtures, written earlier, keep their own
 # two-stage Swin). Head dimension 16: timm's 1/sqrt(d) is a power of two, so scaling q before the product
-# (timm, the harness) or the product after it (the authors' DeiT code) gives the same floats.
+# (timm) or the product after it (the authors' DeiT code) gives the same floats.
 SMALL_FIXTURES = {
     # DeiT's code paths at 32 px
     "deit_small_config": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
@@ -32,6 +33,28 @@ SMALL_FIXTURES = {
     "swin_small_config": dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2, 2),
                               num_heads=(1, 2, 4), num_classes=10),
 }
+
+
+def heavy_tailed_values(count: int, seed: int) -> torch.Tensor:
+    """``count`` float32 values with a power-law tail (P(|x| > t) = 1 / (1 + t)^2), the same bits on any
+    machine: splitmix64 of seed·2^32 + i + 1 gives a sign and u = (m + 1/2)·2^-24, m < 2^24, and
+    x = ±(1/sqrt(u) - 1) is computed with correctly rounded float64 operations, then rounded to float32.
+    Parity fixtures regenerate such inputs instead of storing them."""
+    state = np.arange(1, count + 1, dtype=np.uint64)
+    state += np.uint64(seed << 32)
+    state *= np.uint64(0x9E3779B97F4A7C15)
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        state ^= state >> np.uint64(shift)
+        state *= np.uint64(factor)
+    state ^= state >> np.uint64(31)
+    values = (state >> np.uint64(40)).astype(np.float64)
+    values += 0.5
+    values *= 2.0 ** -24
+    np.sqrt(values, out=values)
+    np.divide(1.0, values, out=values)
+    values -= 1.0
+    np.negative(values, out=values, where=(state & np.uint64(1)).astype(bool))
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:

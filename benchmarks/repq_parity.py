@@ -3,6 +3,7 @@
     python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT [--models deit_tiny,swin_tiny] [--bits w4a4,w6a6]
         [--calib-images 32] [--eval-images 64] [--seed 0] [--dtype float32]
     python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT --write-fixtures tests/harness/fixtures/repq_parity
+    python benchmarks/repq_parity.py --authors /path/to/RepQ-ViT --write-quantile-fixture tests/harness/fixtures/repq_parity
 
 ``--authors`` is a checkout of github.com/zkkli/RepQ-ViT. Its ``classification/test_quant.py`` is
 imported from there and its ``main()`` runs unchanged (``--model deit_tiny`` for a DeiT, ``swin_tiny``
@@ -36,25 +37,37 @@ needs ImageNet, the network, a GPU or their timm 0.4.12, and nothing else:
 The harness side: the same timm weights, ``standard`` profile, calibrator ``repq`` on the same
 calibration images, logits on the same evaluation images. Printed per model and bit width: the
 quantized logits' max abs difference, relative L2 and argmax agreement, and the largest difference
-of the per-tensor quantizer scales, paired by call order (on a DeiT the harness's q carries timm's
-1/sqrt(d), which the authors apply after q·kᵀ, so it is divided out; on a Swin both scale q first).
+of the per-tensor quantizer scales, paired by call order (on a DeiT both quantize q before timm's
+1/sqrt(d) and scale q·kᵀ after the product; on a Swin both quantize q already scaled).
 
-``--write-fixtures DIR`` runs the small configurations (a DeiT and a Swin; ``--models`` picks some)
-in float64 with 8 calibration and 4 evaluation images at W4A4 and W6A6 and writes
+``--write-fixtures DIR`` runs the small configurations (two DeiTs, head dims 16 and 24, and a Swin;
+``--models`` picks some) in float64 with 8 calibration and 4 evaluation images at W4A4 and W6A6 and writes
 ``NAME.safetensors`` (float32 timm weights, the images, the authors' float64 logits) and
 ``NAME.json`` (configuration, the authors' commit, the authors' scale and zero point of every
 activation quantizer in call order), which
 ``tests/harness/test_repq_parity.py`` checks. Float64 for the reason given in
 ``tests/harness/test_psaq_parity.py``: no value lands within float rounding of a rounding boundary.
+
+``--write-quantile-fixture DIR`` runs the authors' two searches (``UniformQuantizer`` and
+``LogSqrt2Quantizer`` ``init_quantization_scale``, per tensor) on float32 inputs that
+``parity_kit.heavy_tailed_values`` regenerates from a seed, one of more than 2^24 values and one of
+fewer, and adds what they chose (and the candidate bounds torch.quantile or numpy's percentile gave
+them) to ``DIR/quantile_search.json`` under the branch the installed torch makes their code take:
+``published`` where torch.quantile refuses more than 2^24 values (torch <= 2.13: numpy's percentile
+above, ranks in float32 below), ``torch2.14`` where it accepts them. Run it once with each torch;
+``tests/harness/test_repq_parity.py`` checks the harness's ``quantile`` option against both.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import sys
 import types
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -65,14 +78,24 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.arch import is_window_attention  # noqa: E402
 from harness.bits import BitSpec, parse_bits  # noqa: E402
 from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
-from parity_kit import FULL_SIZE, SMALL_FIXTURES, authors_commit, parity_parser, save_fixture, smooth_images, without_mask  # noqa: E402
+from parity_kit import (FULL_SIZE, SMALL_FIXTURES, authors_commit, heavy_tailed_values, parity_parser,  # noqa: E402
+                        save_fixture, smooth_images, without_mask)
 from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 
+
+
+# RepQ-ViT's own fixtures beside the shared ones: a DeiT with head dimension 24, whose 1/sqrt(d) is no power of
+# two, so quantizing q before or after the factor differs (docs/methods.md, RepQ-ViT)
+REPQ_FIXTURES = {**SMALL_FIXTURES,
+                 "deit_head24_config": dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
+                                            num_classes=10)}
+# the quantile fixture's inputs: (name, number of values, seed); the first is above torch <= 2.13's limit
+QUANTILE_INPUTS = (("above_2_24", (1 << 24) + (1 << 20), 0), ("below_2_24", 1_000_003, 1))
+QUANTILE_BITS = (4, 6)
 
 
 def timm_class(name: str) -> type[nn.Module]:
@@ -162,18 +185,12 @@ def authors_quantizer_calls(model: nn.Module, images: torch.Tensor, authors) -> 
 
 
 def harness_quantizer_calls(qmodel: nn.Module, images: torch.Tensor) -> list[dict]:
-    """As :func:`authors_quantizer_calls`; on a DeiT q's scale is divided by timm's 1/sqrt(d), which the
-    harness's q point carries and the authors apply after the product (a power of two: the same floats).
-    On a Swin both quantize the scaled q."""
+    """As :func:`authors_quantizer_calls` (q as the authors quantize it: on a DeiT before timm's 1/sqrt(d),
+    on a Swin after)."""
     names = {module: name for name, module in qmodel.named_modules()}
-    attentions = {names[m]: qmodel.get_submodule(names[m].removesuffix(".dfq_points.q"))
-                  for m in names if names[m].endswith(".dfq_points.q")}
-    factors = {name: attention.scale for name, attention in attentions.items()
-               if not is_window_attention(attention)}
     calls: list[dict] = []
     handles = [module.register_forward_hook(lambda m, args, out: calls.append(
-        {"name": names[m], "scale": (m.scale / factors.get(names[m], 1.0)).reshape(-1).tolist(),
-         "zero_point": m.zero_point.reshape(-1).tolist()}))
+        {"name": names[m], "scale": m.scale.reshape(-1).tolist(), "zero_point": m.zero_point.reshape(-1).tolist()}))
         for module in qmodel.modules() if isinstance(module, ActQuantizer)]
     with torch.no_grad():
         qmodel(images)
@@ -183,7 +200,7 @@ def harness_quantizer_calls(qmodel: nn.Module, images: torch.Tensor) -> list[dic
 
 
 def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, evaluation: torch.Tensor,
-        seed: int, dtype: torch.dtype) -> dict:
+        seed: int, dtype: torch.dtype, quantile: str = "published") -> dict:
     """Calibrate and evaluate both sides in ``dtype``; print and return the comparison."""
     torch.manual_seed(seed)
     cls = timm_class(name)
@@ -203,7 +220,7 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
         authors.main()
     reference_logits = captured["logits"]
     qmodel = quantize_model(model, bits, QuantConfig()).to(dtype)
-    RepQCalibrator().calibrate(qmodel, CalibrationContext(
+    RepQCalibrator(RepQCalibrator.Options(quantile=quantile)).calibrate(qmodel, CalibrationContext(
         fp_model=model, calibration=CalibrationSet(calib), bits=bits, seed=seed, device=torch.device("cpu"),
         batch_size=len(calib)))
     with torch.no_grad():
@@ -229,7 +246,7 @@ def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, ev
 def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
-        kwargs = SMALL_FIXTURES[name]
+        kwargs = REPQ_FIXTURES[name]
         generator = torch.Generator().manual_seed(seed)
         size = kwargs["img_size"]
         calib, evaluation = smooth_images(8, size, generator), smooth_images(4, size, generator)
@@ -247,29 +264,99 @@ def write_fixtures(directory: Path, authors, commit: str, seed: int, names: list
             "produced_by": "benchmarks/repq_parity.py --write-fixtures", "quantizers_in_call_order": quantizers})
 
 
+def authors_search_branch() -> str:
+    """The branch the authors' search takes on the installed torch above 2^24 values (module docstring)."""
+    try:
+        torch.quantile(torch.zeros((1 << 24) + 1), 0.5)
+    except RuntimeError:
+        return "published"
+    return "torch2.14"
+
+
+@contextlib.contextmanager
+def recorded_bounds(bounds: list[float]) -> Iterator[None]:
+    """Record every value torch.quantile and numpy's percentile return (the authors' candidate bounds, in order)."""
+    quantile, percentile = torch.quantile, np.percentile
+
+    def recording(function):
+        def call(*args, **kwargs):
+            value = function(*args, **kwargs)
+            bounds.append(float(value))
+            return value
+        return call
+    torch.quantile, np.percentile = recording(quantile), recording(percentile)
+    try:
+        yield
+    finally:
+        torch.quantile, np.percentile = quantile, percentile
+
+
+def write_quantile_fixture(directory: Path, checkout: Path, commit: str) -> None:
+    """Add the installed torch's branch of the authors' per-tensor searches to ``quantile_search.json``."""
+    sys.path.insert(0, str(checkout / "classification"))
+    from quant.quantizer import LogSqrt2Quantizer, UniformQuantizer
+    branch = authors_search_branch()
+    path = directory / "quantile_search.json"
+    fixture = json.loads(path.read_text()) if path.exists() else {}
+    inputs = {}
+    for name, count, seed in QUANTILE_INPUTS:
+        values = heavy_tailed_values(count, seed)
+        posterior = values.abs() / values.abs().max()  # in (0, 1], heavy near 0: the log-√2 search's input
+        searches = []
+        for bits in QUANTILE_BITS:
+            for kind, quantizer, x in (("uniform", UniformQuantizer(n_bits=bits), values),
+                                       ("log_sqrt2", LogSqrt2Quantizer(n_bits=bits), posterior)):
+                bounds: list[float] = []
+                with torch.no_grad(), recorded_bounds(bounds):
+                    chosen = quantizer.init_quantization_scale(x)
+                scale, zero_point = chosen if kind == "uniform" else (chosen, torch.zeros(()))
+                searches.append({"kind": kind, "bits": bits, "scale": float(scale), "zero_point": float(zero_point),
+                                 "candidate_bounds": bounds})
+                print(f"{branch} {name} {kind} W{bits}: scale {float(scale):.9g}, zero point {float(zero_point):g}")
+        inputs[name] = {"count": count, "seed": seed,
+                        "sha256": hashlib.sha256(values.numpy().tobytes()).hexdigest(), "searches": searches}
+    fixture.update({
+        "authors_repository": "https://github.com/zkkli/RepQ-ViT", "authors_commit": commit,
+        "produced_by": "benchmarks/repq_parity.py --write-quantile-fixture (once per torch)",
+        "recipe": "parity_kit.heavy_tailed_values(count, seed), float32; log_sqrt2 searches |x| / max |x|",
+        "percentiles": [0.999, 0.9999, 0.99999]})
+    fixture.setdefault("branches", {})[branch] = {"torch": torch.__version__, "numpy": np.__version__,
+                                                  "inputs": inputs}
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fixture, indent=1) + "\n")
+    print(f"wrote branch {branch} of {path}")
+
+
 def main() -> None:
     parser = parity_parser(__doc__.splitlines()[0], "github.com/zkkli/RepQ-ViT", None,
-                           f"any of {', '.join([*FULL_SIZE, *SMALL_FIXTURES])} (default: deit_tiny; with --write-fixtures: "
-                           f"{', '.join(SMALL_FIXTURES)})", "w4a4,w6a6", 64)
+                           f"any of {', '.join([*FULL_SIZE, *REPQ_FIXTURES])} (default: deit_tiny; with --write-fixtures: "
+                           f"{', '.join(REPQ_FIXTURES)})", "w4a4,w6a6", 64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--quantile", default="published", choices=("published", "torch2.14"),
+                        help="the harness's repq quantile option (compare torch2.14 with the authors on torch 2.14)")
+    parser.add_argument("--write-quantile-fixture", type=Path,
+                        help="add the installed torch's branch of the authors' searches to DIR/quantile_search.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    authors = authors_module(args.authors)
     commit = authors_commit(args.authors)
     print(f"authors' code: {args.authors} at {commit}")
+    if args.write_quantile_fixture:
+        write_quantile_fixture(args.write_quantile_fixture, args.authors, commit)
+        return
+    authors = authors_module(args.authors)
     if args.write_fixtures:
         write_fixtures(args.write_fixtures, authors, commit, args.seed,
-                       args.models.split(",") if args.models else list(SMALL_FIXTURES))
+                       args.models.split(",") if args.models else list(REPQ_FIXTURES))
         return
     generator = torch.Generator().manual_seed(args.seed)
-    configs = {**FULL_SIZE, **SMALL_FIXTURES}
+    configs = {**FULL_SIZE, **REPQ_FIXTURES}
     for name in (args.models or "deit_tiny").split(","):
         size = configs[name]["img_size"]
         calib = smooth_images(args.calib_images, size, generator)
         evaluation = smooth_images(args.eval_images, size, generator)
         for spec_bits in args.bits.split(","):
             run(name, configs[name], authors, parse_bits(spec_bits), calib, evaluation, args.seed,
-                getattr(torch, args.dtype))
+                getattr(torch, args.dtype), args.quantile)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from harness.arch import SUPPORTED, is_instrumented_attention, is_instrumented_block, is_window_attention
 from harness.conformance import Hooks, cases, run_case
+from harness.distillation import DISCREPANCIES, discrepancy, has_classifier, mean_discrepancy, resolve_discrepancy
 from harness.errors import HarnessError
 from harness.evaluation import tensor_batches, topk_accuracy
 from harness.image_folder import ImageFolderOptions, ImageFolderTask
@@ -36,6 +37,7 @@ from harness.quant.fake_quant import (asymmetric_params, fake_quant_asymmetric, 
                                       fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform,
                                       symmetric_weight_scale)
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
+from harness.quant.lsq import lsq_gradient_scale
 from harness.quant.modules import (ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, unquantized_weights,
                                    weight_quantized_layers)
 from harness.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver
@@ -43,18 +45,22 @@ from harness.quant.reparam import fold_channel_params, norm_linear_pairs
 from harness.quant.search import (best_candidate, fraction_candidates, output_similarity, percentile_mse_log_sqrt2_scale,
                                   percentile_mse_params)
 from harness.records import read_calibration
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
 from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices, register_models
 from harness.task_setup import TaskSetup
 from harness.timm_weights import hub_checkpoint, load_weights
+from harness.tuner import NO_TUNING, Tuner, TuningContext
 from harness.weights import read_state_dict, write_state_dict
 
 __all__ = [
     # registries: plugins register on import
-    "CALIBRATORS", "GENERATORS", "METHODS", "MODELS", "TASKS", "register_models",
-    # methods: the two halves, their contexts and the set passed between them
+    "CALIBRATORS", "GENERATORS", "METHODS", "MODELS", "TASKS", "TUNERS", "register_models",
+    # methods: the two halves, their contexts and the set passed between them; the optional fine-tuning stage
     "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext", "Generator", "MethodSpec",
+    "NO_TUNING", "Tuner", "TuningContext",
+    # teacher-student distances (PSAQ-ViT V2's student, the tuners)
+    "DISCREPANCIES", "discrepancy", "has_classifier", "mean_discrepancy", "resolve_discrepancy",
     # tasks
     "ImageFolderOptions", "ImageFolderTask", "ImagePrior", "SynthesisTarget", "Task", "TaskOptions",
     "calibration_indices",
@@ -87,7 +93,7 @@ __all__ = [
     "capture", "fake_quant_asymmetric", "fake_quant_log2", "fake_quant_symmetric", "fake_quant_symmetric_signed",
     "fake_quant_twin_signed", "fake_quant_twin_uniform", "fix_scales", "floating_point", "fraction_candidates",
     "output_similarity",
-    "fold_channel_params", "keep_scales_positive", "learnable_scales", "mse_weight_scales", "norm_linear_pairs",
+    "fold_channel_params", "keep_scales_positive", "learnable_scales", "lsq_gradient_scale", "mse_weight_scales", "norm_linear_pairs",
     "observe_and_freeze", "percentile_mse_log_sqrt2_scale", "percentile_mse_params", "symmetric_weight_scale",
     "unquantized_weights", "weight_quantized_layers",
     # tasks' small instances (harness.task_setup), and the conformance kit for plugins' tests

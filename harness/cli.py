@@ -42,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="generators in place of each method's own, comma-separated; with --calib and no "
                                     "--methods, every generator x calibrator pair is a row (--data psaq,noise --calib minmax,repq)")
     run.add_argument("--calib", help="calibrators in place of each method's own, comma-separated")
+    run.add_argument("--tune", help="fine-tune after calibration with these tuners, comma-separated; none: calibration "
+                                    "only (default: each method's own protocol; docs/methods.md, Fine-tuning)")
     run.add_argument("--gen-opt", action="append", metavar="KEY=VALUE",
                      help="generator option (GENERATOR.KEY=VALUE for one generator only); repeatable")
     run.add_argument("--calib-opt", action="append", metavar="KEY=VALUE", help="calibrator option; repeatable")
     run.add_argument("--task-opt", action="append", metavar="KEY=VALUE", help="task option; repeatable")
+    run.add_argument("--tune-opt", action="append", metavar="KEY=VALUE",
+                     help="tuner option (TUNER.KEY=VALUE for one tuner only); repeatable")
     run.add_argument("--data-root", help="dataset root for tasks that read one from disk")
     run.add_argument("--checkpoint", help="local weights file for the model")
     run.add_argument("--batch-size", type=int, help="evaluation batch size (results do not depend on it)")
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list methods, generators, calibrators, tasks, models, bit specs")
     listing.add_argument("what", nargs="?", default="all",
-                         choices=["all", "methods", "generators", "calibrators", "tasks", "models", "bits", "support"])
+                         choices=["all", "methods", "generators", "calibrators", "tuners", "tasks", "models", "bits",
+                                  "support"])
 
     report = commands.add_parser("report", help="write the report (Markdown and HTML) from all records")
     report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
@@ -169,6 +174,7 @@ def _set_threads(threads: int | None) -> None:
 
 def command_run(args: argparse.Namespace) -> int:
     from harness.gridfile import GRID_KEYS, load_grid_file, spec_from_settings
+    from harness.io import clean_interrupted_writes
     from harness.options import parse_assignments
     from harness.progress import set_progress
     from harness.runner import GridRunner
@@ -186,6 +192,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(format_plan(plan, args.workers_estimate))
         return 0
     _check_device(args.device)
+    clean_interrupted_writes(results)
     set_progress(not args.no_progress)
     runner = GridRunner(results, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
     summary = runner.run(spec, executor=args.executor, executor_options=parse_assignments(args.executor_opt, "executor"),
@@ -278,12 +285,14 @@ def _check_device(device: str) -> None:
 
 def command_list(args: argparse.Namespace) -> int:
     from harness.bits import ACCEPTED_FORMS
-    from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS
+    from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
 
     sections = {
-        "methods": [(n, f"{m.generator} + {m.calibrator}: {m.description}") for n, m in METHODS.items()],
+        "methods": [(n, f"{m.generator} + {m.calibrator}{f' → {m.tuner}' if m.tuner else ''}: {m.description}")
+                    for n, m in METHODS.items()],
         "generators": [(n, (g.__doc__ or "").strip().splitlines()[0]) for n, g in GENERATORS.items()],
         "calibrators": [(n, (c.__doc__ or "").strip().splitlines()[0]) for n, c in CALIBRATORS.items()],
+        "tuners": [(n, (t.__doc__ or "").strip().splitlines()[0]) for n, t in TUNERS.items()],
         "tasks": [(n, ", ".join(t.metric_names)) for n, t in TASKS.items()],
         "models": [(n, f"[{e.task}] {e.description}") for n, e in MODELS.items()],
         "bits": [("forms", ACCEPTED_FORMS)],

@@ -35,11 +35,14 @@ from harness.grid import GridSpec
 from harness.method import CalibrationContext, CalibrationSet, GenerationContext, Generator, MethodSpec
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.calibrate import observe_and_freeze
 from harness.quant.modules import act_quantizers
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
+from harness.quant.observers import MinMaxObserver
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS, Registry
 from harness.runner import GridRunner
 from harness.task import METRIC_RANGE, ImagePrior, Task, TaskOptions
 from harness.task_setup import SETUP_LIMIT, ConformanceSkip, TaskSetup
+from harness.tuner import TuningContext
 
 HOST_TASK, HOST_MODEL, HOST_BITS, HOST_LIMIT = "digits", "digits_vit_seed0", "w4a8", SETUP_LIMIT
 DEFAULT_SMOKE_OPTIONS = {"num_images": 4}
@@ -255,6 +258,44 @@ def check_calibrator(name: str, hooks: Hooks = Hooks()) -> None:
 
 
 @_one_thread
+def check_tuner(name: str, hooks: Hooks = Hooks()) -> None:
+    """FP model untouched, quantizers still frozen, nothing left trainable, the model changed, finite outputs,
+    JSON info, same seed same tuned model."""
+    tuner, plugin = _smoke_plugin(TUNERS, "tuner", name, hooks)
+    task, model = _host()
+    bits = parse_bits(HOST_BITS)
+    images = task.calibration_images(HOST_MODEL, CALIBRATION_IMAGES, 0)
+    before = _Snapshot.of(model)
+    tuned = []
+    for _ in range(2):
+        qmodel = quantize_model(model, bits, QuantConfig())
+        context = TuningContext(fp_model=model, calibration=CalibrationSet(images), bits=bits, seed=0, device=CPU,
+                                prior=task.prior(HOST_MODEL))
+        observe_and_freeze(qmodel, images, lambda _: MinMaxObserver(), CPU)
+        calibrated = _Snapshot.of(qmodel)
+        torch.manual_seed(0)
+        info = tuner.tune(qmodel, context)
+        tuned.append(qmodel)
+    difference = before.difference(model)
+    _require(not difference, "tuner-fp-untouched", plugin, difference)
+    unfrozen = [name for name, quantizer in act_quantizers(qmodel) if not quantizer.frozen]
+    _require(not unfrozen, "tuner-keeps-frozen", plugin, f"{len(unfrozen)} activation quantizers unfrozen, e.g. "
+             f"{unfrozen[0] if unfrozen else ''}")
+    trainable = [name for name, parameter in qmodel.named_parameters() if parameter.requires_grad]
+    _require(not trainable, "tuner-finishes", plugin, f"{len(trainable)} parameters left trainable (e.g. "
+             f"{trainable[0] if trainable else ''}); a tuned model is evaluated as a calibrated one")
+    _require(calibrated.difference(qmodel), "tuner-trains", plugin, "the tuned model equals the calibrated one")
+    _require(info is None or isinstance(info, dict), "tuner-info-json", plugin,
+             f"tune() returned {type(info).__name__}; the record wants a dict or None")
+    _require_json(info, "tuner-info-json", plugin, "tune()'s return value")
+    _require(not _Snapshot.of(tuned[0]).difference(tuned[1]), "tuner-determinism", plugin,
+             "two runs with seed 0 gave different tuned models")
+    with torch.no_grad():
+        outputs = qmodel(images)
+    _require(torch.isfinite(outputs).all(), "tuner-finite", plugin, "the tuned model's outputs are not finite")
+
+
+@_one_thread
 def check_task(name: str, hooks: Hooks = Hooks()) -> None:
     """Registered models, HarnessError for unknown models, prior, metrics, batch-size invariance, a grid cell."""
     task_class, plugin = TASKS.get(name), f"task {name!r}"
@@ -327,11 +368,15 @@ def check_method(name: str, hooks: Hooks = Hooks()) -> None:
     method, plugin = METHODS.get(name), f"method {name!r}"
     _require(isinstance(method, MethodSpec), "method-spec", plugin,
              f"registered a {type(method).__name__}, not a MethodSpec")
-    for part, registry in ((method.generator, GENERATORS), (method.calibrator, CALIBRATORS)):
+    parts = [(method.generator, GENERATORS), (method.calibrator, CALIBRATORS)]
+    if method.tuner is not None:
+        parts.append((method.tuner, TUNERS))
+    for part, registry in parts:
         _require(part in registry, "method-parts", plugin, f"{registry.kind} {part!r} is not registered")
     grid = GridSpec(methods=(name,), tasks=(HOST_TASK,), models=(HOST_MODEL,), bits=(HOST_BITS,), seeds=(0,),
                     generator_options=_part_options(GENERATORS, method.generator, hooks),
-                    calibrator_options=_part_options(CALIBRATORS, method.calibrator, hooks), limit=HOST_LIMIT)
+                    calibrator_options=_part_options(CALIBRATORS, method.calibrator, hooks), limit=HOST_LIMIT,
+                    tuner_options=_part_options(TUNERS, method.tuner, hooks) if method.tuner else {})
     with tempfile.TemporaryDirectory(prefix="dfq-conformance-") as results:
         _run_one_cell(grid, Path(results), "method-runs", plugin)
 
@@ -346,9 +391,10 @@ def _run_one_cell(grid: GridSpec, results: Path, rule: str, plugin: str) -> None
     _require(record["status"] == "ok", rule, plugin, f"its one-cell grid failed: {record.get('error')}")
 
 
-REGISTRIES: dict[str, Registry] = {"generator": GENERATORS, "calibrator": CALIBRATORS, "task": TASKS, "method": METHODS}
+REGISTRIES: dict[str, Registry] = {"generator": GENERATORS, "calibrator": CALIBRATORS, "tuner": TUNERS, "task": TASKS,
+                                   "method": METHODS}
 CHECKS: dict[str, Callable[..., None]] = {"generator": check_generator, "calibrator": check_calibrator,
-                                          "task": check_task, "method": check_method}
+                                          "tuner": check_tuner, "task": check_task, "method": check_method}
 
 
 def registered(names: Iterable[str] | None = None) -> list[tuple[str, str]]:
@@ -359,7 +405,7 @@ def registered(names: Iterable[str] | None = None) -> list[tuple[str, str]]:
 
 
 def check(kind: str, name: str, hooks: Hooks = Hooks()) -> None:
-    """Run the kit's rules for one plugin of ``kind`` (generator, calibrator, task, method)."""
+    """Run the kit's rules for one plugin of ``kind`` (generator, calibrator, tuner, task, method)."""
     CHECKS[kind](name, hooks)
 
 

@@ -1,4 +1,4 @@
-"""A grid: the Cartesian product of methods x tasks x models x bits x seeds, resolved into cells.
+"""A grid: the Cartesian product of methods x tasks x models x bits x seeds (x tuners), resolved into cells.
 
 A cell's identity is the hash of its resolved config (docs/results.md, Cell identity); settings that cannot
 change a result (data location, batch size, worker count) are kept out of it.
@@ -17,7 +17,8 @@ from harness.io import config_hash
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig
 from harness.records import RECORD_SCHEMA
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, unknown_name_message
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS, unknown_name_message
+from harness.tuner import NO_TUNING
 
 DEPLOY_RUNTIMES = ("onnxruntime",)  # --deploy: where a calibrated cell is also measured (docs/deploy.md)
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint", "eval_cache")
@@ -39,8 +40,10 @@ class GridSpec:
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     data: tuple[str, ...] = ()  # generators in place of each method's own (--data); crossed with calib
     calib: tuple[str, ...] = ()  # calibrators in place of each method's own (--calib)
+    tune: tuple[str, ...] = ()  # tuners in place of each method's own (--tune; "none": calibration only)
     generator_options: dict[str, Any] = field(default_factory=dict)
     calibrator_options: dict[str, Any] = field(default_factory=dict)
+    tuner_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     quant: QuantConfig = field(default_factory=QuantConfig)
     limit: int | None = None
@@ -64,10 +67,13 @@ class Cell:
     quant: QuantConfig
     limit: int | None
     deploy: str | None = None  # a measurement added to the record, not part of the cell's identity
+    tuner: str | None = None  # fine-tuning after calibration (harness.tuner); None: calibration only
+    tuner_options: Any = None
 
     def config(self) -> dict[str, Any]:
-        """The resolved config as stored in the record."""
-        return {
+        """The resolved config as stored in the record. A tuned cell adds ``tuner`` and its options; a
+        calibration-only cell has neither key, so its identity is what it was before tuners existed."""
+        config = {
             "method": self.method, "generator": self.generator, "calibrator": self.calibrator,
             "task": self.task, "model": self.model, "bits": str(self.bits), "seed": self.seed,
             "options": {
@@ -78,10 +84,14 @@ class Cell:
                 "limit": self.limit,
             },
         }
+        if self.tuner is not None:
+            config["tuner"] = self.tuner
+            config["options"]["tuner"] = options_dict(self.tuner_options)
+        return config
 
     def code(self) -> dict[str, dict[str, str]]:
         """Version and source digest of each component the result depends on (harness.code_version)."""
-        return component_code(self.task, *(() if self.bits.is_fp else (self.generator, self.calibrator)))
+        return component_code(self.task, *(() if self.bits.is_fp else (self.generator, self.calibrator, self.tuner)))
 
     def identity(self, weights_id: str) -> dict[str, Any]:
         """What makes two cells the same computation: the config, the weights and the code versions.
@@ -105,8 +115,8 @@ class Cell:
 def cell_from_record(record: dict[str, Any]) -> Cell:
     """The cell a record was computed for, options rebuilt from their stored values (docs/results.md)."""
     options = record.get("options") or {}
-    generator, calibrator = record["generator"], record["calibrator"]
-    return Cell(
+    generator, calibrator, tuner = record["generator"], record["calibrator"], record.get("tuner")
+    cell = Cell(
         record["method"], generator, calibrator, record["task"], record["model"], parse_bits(record["bits"]),
         record["seed"],
         build_options(GENERATORS.get(generator).Options, options.get("generator") or {},
@@ -117,6 +127,10 @@ def cell_from_record(record: dict[str, Any]) -> Cell:
                       f"task {record['task']!r}"),
         QuantConfig(**options.get("quant") or {}), options.get("limit"),
     )
+    if tuner is not None:
+        cell.tuner = tuner
+        cell.tuner_options = build_options(TUNERS.get(tuner).Options, options.get("tuner") or {}, tuner, f"tuner {tuner!r}")
+    return cell
 
 
 def record_configuration(record: dict[str, Any]) -> str:
@@ -128,18 +142,23 @@ def record_configuration(record: dict[str, Any]) -> str:
     if record.get("bits") == "fp":
         options = {"task": options["task"], "limit": options.get("limit")}
     versions = {name: (code or {}).get("version") for name, code in (record.get("code") or {}).items()}
+    tuned = {"tuner": record["tuner"]} if record.get("tuner") else {}  # calibration-only hashes as before tuners
     return config_hash({**{key: record.get(key) for key in ("method", "task", "model", "bits", "weights_id")},
                         "pair": None if record.get("bits") == "fp" else [record.get("generator"), record.get("calibrator")],
-                        "options": options, "versions": versions})
+                        "options": options, "versions": versions, **tuned})
 
 
-def component_code(task: str, generator: str | None = None, calibrator: str | None = None) -> dict[str, dict[str, str]]:
-    """The checkout's code of a result's components; a quantized result adds generator, calibrator, quantizer."""
+def component_code(task: str, generator: str | None = None, calibrator: str | None = None,
+                   tuner: str | None = None) -> dict[str, dict[str, str]]:
+    """The checkout's code of a result's components; a quantized result adds generator, calibrator, quantizer
+    and, when fine-tuned, the tuner."""
     code = {"task": plugin_code(TASKS.get(task)).as_dict()}
     if generator is not None:
         code.update(generator=plugin_code(GENERATORS.get(generator)).as_dict(),
                     calibrator=plugin_code(CALIBRATORS.get(calibrator)).as_dict(),
                     quantizer=quantizer_code().as_dict())
+    if tuner is not None:
+        code["tuner"] = plugin_code(TUNERS.get(tuner)).as_dict()
     return code
 
 
@@ -147,7 +166,8 @@ def code_differences(record: dict[str, Any]) -> list[str]:
     """How the code that made ``record`` differs from the checkout's (empty: the same code)."""
     quantized = record.get("bits") != "fp"
     try:
-        current = component_code(record["task"], *((record["generator"], record["calibrator"]) if quantized else ()))
+        current = component_code(record["task"], *((record["generator"], record["calibrator"], record.get("tuner"))
+                                                   if quantized else ()))
     except (HarnessError, KeyError) as error:
         return [f"a component is no longer available ({error})"]
     return describe_difference(record.get("code"), current)
@@ -170,12 +190,22 @@ def expand(spec: GridSpec) -> list[Cell]:
         pairs = list(itertools.product(data or [method.generator], calib or [method.calibrator]))
         if bit_spec.is_fp:  # an FP cell depends on no pair: one per method, not one per pair
             pairs = pairs[:1]
-        for generator_name, calibrator_name in pairs:
+        tuners = [None] if bit_spec.is_fp else _tuners(spec, method)
+        for (generator_name, calibrator_name), tuner_name in itertools.product(pairs, tuners):
             name = method_name or pair_method(generator_name, calibrator_name)
             cells += _pair_cells(spec, name, generator_name, calibrator_name, task_name, bit_spec, seed,
-                                 models_by_task[task_name])
+                                 models_by_task[task_name], tuner_name)
     _check_scopes(spec, cells)
     return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
+
+
+def _tuners(spec: GridSpec, method: Any) -> list[str | None]:
+    """The tuners a method's cells run with: ``--tune`` (``none`` is calibration only), else the method's own."""
+    names = list(dict.fromkeys(spec.tune)) or [method.tuner if method is not None else None]
+    for name in names:
+        if name not in (None, NO_TUNING):
+            TUNERS.get(name)  # an unknown name fails here, with suggestions
+    return [None if name in (None, NO_TUNING) else name for name in names]
 
 
 def pair_method(generator: str, calibrator: str) -> str:
@@ -187,7 +217,7 @@ def pair_method(generator: str, calibrator: str) -> str:
 
 
 def _pair_cells(spec: GridSpec, method: str, generator: str, calibrator: str, task: str, bits: BitSpec, seed: int,
-                models: list[str]) -> list[Cell]:
+                models: list[str], tuner: str | None = None) -> list[Cell]:
     """The cells of one method run with one (generator, calibrator) pair, one per model of the task."""
     generator_cls, calibrator_cls = GENERATORS.get(generator), CALIBRATORS.get(calibrator)
     if bits.mixed_precision and not calibrator_cls.supports_mixed_precision:
@@ -198,15 +228,22 @@ def _pair_cells(spec: GridSpec, method: str, generator: str, calibrator: str, ta
     calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator,
                                        f"calibrator {calibrator!r}")
     task_options = build_options(TASKS.get(task).Options, spec.task_options, task, f"task {task!r}")
+    tuner_options = (build_options(TUNERS.get(tuner).Options, spec.tuner_options, tuner, f"tuner {tuner!r}")
+                     if tuner is not None else None)
     return [Cell(method, generator, calibrator, task, model, bits, seed, generator_options, calibrator_options,
-                 task_options, spec.quant, spec.limit, None if bits.is_fp else spec.deploy) for model in models]
+                 task_options, spec.quant, spec.limit, None if bits.is_fp else spec.deploy, tuner, tuner_options)
+            for model in models]
 
 
 def _check_scopes(spec: GridSpec, cells: list[Cell]) -> None:
     """``PLUGIN.key=value`` must name a plugin of the grid: a misspelt scope would be silently ignored."""
+    if spec.tuner_options and not any(cell.tuner for cell in cells):
+        raise HarnessError(f"--tune-opt {next(iter(spec.tuner_options))}: no cell of this grid is fine-tuned "
+                           f"(give --tune with one of: {', '.join(TUNERS.names()) or 'none registered'})")
     for flag, kind, registry, options, in_grid in (
             ("--gen-opt", "generator", GENERATORS, spec.generator_options, {c.generator for c in cells}),
             ("--calib-opt", "calibrator", CALIBRATORS, spec.calibrator_options, {c.calibrator for c in cells}),
+            ("--tune-opt", "tuner", TUNERS, spec.tuner_options, {c.tuner for c in cells if c.tuner}),
             ("--task-opt", "task", TASKS, spec.task_options, {c.task for c in cells})):
         for key in options:
             scope = key.partition(".")[0] if "." in key else None

@@ -7,9 +7,14 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import stat
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -54,11 +59,100 @@ def atomic_save(path: Path, save: Callable[[Path], None], overwrite: bool = Fals
 
 def _temporary_sibling(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     """A hidden temporary file beside ``path`` (a rename never crosses file systems), with the user's umask
-    (mkstemp makes 0600; a shared results folder needs group access)."""
+    (mkstemp makes 0600; a shared results folder needs group access). Its name says which process writes
+    it (``.NAME.HOST.PID.XXXXXXXX.tmp``), so that what an interrupted write leaves is known as such and
+    removed at the next run (:func:`remove_interrupted_writes`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_host()}.{os.getpid()}.", suffix=suffix)
     os.fchmod(fd, 0o666 & ~current_umask())
     return fd, tmp
+
+
+# What _temporary_sibling names, and only that: mkstemp's eight random characters between the writer's
+# host and pid and ``.tmp`` (``.tmp.onnx`` for atomic_save). A user's ``.notes.tmp`` does not match.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)\.[a-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
+# The same writers before their names carried host and pid: ``.NAME.XXXXXXXX.tmp``.
+_UNMARKED_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
+ABANDONED_AFTER_S = 24 * 3600  # no atomic write of the harness takes a day: its writer is gone
+
+
+def _writer_host() -> str:
+    """This machine, as far as process ids mean anything: its host name (a shared results folder is seen
+    from several), and its pid namespace where there is one (containers may share a host name)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    with contextlib.suppress(OSError):
+        host += "-" + re.sub(r"[^0-9]", "", os.readlink("/proc/self/ns/pid"))
+    return host
+
+
+def _writer_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False
+
+
+def interrupted_writes(folder: Path, now: float | None = None) -> Iterator[Path]:
+    """Temporary files under ``folder`` that a write of this harness began and will never finish.
+
+    Decided: such a file is the writer's own (its name matches what :func:`_temporary_sibling` makes,
+    nothing else: a user's ``.notes.tmp`` never does) and its writer is known to be gone: a writer on
+    this host whose process no longer exists (host and pid are in the name), or any writer whose file
+    has not changed for :data:`ABANDONED_AFTER_S` (the only sign there is for a writer on another host
+    of a shared folder, or for a name from before names carried a pid; no atomic write of the harness
+    takes a day). So a run never removes the file of a write in progress in another process or on
+    another machine, and a pid reused since the crash only delays the clean-up by a day.
+    """
+    host, now = _writer_host(), time.time() if now is None else now
+    for directory, subdirectories, names in os.walk(folder):
+        subdirectories[:] = [name for name in subdirectories if not os.path.islink(os.path.join(directory, name))]
+        for name in names:
+            marked, unmarked = _TEMPORARY.match(name), _UNMARKED_TEMPORARY.match(name)
+            if not (marked or unmarked):
+                continue
+            path = Path(directory, name)
+            try:
+                status = path.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(status.st_mode):
+                continue
+            gone = marked is not None and marked["host"] == host and _writer_gone(int(marked["pid"]))
+            if gone or now - status.st_mtime > ABANDONED_AFTER_S:
+                yield path
+
+
+def remove_interrupted_writes(*folders: Path) -> int:
+    """Remove :func:`interrupted_writes` under each folder that exists; returns how many were removed.
+    A file that cannot be removed (a read-only folder) is left for the checks that name such folders."""
+    removed = 0
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in list(interrupted_writes(Path(folder))):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def clean_interrupted_writes(results: Path) -> int:
+    """At the start of ``run``: remove what interrupted writes left in the results folder and the cache
+    folder (:func:`interrupted_writes`), saying how many in one line on stderr. A cache folder that cannot
+    be made is left to the check before the grid (harness.paths.check_cache_dir), which names it."""
+    from harness.paths import cache_dir
+
+    folders = [Path(results)]
+    with contextlib.suppress(OSError):
+        folders.append(cache_dir())
+    removed = remove_interrupted_writes(*folders)
+    if removed:
+        print(f"removed {removed} temporary file(s) left by interrupted writes in {' and '.join(map(str, folders))}",
+              file=sys.stderr)
+    return removed
 
 
 @contextlib.contextmanager

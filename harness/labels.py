@@ -13,6 +13,8 @@ from typing import Any
 from harness.grid import EXECUTION_ONLY_TASK_OPTIONS, Cell
 from harness.registry import METHODS
 
+NOT_TUNED = "calibration only"  # the label of a cell without the tuner its method's protocol has
+
 
 @dataclass(frozen=True)
 class RowLabel:
@@ -20,6 +22,7 @@ class RowLabel:
 
     method: str
     pair: tuple[str, str] | None = None  # (generator, calibrator) when not the method's own
+    tuning: str | None = None  # the tuner when not the method's own; NOT_TUNED when the method's own tunes
     quantizer: tuple[str, ...] = ()  # the profile's name when not the default, then changed settings
     options: tuple[str, ...] = ()  # changed generator, calibrator and task options, ``key=value``
 
@@ -27,6 +30,8 @@ class RowLabel:
         text = self.method
         if self.pair is not None:
             text += f" ({self.pair[0]}+{self.pair[1]})"
+        if self.tuning is not None:
+            text += f" → {self.tuning}"
         if self.quantizer:
             text += f" [{', '.join(self.quantizer)}]"
         return text + (f" {{{', '.join(self.options)}}}" if self.options else "")
@@ -35,7 +40,7 @@ class RowLabel:
     def published_method(self) -> str | None:
         """The method whose published figures apply: its own pair and options; the quantizer's placement
         and settings may differ (a published row names its profile). None for any other configuration."""
-        return self.method if self.pair is None and not self.options else None
+        return self.method if self.pair is None and self.tuning is None and not self.options else None
 
 
 def row_label(cell: Cell) -> RowLabel:
@@ -46,13 +51,15 @@ def row_label(cell: Cell) -> RowLabel:
         return RowLabel(cell.method, options=task_options)
     method = METHODS.get(cell.method) if cell.method in METHODS else None  # a crossed pair names itself
     own_pair = (method.generator, method.calibrator) if method else (cell.generator, cell.calibrator)
+    own_tuner = method.tuner if method else None
     quantizer = changed_options(cell.quant)
     profile = quantizer.pop("profile", None)  # the profile alone reads as its name, as published rows do
     return RowLabel(
         cell.method,
         pair=None if (cell.generator, cell.calibrator) == own_pair else (cell.generator, cell.calibrator),
+        tuning=None if cell.tuner == own_tuner else cell.tuner or NOT_TUNED,
         quantizer=(profile,) * (profile is not None) + tuple(f"{key}={value}" for key, value in quantizer.items()),
-        options=tuple(f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options)
+        options=tuple(f"{key}={value}" for options in (cell.generator_options, cell.calibrator_options, cell.tuner_options)
                       for key, value in changed_options(options).items()) + task_options)
 
 

@@ -40,6 +40,9 @@ class GenerationContext:
     prior: ImagePrior
     seed: int
     device: torch.device
+    # the quantized model being fine-tuned, when a tuner asks for fresh images during tuning
+    # (harness.tuner.TuningContext.synthesize); None for the calibration set made before quantization
+    quantized_model: nn.Module | None = None
 
 
 @dataclass
@@ -65,19 +68,30 @@ class NoOptions:
     """For plugins without options."""
 
 
-class Generator(ABC):
-    """Produces calibration images. ``bit_independent`` generators are cached across bit widths."""
+class Stage(ABC):
+    """What the plugins of a cell's stages share (generator, calibrator, tuner): typed options, a version to
+    bump when a change moves its results (docs/results.md: code versions), fast options for the conformance
+    kit, and what it needs from a task (harness.support)."""
 
     Options: ClassVar[type] = NoOptions
-    version: ClassVar[str] = "1"  # bump when a change moves the images (docs/results.md: code versions)
-    bit_independent: ClassVar[bool] = True
-    in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
-    uses_real_data: ClassVar[bool] = False  # True: the context carries the task, and so its real images
-    smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
-    needs: ClassVar[frozenset[str]] = frozenset()  # what it needs from a task (harness.support)
+    version: ClassVar[str] = "1"
+    smoke_options: ClassVar[dict | None] = None
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def required(self) -> frozenset[str]:
+        """What this instance needs from a task: ``needs``, plus what its options add (docs/plugins.md, Support)."""
+        return self.needs
+
+
+class Generator(Stage):
+    """Produces calibration images. ``bit_independent`` generators are cached across bit widths."""
+
+    bit_independent: ClassVar[bool] = True
+    in_pixel_range: ClassVar[bool] = True  # images stay inside ImagePrior.clamp_bounds()
+    uses_real_data: ClassVar[bool] = False  # True: the context carries the task, and so its real images
 
     def required(self) -> frozenset[str]:
         """What this instance needs from a task: ``needs``, real images where ``uses_real_data``, plus what
@@ -89,25 +103,14 @@ class Generator(ABC):
         """Return calibration images for ``context.model``."""
 
 
-class Calibrator(ABC):
+class Calibrator(Stage):
     """Fits a quantized model's parameters (ranges, scales, maybe weights) on calibration images.
 
     ``supports_mixed_precision`` calibrators accept ``mpX`` bit specs: the model arrives with every
     layer at X weight bits and the calibrator reallocates per-layer bits under that average.
     """
 
-    Options: ClassVar[type] = NoOptions
-    version: ClassVar[str] = "1"  # bump when a change moves the calibrated model (docs/results.md)
     supports_mixed_precision: ClassVar[bool] = False
-    smoke_options: ClassVar[dict | None] = None  # fast options for the conformance kit
-    needs: ClassVar[frozenset[str]] = frozenset()  # what it needs from a task (harness.support)
-
-    def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
-
-    def required(self) -> frozenset[str]:
-        """What this instance needs from a task: ``needs``, plus what its options add (docs/plugins.md, Support)."""
-        return self.needs
 
     @abstractmethod
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any] | None:
@@ -116,11 +119,13 @@ class Calibrator(ABC):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A named pairing of a default generator and calibrator (their options may be overridden)."""
+    """A named pairing of a default generator and calibrator (their options may be overridden), and for
+    methods whose protocol fine-tunes (docs/methods.md, Fine-tuning) the tuner that follows them."""
 
     generator: str
     calibrator: str
     description: str = ""
+    tuner: str | None = None
 
 
 @dataclass

@@ -284,6 +284,8 @@ OPTIONAL_FIELDS = fields({
     "versions": mapping_of(text),
     "kernels": fields({"device": text, "torch": text, "torch_cpu": text, "fused": text, "gpu": text, "cpu": _CPU}),
     "deployment": _deployment,
+    "tuner": text,
+    "tuner_info": fields({}),
 })
 
 

@@ -1,4 +1,4 @@
-"""Typed registries for methods, generators, calibrators, tasks and models.
+"""Typed registries for methods, generators, calibrators, tuners, tasks and models.
 
 Plugins register themselves on import; the first lookup runs :func:`harness.discovery.discover_plugins`,
 which imports every folder under ``methods/`` and ``tasks/`` and every entry point in the
@@ -66,5 +66,6 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
 METHODS: Registry = Registry("method")
 GENERATORS: Registry = Registry("generator")
 CALIBRATORS: Registry = Registry("calibrator")
+TUNERS: Registry = Registry("tuner")
 TASKS: Registry = Registry("task", on_add=lambda name, task: task.registered_as(name))
 MODELS: Registry = Registry("model")

@@ -17,12 +17,54 @@ Shape = Callable[[Any, str], "str | None"]
 MISSING = object()  # a declared part that is absent
 
 
-def shown(value: Any) -> str:
-    """A value as a message shows it: short, ``missing`` or ``null`` where there is none."""
-    return "missing" if value is MISSING else "null" if value is None else f"{value!r}"[:40]
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as a message shows it: its repr's first ``limit`` characters, ``missing`` or ``null`` where
+    there is none. Only those characters are built, so a hostile file's value (a YAML alias bomb, a list
+    that holds itself, a megabyte of nesting) costs no more to name than a short one."""
+    if value is MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    pieces: list[str] = []
+    try:
+        _bounded_repr(value, pieces, limit)
+    except _Shown:
+        pass
+    return "".join(pieces)[:limit]
 
 
-def _kind(accepted: type, expected: str) -> Shape:
+class _Shown(Exception):
+    """Enough characters of a value are built."""
+
+
+def _bounded_repr(value: Any, pieces: list[str], limit: int) -> None:
+    """Append ``repr(value)`` to ``pieces`` piece by piece, stopping (``_Shown``) past ``limit`` characters."""
+    def emit(piece: str) -> None:
+        pieces.append(piece)
+        if sum(map(len, pieces)) > limit:
+            raise _Shown
+
+    kind = type(value)
+    if kind in (list, tuple):
+        emit("[" if kind is list else "(")
+        for index, item in enumerate(value):
+            emit(", " if index else "")
+            _bounded_repr(item, pieces, limit)
+        emit(("," if kind is tuple and len(value) == 1 else "") + ("]" if kind is list else ")"))
+    elif kind is dict:
+        emit("{")
+        for index, (key, item) in enumerate(value.items()):
+            emit(", " if index else "")
+            _bounded_repr(key, pieces, limit)
+            emit(": ")
+            _bounded_repr(item, pieces, limit)
+        emit("}")
+    else:
+        emit(repr(value[:limit + 1]) if kind is str else repr(value))
+
+
+def typed(accepted: type, expected: str) -> Shape:
+    """A value of type ``accepted`` (a bool is no int), else ``WHERE is VALUE, expected EXPECTED``."""
     def check(value: Any, where: str) -> str | None:
         if isinstance(value, accepted) and (accepted is bool or not isinstance(value, bool)):  # a bool is no int
             return None
@@ -30,14 +72,15 @@ def _kind(accepted: type, expected: str) -> Shape:
     return check
 
 
-text = _kind(str, "a string")
-boolean = _kind(bool, "true or false")
-integer = _kind(int, "an integer")
+text = typed(str, "a string")
+boolean = typed(bool, "true or false")
+integer = typed(int, "an integer")
 
 
 def finite_number(value: Any, where: str) -> str | None:
-    """An int or float that is neither NaN nor infinite (a bool is no number)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    """An int or float that is neither NaN nor infinite (a bool is no number; an int of 400 digits is finite,
+    and is not handed to ``math.isfinite``, which cannot convert it)."""
+    if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value):
         return None
     return f"{where} is {shown(value)}, expected a finite number"
 
@@ -48,6 +91,24 @@ def number_within(low: float, high: float) -> Shape:
         if (problem := finite_number(value, where)) is not None:
             return problem
         return None if low <= value <= high else f"{where} is {shown(value)}, expected a number in [{low:g}, {high:g}]"
+    return check
+
+
+def integer_within(low: int, high: int | None = None) -> Shape:
+    """An int in ``[low, high]`` (``high`` None: no upper bound); a bool or a float is no integer."""
+    def check(value: Any, where: str) -> str | None:
+        accepted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high):
+            return None
+        return f"{where} is {shown(value)}, expected {accepted}"
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Shape:
+    """One of a few names (a runtime, a mode)."""
+    def check(value: Any, where: str) -> str | None:
+        return None if isinstance(value, str) and value in choices else \
+            f"{where} is {shown(value)}, expected one of {', '.join(choices)}"
     return check
 
 

@@ -36,9 +36,12 @@ from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, in_place_evaluation, weight_quantized_layers
 from harness.records import (RECORD_SCHEMA, CachedCalibration, PeakMemory, ResultStore, harness_commit,
                              library_versions, load_calibration, provenance, read_fp_metric, write_calibration)
-from harness.registry import CALIBRATORS, GENERATORS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, TASKS, TUNERS
 from harness.support import CLASSES
 from harness.task import ImagePrior, SynthesisTarget, Task
+from harness.tuner import TuningContext
+
+RESYNTHESIS_SEED_STRIDE = 1_000_003  # round r of a tuner's fresh images is seeded seed + r * stride (docs/methods.md, Fine-tuning)
 
 Outcome = tuple[dict[str, Any], bool]  # a cell's record, and whether this call computed it
 
@@ -175,6 +178,11 @@ class CellWorker:
         start = time.perf_counter()
         qmodel, calibrator_info = self._calibrate(cell, task, fp_model, calibration)
         timing["calibrate"] = time.perf_counter() - start
+        tuned = {}
+        if cell.tuner is not None:
+            start = time.perf_counter()
+            tuned["tuner_info"] = self._tune(cell, task, fp_model, qmodel, calibration) or {}
+            timing["tune"] = time.perf_counter() - start
         start = time.perf_counter()
         with in_place_evaluation():
             metrics = task.evaluate(qmodel, cell.model, limit=cell.limit)
@@ -184,7 +192,7 @@ class CellWorker:
             start = time.perf_counter()
             deployment["deployment"] = measure_deployment(task, cell.model, qmodel, fp_model, metrics, cell.limit)
             timing["deploy"] = time.perf_counter() - start
-        return {**deployment,
+        return {**deployment, **tuned,
             "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
             "calibration_data": "real" if GENERATORS.get(cell.generator).uses_real_data else "data-free",
@@ -204,13 +212,31 @@ class CellWorker:
         qmodel = quantize_model(fp_model, cell.bits, cell.quant, part=task.quantized_part)
         calibrator = CALIBRATORS.get(cell.calibrator)(cell.calibrator_options)
         calibrator_info = calibrator.calibrate(task.quantized_part(qmodel), CalibrationContext(
-            fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
-            device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model),
-        ))
-        unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
-        if unfrozen:
-            raise HarnessError(f"calibrator {cell.calibrator!r} left {len(unfrozen)} quantizers unfrozen, e.g. {unfrozen[0]}")
+            **self._stage_context(cell, task, fp_model, calibration)))
+        _check_frozen(qmodel, f"calibrator {cell.calibrator!r}")
         return qmodel, calibrator_info
+
+    def _tune(self, cell: Cell, task: Task, fp_model: nn.Module, qmodel: nn.Module,
+              calibration: CalibrationSet) -> dict[str, Any] | None:
+        """Fine-tune the calibrated ``qmodel`` in place with the cell's tuner (harness.tuner); what it reports."""
+        tuner = TUNERS.get(cell.tuner)(cell.tuner_options)
+        generator = GENERATORS.get(cell.generator)(cell.generator_options)
+
+        def synthesize(quantized: nn.Module, round_index: int) -> CalibrationSet:
+            """Fresh images from the cell's generator for round ``round_index`` (>= 1), never cached."""
+            target = task.synthesis_target(cell.model, fp_model, CLASSES in generator.required())
+            fresh = dataclasses.replace(cell, seed=cell.seed + round_index * RESYNTHESIS_SEED_STRIDE)
+            return self._generate(fresh, generator, task, target, {}, quantized=quantized)
+
+        info = tuner.tune(task.quantized_part(qmodel), TuningContext(
+            **self._stage_context(cell, task, fp_model, calibration), synthesize=synthesize))
+        _check_frozen(qmodel, f"tuner {cell.tuner!r}")
+        return info
+
+    def _stage_context(self, cell: Cell, task: Task, fp_model: nn.Module, calibration: CalibrationSet) -> dict[str, Any]:
+        """What calibrator and tuner both see (harness.method.CalibrationContext)."""
+        return dict(fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
+                    device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model))
 
     def cell_id(self, cell: Cell) -> str:
         """The id the cell's record has in this store (it depends on the task's weights)."""
@@ -223,7 +249,10 @@ class CellWorker:
         task = self.task(cell)
         fp_model = self._load_fp_model(cell, weights_id)
         calibration = self._calibration_set(cell, task, fp_model, weights_id, {})[0]
-        return self._calibrate(cell, task, fp_model, calibration)[0], task
+        qmodel = self._calibrate(cell, task, fp_model, calibration)[0]
+        if cell.tuner is not None:
+            self._tune(cell, task, fp_model, qmodel, calibration)
+        return qmodel, task
 
     def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
         """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""
@@ -281,13 +310,13 @@ class CellWorker:
         return entry
 
     def _generate(self, cell: Cell, generator: Generator, task: Task, target: SynthesisTarget,
-                  timing: dict[str, float]) -> CalibrationSet:
+                  timing: dict[str, float], quantized: nn.Module | None = None) -> CalibrationSet:
         model = target.load().to(self.device)
         torch.manual_seed(cell.seed)
         start = time.perf_counter()
         calibration = generator.generate(GenerationContext(
             task=task if generator.uses_real_data else None, model_name=cell.model, model=model, prior=target.prior,
-            seed=cell.seed, device=self.device,
+            seed=cell.seed, device=self.device, quantized_model=quantized,
         ))
         timing["generate"] = time.perf_counter() - start
         if target.class_source is not None:  # the record says which classes the images were made for
@@ -296,6 +325,13 @@ class CellWorker:
             raise HarnessError(f"generator {cell.generator!r} produced non-finite images")
         calibration.images = calibration.images.detach().cpu()
         return calibration
+
+
+def _check_frozen(qmodel: nn.Module, stage: str) -> None:
+    """Ranges are frozen after calibration and stay so (docs/quantizer.md): evaluation must not move them."""
+    unfrozen = [name for name, q in act_quantizers(qmodel) if not q.frozen]
+    if unfrozen:
+        raise HarnessError(f"{stage} left {len(unfrozen)} quantizers unfrozen, e.g. {unfrozen[0]}")
 
 
 def _announce_wait(what: str) -> Callable[[str], None]:

@@ -1,6 +1,7 @@
 """Records -> pandas: one row per finished cell, statistics over seeds, and cost per method."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable
 
@@ -40,6 +41,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["cache_hit"] = bool(record.get("generator_cache_hit", False))
         # what calibrated it: real images or data-free (an FP cell needs none; older records did not say)
         row["data"] = "" if record.get("bits") == "fp" else record.get("calibration_data", "not recorded")
+        row["protocol"] = protocol(record)
+        row["untuned_label"] = untuned_label(record)
         row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
@@ -58,6 +61,24 @@ def published_as(record: dict[str, Any]) -> str:
     read from the record's fields (harness.labels); empty when none does or a plugin is gone."""
     try:
         return row_label(cell_from_record(record)).published_method or ""
+    except (HarnessError, KeyError, TypeError, ValueError):
+        return ""
+
+
+def protocol(record: dict[str, Any]) -> str:
+    """Calibration only, or fine-tuned and by which tuner (docs/results.md, Protocols); empty for FP."""
+    if record.get("bits") == "fp":
+        return ""
+    return f"fine-tuned: {record['tuner']}" if record.get("tuner") else "calibration only"
+
+
+def untuned_label(record: dict[str, Any]) -> str:
+    """For a fine-tuned record, the label the same configuration has without its tuner: the row its
+    tuning gain is measured against (empty for calibration-only records, or where a plugin is gone)."""
+    if not record.get("tuner"):
+        return ""
+    try:
+        return str(row_label(dataclasses.replace(cell_from_record(record), tuner=None, tuner_options=None)))
     except (HarnessError, KeyError, TypeError, ValueError):
         return ""
 
@@ -139,7 +160,7 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     A cache hit reports the generation time of the run that filled the cache, so the synthesis
     column is the cost of one generator run either way.
     """
-    columns = {f"time.{stage}": "mean" for stage in ("generate", "calibrate", "evaluate")}
+    columns = {f"time.{stage}": "mean" for stage in ("generate", "calibrate", "tune", "evaluate")}
     columns.update({c: "max" for c in frame.columns if c.startswith("memory.")})
     for column in columns:
         if column not in frame.columns:

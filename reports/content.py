@@ -60,6 +60,17 @@ class LeaderboardRow:
     label: str
     cells: list[Estimate | None]  # one per bit width of the leaderboard; None where not run
     data: str  # "data-free", "real" (calibrated on real images), "not recorded", or "" (FP only)
+    protocol: str = ""  # "calibration only", "fine-tuned: TUNER", or "" (FP only): never two in one row
+
+
+@dataclass(frozen=True)
+class GainRow:
+    """What fine-tuning adds to one configuration: the tuned row against the same row without its tuner,
+    per bit width (paired on shared seeds; None where either was not run)."""
+
+    label: str  # the fine-tuned row
+    base: str  # the calibration-only row it is measured against
+    cells: list[Comparison | None]
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class Leaderboard:
     fp: float | None
     fp_published: Citation | None
     plot: Figure
+    gains: list[GainRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class CostRow:
     cache_hits: int
     generate_s: float | None
     calibrate_s: float | None
+    tune_s: float | None  # None for calibration-only rows
     evaluate_s: float | None
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
@@ -221,11 +234,14 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     stats = {metric: _by_section(seed_stats(frame, f"metric.{metric}")) for metric in metrics}
     seeds = {metric: _seed_values(frame, f"metric.{metric}") for metric in metrics}
     data = {key: calibration_data(group) for key, group in frame.groupby(["model", "subset", "label"])["data"]}
+    rows_by = frame.groupby(["model", "subset", "label"])
+    protocols = {key: "; ".join(sorted(set(group))) for key, group in rows_by["protocol"]}
+    untuned = {key: next(iter(set(group)), "") for key, group in rows_by["untuned_label"]}
     costs = _by_section(cost_table(frame))
     sections = []
     for model, subset in sorted(costs):
         leaderboards = [_leaderboard(task, model, subset, metric, stats[metric][(model, subset)], published, book,
-                                     seeds[metric], data)
+                                     seeds[metric], data, protocols, untuned)
                         for metric in metrics if (model, subset) in stats[metric]]
         sections.append(ModelSection(model=model, subset=subset, anchor=f"{slug(task)}--{slug(model)}--{slug(subset)}",
                                      leaderboards=leaderboards, costs=_cost_rows(costs[(model, subset)]),
@@ -263,7 +279,8 @@ def _cited(sections: list[ModelSection]) -> list[Source]:
 
 
 def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.DataFrame, published: PublishedTable,
-                 book: _SourceBook, seeds: dict[tuple, dict[int, float]], data: dict[tuple, str]) -> Leaderboard:
+                 book: _SourceBook, seeds: dict[tuple, dict[int, float]], data: dict[tuple, str],
+                 protocols: dict[tuple, str], untuned: dict[tuple, str]) -> Leaderboard:
     bits = sorted(stats["bits"].unique(), key=bits_order)
     best = {bit: max(round(mean, 2) for mean in stats.loc[stats["bits"] == bit, "mean"]) for bit in bits}
     best_label = {bit: stats.loc[stats.loc[stats["bits"] == bit, "mean"].idxmax(), "label"] for bit in bits}
@@ -293,12 +310,17 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                 best=round(entry["mean"], 2) == best[bit],
                 published=book.cite(figure, entry["mean"]) if figure else None, comparisons=comparisons,
             ))
-        rows.append(LeaderboardRow(label=str(label), cells=cells, data=data[model, subset, label]))
+        rows.append(LeaderboardRow(label=str(label), cells=cells, data=data[model, subset, label],
+                                   protocol=protocols[model, subset, label]))
     fp_figure = published.fp(task, model, metric)
     fp_published = book.cite(fp_figure, fp) if fp_figure else None
     plot = _accuracy_figure(task, model, subset, metric, bits, rows, fp)
+    gains = [GainRow(row.label, base, [compare(seeds[model, subset, row.label, bit], seeds[model, subset, base, bit], base)
+                                       if (model, subset, base, bit) in seeds and (model, subset, row.label, bit) in seeds
+                                       else None for bit in bits])
+             for row in rows if (base := untuned[model, subset, row.label]) in set(stats["label"])]
     return Leaderboard(metric=metric, bits=bits, rows=rows, recalled=recalled, fp=fp, fp_published=fp_published,
-                       plot=plot)
+                       plot=plot, gains=gains)
 
 
 def _accuracy_figure(task: str, model: str, subset: str, metric: str, bits: list[str], rows: list[LeaderboardRow],
@@ -321,6 +343,7 @@ def _accuracy_figure(task: str, model: str, subset: str, metric: str, bits: list
 def _cost_rows(costs: pd.DataFrame) -> list[CostRow]:
     return [CostRow(label=str(row["label"]), cells=int(row["cells"]), cache_hits=int(row["cache_hits"]),
                     generate_s=_number(row.get("time.generate")), calibrate_s=_number(row.get("time.calibrate")),
+                    tune_s=_number(row.get("time.tune")),
                     evaluate_s=_number(row.get("time.evaluate")), peak_rss_mb=_number(row.get("memory.peak_rss_mb")),
                     peak_cuda_mb=_number(row.get("memory.peak_cuda_mb")))
             for row in costs.to_dict("records")]

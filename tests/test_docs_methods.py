@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from harness.registry import CALIBRATORS, GENERATORS, METHODS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
 
 METHODS_DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 PROJECT_PACKAGES = ("harness", "methods")  # outside packages document themselves
@@ -77,9 +77,9 @@ def documented_defaults() -> dict[tuple[str, str], Any]:
 
 
 def project_plugins() -> dict[str, type]:
-    """Generators and calibrators of this repository by name (their names do not collide)."""
+    """Generators, calibrators and tuners of this repository by name (their names do not collide)."""
     plugins = {}
-    for registry in (GENERATORS, CALIBRATORS):
+    for registry in (GENERATORS, CALIBRATORS, TUNERS):
         plugins.update({name: cls for name, cls in registry.items()
                         if cls.__module__.split(".")[0] in PROJECT_PACKAGES})
     return plugins

@@ -1,7 +1,7 @@
 """timm ``VisionTransformer`` (ViT, DeiT): instrumented attention, block and embedding forwards.
 
-Points (docs/quantizer.md, The `standard` placement): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor, which a
-per-tensor uniform quantizer absorbs exactly), ``scores`` (pre-softmax), ``attn`` (post-softmax),
+Points (docs/quantizer.md, The `standard` placement): ``q``, ``k`` (inputs of q·kᵀ; q carries timm's 1/sqrt(d) factor
+unless ``scale_after_product`` moves it after the product), ``scores`` (pre-softmax, scaled), ``attn`` (post-softmax),
 ``v``, ``attn_v`` (the attn·v product, shape (B, heads, N, d), before heads are merged), the
 block's ``residual1`` / ``residual2`` sums, and on the model ``tokens`` (class token and patch
 tokens, concatenated), ``pos_embed`` (the position-embedding parameter) and ``embedded`` (their
@@ -24,6 +24,10 @@ from harness.instrument import apply_point, only_output_points
 class InstrumentedAttention(Attention):
     is_dfq_attention = True
     psaq_points = ("scores",)
+    # False: the q point quantizes q·(1/sqrt(d)), timm's order; True: it quantizes q and q·kᵀ is scaled after
+    # the product, as RepQ-ViT's DeiT code does (docs/methods.md, RepQ-ViT). The same floats when 1/sqrt(d) is
+    # a power of two (d = 4, 16, 64, 256); a calibrator sets it on the instance.
+    scale_after_product = False
 
     def temporary_points(self) -> tuple[str, ...]:
         """The softmax output and the merged heads: made by this forward for those points alone."""
@@ -39,9 +43,10 @@ class InstrumentedAttention(Attention):
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                dropout_p=self.attn_drop.p if self.training else 0.0)
             return self._merge(apply_point(self, "attn_v", x), gate)
-        q = apply_point(self, "q", q * self.scale)
+        q = apply_point(self, "q", q if self.scale_after_product else q * self.scale)
         k = apply_point(self, "k", k)
-        scores = apply_point(self, "scores", q @ k.transpose(-2, -1))
+        scores = q @ k.transpose(-2, -1)
+        scores = apply_point(self, "scores", scores * self.scale if self.scale_after_product else scores)
         scores = maybe_add_mask(scores, resolve_self_attn_mask(N, scores, attn_mask, is_causal))
         attn = apply_point(self, "attn", self.attn_drop(scores.softmax(dim=-1)))
         return self._merge(apply_point(self, "attn_v", attn @ apply_point(self, "v", v)), gate)

@@ -7,33 +7,49 @@ single row for a per-tensor quantizer.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
 from harness.quant.fake_quant import MIN_SCALE, fake_quant_log_sqrt2, fake_quant_offset_after_round
 
-# torch.quantile refuses inputs of more than 2^24 elements; larger rows use numpy's percentile
-# (the same linear interpolation).
-_QUANTILE_LIMIT = 1 << 24
+# How a quantile is computed (docs/methods.md, RepQ-ViT, Quantiles): as torch.quantile computed it up to
+# torch 2.13 ("published": q and its rank q·(n - 1) in the input's dtype; a row of more than 2^24 values,
+# which those releases refused, through numpy's percentile rounded to float32, as the authors' fallback
+# does), or as torch 2.14 computes it ("torch2.14": the rank in float64, no size limit). Both are
+# computed here whatever torch is installed.
+QuantileArithmetic = Literal["published", "torch2.14"]
+QUANTILE_ARITHMETICS: tuple[str, ...] = ("published", "torch2.14")
+PUBLISHED_QUANTILE_LIMIT = 1 << 24
 
 
-def _quantiles(rows: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
-    """Per-row linear-interpolation quantiles of a (rows, values) tensor, shape (len(qs), rows): one sort
-    for all of them (torch.quantile casts a scalar q to the input's dtype; so does this)."""
-    if rows.numel() <= _QUANTILE_LIMIT:
-        return torch.quantile(rows, torch.tensor(list(qs), dtype=rows.dtype, device=rows.device), dim=1)
-    if rows.shape[1] <= _QUANTILE_LIMIT:
-        chunks = rows.split(max(1, _QUANTILE_LIMIT // rows.shape[1]))
-        return torch.cat([_quantiles(chunk, qs) for chunk in chunks], dim=1)
-    values = np.percentile(rows.detach().cpu().numpy(), [q * 100 for q in qs], axis=1)
-    return torch.as_tensor(values, dtype=rows.dtype, device=rows.device)
+def quantiles(rows: torch.Tensor, qs: Sequence[float], arithmetic: QuantileArithmetic = "published") -> torch.Tensor:
+    """Per-row linear-interpolation quantiles of a (rows, values) tensor, shape (len(qs), rows), with
+    torch.quantile's operations in its order (one sort for all of them; q cast to the input's dtype, as
+    torch.quantile casts a scalar q) in the ``arithmetic`` of the torch release named above."""
+    if arithmetic not in QUANTILE_ARITHMETICS:
+        raise ValueError(f"unknown quantile arithmetic {arithmetic!r}; accepted: {', '.join(QUANTILE_ARITHMETICS)}")
+    rows = rows.detach()
+    count = rows.shape[1]
+    if arithmetic == "published" and count > PUBLISHED_QUANTILE_LIMIT:
+        values = np.percentile(rows.cpu().numpy(), [q * 100 for q in qs], axis=1)
+        return torch.as_tensor(values, dtype=torch.float32).to(device=rows.device, dtype=rows.dtype)
+    q = torch.tensor(list(qs), dtype=rows.dtype, device=rows.device)
+    ranks = q * (count - 1) if arithmetic == "published" else q.double() * (count - 1)
+    below = ranks.long()
+    weights = (ranks - below).to(rows.dtype)
+    above = ranks.ceil().long()
+    ordered = rows.sort(dim=1).values
+    result = torch.empty(len(qs), rows.shape[0], dtype=rows.dtype, device=rows.device)
+    torch.lerp(ordered.index_select(1, below), ordered.index_select(1, above), weights, out=result.t())
+    return result.masked_fill_(ordered[:, -1].isnan(), float("nan"))  # a NaN sorts last; torch.quantile's NaN rows
 
 
-def percentile_mse_params(rows: torch.Tensor, bits: int,
-                          percentiles: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row asymmetric scale and zero point, each row's best of the percentile candidates.
+def percentile_mse_params(rows: torch.Tensor, bits: int, percentiles: Sequence[float],
+                          arithmetic: QuantileArithmetic = "published") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row asymmetric scale and zero point, each row's best of the percentile candidates (their
+    quantiles in ``arithmetic``, :func:`quantiles`).
 
     The zero point is round(-low / scale), neither widened to contain 0 nor clamped; quantization
     adds it after rounding (:func:`fake_quant_offset_after_round`).
@@ -41,8 +57,8 @@ def percentile_mse_params(rows: torch.Tensor, bits: int,
     rows = rows.detach()
     levels = 2 ** bits - 1
     best_error = best_scale = best_zero_point = None
-    quantiles = _quantiles(rows, [*percentiles, *(1.0 - p for p in percentiles)])
-    for high, low in zip(quantiles[:len(percentiles)], quantiles[len(percentiles):]):
+    bounds = quantiles(rows, [*percentiles, *(1.0 - p for p in percentiles)], arithmetic)
+    for high, low in zip(bounds[:len(percentiles)], bounds[len(percentiles):]):
         scale = ((high - low) / levels).clamp_min(MIN_SCALE)
         zero_point = (-low / scale).round()
         error = (fake_quant_offset_after_round(rows, scale[:, None], zero_point[:, None], bits) - rows).abs().pow(2)
@@ -57,11 +73,13 @@ def percentile_mse_params(rows: torch.Tensor, bits: int,
     return best_scale, best_zero_point
 
 
-def percentile_mse_log_sqrt2_scale(x: torch.Tensor, bits: int, percentiles: Sequence[float]) -> torch.Tensor:
-    """The log-√2 quantizer's scale (its largest level): the percentile of ``x`` with the smallest MSE."""
+def percentile_mse_log_sqrt2_scale(x: torch.Tensor, bits: int, percentiles: Sequence[float],
+                                   arithmetic: QuantileArithmetic = "published") -> torch.Tensor:
+    """The log-√2 quantizer's scale (its largest level): the percentile of ``x`` with the smallest MSE
+    (quantiles in ``arithmetic``, :func:`quantiles`)."""
     flat = x.detach().reshape(1, -1)
     best_error, best_scale = None, None
-    for scale in _quantiles(flat, percentiles)[:, 0]:
+    for scale in quantiles(flat, percentiles, arithmetic)[:, 0]:
         error = (fake_quant_log_sqrt2(flat, scale, bits) - flat).abs().pow(2).mean()
         if best_error is None or error < best_error:
             best_error, best_scale = error, scale

@@ -19,12 +19,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.api import (ATTENTION, CALIBRATORS, SUPPORTED, CalibrationContext, Calibrator, HarnessError, ImagePrior,
+from harness.api import (ATTENTION, CALIBRATORS, DISCREPANCIES, SUPPORTED, CalibrationContext, Calibrator, HarnessError, ImagePrior,
                          MinMaxObserver, PatchSimilarityOptions, PixelSynthesis, Probe, act_quantizers, attn_v_probes,
                          field_order, fix_scales, keep_scales_positive, learnable_scales, observe_and_freeze,
                          progress_bar, random_roll_flip, show_losses, tv_target, weight_quantized_layers)
+from harness.api import discrepancy, mean_discrepancy, resolve_discrepancy
 from harness.api import Range, at_least, positive, probability, ranged
-from methods.psaq_v2.losses import DISCREPANCIES, discrepancy, mean_discrepancy, prior_terms, resolve_discrepancy
+from methods.psaq_v2.losses import prior_terms
 
 
 @field_order(  # as declared before the shared bases: records' labels list options in this order

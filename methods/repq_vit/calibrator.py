@@ -9,11 +9,14 @@
 3. Each per-channel quantizer is folded into its LayerNorm and Linear
    (:func:`harness.quant.reparam.fold_channel_params`) and becomes per-tensor; the weights of those
    Linears are searched again.
+
+As in the authors' DeiT code, a ViT's q is quantized before timm's 1/sqrt(d) and q·kᵀ scaled after the
+product (Swin's window attention scales q first, in their code and in timm's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -33,6 +36,9 @@ class RepQOptions:
     input_bits: int = ranged(Range(low=2, high=16), 8)  # the image (patch-embedding input) stays at 8 bits
     post_softmax: str = "log_sqrt2"  # post-softmax quantizer: log_sqrt2, or uniform
     reparameterize: bool = True  # fold per-channel post-LayerNorm quantizers into per-tensor ones
+    # how quantiles are computed: published (torch <= 2.13's arithmetic, numpy above 2^24 values, the published
+    # figures' code path), or torch2.14 (the authors' code on torch 2.14)
+    quantile: Literal["published", "torch2.14"] = "published"
 
     def __post_init__(self) -> None:
         if not self.percentiles or not all(0.5 < p <= 1 for p in self.percentiles):
@@ -41,6 +47,8 @@ class RepQOptions:
             raise ValueError("input_bits must be in 2..16")
         if self.post_softmax not in ("log_sqrt2", "uniform"):
             raise ValueError("post_softmax must be log_sqrt2 or uniform")
+        if self.quantile not in ("published", "torch2.14"):
+            raise ValueError("quantile must be published or torch2.14")
 
 
 class _SearchOnFirstBatch:
@@ -61,6 +69,7 @@ class RepQCalibrator(Calibrator):
     """RepQ-ViT: percentile-searched quantizers, per-channel post-LayerNorm folded into per-tensor, log-√2 softmax."""
 
     Options = RepQOptions
+    version = "2"  # 2: quantiles in a declared arithmetic (option quantile); a ViT's q quantized before 1/sqrt(d)
 
     @torch.no_grad()
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
@@ -72,6 +81,9 @@ class RepQCalibrator(Calibrator):
         image_quantizer = get_point(first, "in") if first is not None else None
         if image_quantizer is not None:
             image_quantizer.bits = options.input_bits
+        for module in qmodel.modules():
+            if is_instrumented_attention(module) and hasattr(module, "scale_after_product"):
+                module.scale_after_product = True
         if options.post_softmax == "log_sqrt2":
             for module in qmodel.modules():
                 quantizer = get_point(module, "attn") if is_instrumented_attention(module) else None
@@ -99,20 +111,20 @@ class RepQCalibrator(Calibrator):
 
     def _search_for(self, quantizer: ActQuantizer,
                     channel_quantizers: set[int]) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        percentiles, bits = self.options.percentiles, quantizer.bits
+        percentiles, bits, arithmetic = self.options.percentiles, quantizer.bits, self.options.quantile
         if quantizer.kind == "log_sqrt2":
             def log_sqrt2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                scale = percentile_mse_log_sqrt2_scale(x, bits, percentiles)
+                scale = percentile_mse_log_sqrt2_scale(x, bits, percentiles, arithmetic)
                 return scale, torch.zeros_like(scale)
             return log_sqrt2
         if quantizer.kind != "uniform":
             raise HarnessError(f"calibrator repq searches uniform and log_sqrt2 quantizers, not {quantizer.kind!r}")
         if id(quantizer) in channel_quantizers:
-            return lambda x: percentile_mse_params(x.reshape(-1, x.shape[-1]).t(), bits, percentiles)
-        return lambda x: tuple(p[0] for p in percentile_mse_params(x.reshape(1, -1), bits, percentiles))
+            return lambda x: percentile_mse_params(x.reshape(-1, x.shape[-1]).t(), bits, percentiles, arithmetic)
+        return lambda x: tuple(p[0] for p in percentile_mse_params(x.reshape(1, -1), bits, percentiles, arithmetic))
 
     def _search_weights(self, layers: Iterable[nn.Module]) -> None:
         for layer in layers:
             if layer.weight_bits:
                 layer.set_weight_params(*percentile_mse_params(layer.weight.flatten(1), layer.weight_bits,
-                                                               self.options.percentiles))
+                                                               self.options.percentiles, self.options.quantile))

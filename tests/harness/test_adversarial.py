@@ -143,6 +143,7 @@ def _run_bits(results: Path, bits: str) -> int:
     ({"top1": float("nan")}, "metrics.top1 is nan, expected a finite number"),
     ({"top1": float("inf")}, "metrics.top1 is inf, expected a finite number"),
     ({"top1": True}, "metrics.top1 is True, expected a finite number"),
+    ({"top1": 10**400}, f"metrics.top1 is {str(10**400)[:40]}, expected a number in [0, 100]"),  # was: OverflowError
     ({"top5": 90.0}, "metrics ['top5'], expected the task's ['top1']"),
 ])
 def test_a_bad_fp_metric_is_named_recomputed_and_rewritten_once(results, capsys, metrics, problem):

@@ -15,7 +15,7 @@ from harness.quant.modules import act_quantizers
 from harness.registry import CALIBRATORS, GENERATORS, METHODS
 from harness.task import ImagePrior
 from methods.psaq_v2 import InitOptions, PSAQV2Calibrator, PSAQV2InitGenerator, PSAQV2Options
-from methods.psaq_v2.losses import discrepancy, has_classifier, resolve_discrepancy
+from harness.distillation import discrepancy, has_classifier, resolve_discrepancy
 
 
 PRIOR = ImagePrior(input_size=(3, 32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=10)

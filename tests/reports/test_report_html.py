@@ -65,7 +65,8 @@ def test_page_is_self_contained(html):
 def test_missing_published_figure_is_empty_and_present_one_cites_its_source(html):
     leaderboard = html.split('<table class="leaderboard">', 1)[1].split("</table>", 1)[0]
     rows = dict(re.findall(r'<tr><th scope="row">([^<]+)</th>(.*?)</tr>', leaderboard))
-    noise_w8a8, _, noise_w4a4, noise_data = re.findall(r"<td[^>]*>.*?</td>", rows["noise"])
+    noise_w8a8, _, noise_w4a4, noise_data, noise_protocol = re.findall(r"<td[^>]*>.*?</td>", rows["noise"])
+    assert noise_protocol == '<td class="data">calibration only</td>'  # no tuner in these records
     assert noise_data == '<td class="data">not recorded</td>'  # these handmade records do not say
     psaq_w8a8 = re.findall(r"<td[^>]*>.*?</td>", rows["psaq"])[0]
     assert "pub." not in noise_w8a8 and "published" not in noise_w8a8
