@@ -17,9 +17,10 @@ folder only (no weights, data or network), so it runs from a plain checkout. One
   timed run.
 - throughput: DeiT-S eval images/s on random inputs, FP vs fake-quant W8A8 and W4A8.
 - fused kernels: the device types the compiled kernels ran on, or why they fell back.
-- methods, calibrators: ``python -m harness run --device DEVICE`` on ``digits`` (one model, W4A8,
-  seed 0), every registered method with its own pair, then every registered calibrator on ``real``
-  images, each plugin at the conformance kit's fast options (``smoke_options``). Each name is printed
+- methods, calibrators, tuners: ``python -m harness run --device DEVICE`` on ``digits`` (one model, W4A8,
+  seed 0), every registered method with its own generator, calibrator and tuner, then every registered
+  calibrator on ``real`` images, then every registered tuner after ``minmax`` on ``real`` images, each
+  plugin at the conformance kit's fast options (``smoke_options``). Each name is printed
   with ok and its top-1, or FAILED and its record's error with the innermost frame of this repository
   (a tensor left on the wrong device fails its cell there); a cell that ran on another device fails too.
 - imagenet: a synthetic ImageNet val folder (``imagenet_throughput.write_synthetic_imagenet``) and a
@@ -127,7 +128,8 @@ from harness.progress import set_progress  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import in_place_evaluation  # noqa: E402
 from harness.records import PeakMemory, ResultStore, harness_commit, library_versions  # noqa: E402
-from harness.registry import CALIBRATORS, GENERATORS, METHODS  # noqa: E402
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS  # noqa: E402
+from harness.tuner import NO_TUNING  # noqa: E402
 from imagenet_throughput import write_synthetic_imagenet  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 from tasks.imagenet import ImageNetTask  # noqa: E402
@@ -428,19 +430,24 @@ class HarnessCLI:
         return process.returncode
 
 
-def smoke_flags(generators: Iterable[str], calibrators: Iterable[str]) -> list[str]:
+def smoke_flags(generators: Iterable[str], calibrators: Iterable[str], tuners: Iterable[str] = ()) -> list[str]:
     """The conformance kit's fast options of these plugins (their ``smoke_options``), as scoped CLI flags."""
     flags = []
-    for flag, registry, names in (("--gen-opt", GENERATORS, generators), ("--calib-opt", CALIBRATORS, calibrators)):
+    for flag, registry, names in (("--gen-opt", GENERATORS, generators), ("--calib-opt", CALIBRATORS, calibrators),
+                                  ("--tune-opt", TUNERS, tuners)):
         for name in sorted(set(names)):
             for key, value in smoke_options(registry.get(name), name).items():
                 flags += [flag, f"{name}.{key}={json.dumps(value)}"]
     return flags
 
 
-def records_by_pair(results: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """The records of a results folder by (generator, calibrator): one grid of one model, bit width and seed."""
-    return {(record["generator"], record["calibrator"]): record for record in ResultStore(results).records()}
+Stages = tuple[str, str, "str | None"]  # a cell's generator, calibrator and tuner (None: calibration only)
+
+
+def records_by_stages(results: Path) -> dict[Stages, dict[str, Any]]:
+    """The records of a results folder by (generator, calibrator, tuner): one grid of one model, bits and seed."""
+    return {(record["generator"], record["calibrator"], record.get("tuner")): record
+            for record in ResultStore(results).records()}
 
 
 def cell_result(record: dict[str, Any] | None, device: torch.device, exit_status: int) -> dict[str, Any]:
@@ -477,29 +484,37 @@ def describe(result: dict[str, Any]) -> str:
     return f"ok      top-1 {result['top1']:6.2f}  ({stages}; on {result['device']}, fused kernels {result['fused']})"
 
 
-def check_digits_cells(report: Report, cli: HarnessCLI, check: str, pairs: dict[str, tuple[str, str]],
+def check_digits_cells(report: Report, cli: HarnessCLI, check: str, cells: dict[str, Stages],
                        selection: list[str]) -> None:
-    """One ``run`` of the digits cells ``selection`` makes, then a line per name of ``pairs`` from its record."""
+    """One ``run`` of the digits cells ``selection`` makes, then a line per name of ``cells`` from its record."""
     limit = [] if cli.sizes.digits_limit is None else ["--limit", str(cli.sizes.digits_limit)]
-    results = cli.results / "digits"  # methods and calibrators share it: a pair both run is computed once
+    results = cli.results / "digits"  # methods, calibrators and tuners share it: a cell two checks run is computed once
+    generators, calibrators, tuners = zip(*cells.values())
     exit_status = cli.run(results, [*selection, "--tasks", "digits", "--models", DIGITS_MODEL, "--bits", CELL_BITS,
-                                    *limit, *smoke_flags([generator for generator, _ in pairs.values()],
-                                                         [calibrator for _, calibrator in pairs.values()])])
-    records = records_by_pair(results)
-    for name, pair in pairs.items():
-        report.cell(check, name, cell_result(records.get(pair), cli.device, exit_status))
+                                    *limit, *smoke_flags(generators, calibrators, [t for t in tuners if t])])
+    records = records_by_stages(results)
+    for name, stages in cells.items():
+        report.cell(check, name, cell_result(records.get(stages), cli.device, exit_status))
 
 
 def check_methods(report: Report, cli: HarnessCLI) -> None:
-    """Every registered method, with its own generator and calibrator."""
-    pairs = {name: (spec.generator, spec.calibrator) for name, spec in METHODS.items()}
-    check_digits_cells(report, cli, "methods", pairs, ["--methods", ",".join(pairs)])
+    """Every registered method, with its own generator, calibrator and tuner."""
+    cells = {name: (spec.generator, spec.calibrator, spec.tuner) for name, spec in METHODS.items()}
+    check_digits_cells(report, cli, "methods", cells, ["--methods", ",".join(cells)])
 
 
 def check_calibrators(report: Report, cli: HarnessCLI) -> None:
     """Every registered calibrator on real images, those no method pairs with ``real`` included."""
-    pairs = {name: (CALIBRATION_DATA, name) for name in CALIBRATORS.names()}
-    check_digits_cells(report, cli, "calibrators", pairs, ["--data", CALIBRATION_DATA, "--calib", ",".join(pairs)])
+    cells = {name: (CALIBRATION_DATA, name, None) for name in CALIBRATORS.names()}
+    check_digits_cells(report, cli, "calibrators", cells,
+                       ["--data", CALIBRATION_DATA, "--calib", ",".join(cells), "--tune", NO_TUNING])
+
+
+def check_tuners(report: Report, cli: HarnessCLI) -> None:
+    """Every registered tuner after min-max calibration on real images (docs/methods.md, Fine-tuning)."""
+    cells = {name: (CALIBRATION_DATA, "minmax", name) for name in TUNERS.names()}
+    check_digits_cells(report, cli, "tuners", cells,
+                       ["--data", CALIBRATION_DATA, "--calib", "minmax", "--tune", ",".join(cells)])
 
 
 def check_imagenet_cache(report: Report, cli: HarnessCLI) -> None:
@@ -517,7 +532,7 @@ def check_imagenet_cache(report: Report, cli: HarnessCLI) -> None:
     for run in ("first", "second"):
         results = cli.results / f"imagenet_{run}"
         exit_status = cli.run(results, arguments)
-        result = cell_result(next(iter(records_by_pair(results).values()), None), cli.device, exit_status)
+        result = cell_result(next(iter(records_by_stages(results).values()), None), cli.device, exit_status)
         if result["status"] != "ok":
             raise CheckFailed(f"{run} run: {describe(result)}")
         runs[run] = {**result, "cache_entries": eval_cache_entries(cli.cache)}
@@ -540,7 +555,8 @@ def eval_cache_entries(cache: Path) -> dict[str, list[int]]:
 
 MEASUREMENTS = {"agreement": (check_patch_similarity, check_quantized_logits), "synthesis": (check_synthesis,),
                 "throughput": (check_throughput,), "fused": (check_fused_kernels,)}  # in this process
-CLI_CHECKS = {"methods": check_methods, "calibrators": check_calibrators, "imagenet": check_imagenet_cache}
+CLI_CHECKS = {"methods": check_methods, "calibrators": check_calibrators, "tuners": check_tuners,
+              "imagenet": check_imagenet_cache}
 
 
 class Tee:

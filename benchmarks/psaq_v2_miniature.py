@@ -3,7 +3,7 @@
     python benchmarks/psaq_v2_miniature.py [--seeds 0,1,2,3,4] [--out results/psaq_v2_miniature] [--threads N]
 
 Runs ``psaq`` (its default calibrator, min-max) and ``psaq_v2`` (generator ``psaq_v2_init`` +
-calibrator ``psaq_v2``) through the harness CLI on digits, both models, `standard` profile, W4A3
+calibrator ``minmax`` + tuner ``psaq_v2``) through the harness CLI on digits, both models, `standard` profile, W4A3
 and W4A4, one seed at a time (resumable: a rerun computes only missing cells, so two instances
 with disjoint ``--seeds`` may share ``--out``). Then prints from the records: (1) top-1 mean ± std
 over seeds per model, bits and method; (2) the paired per-seed difference V2 - V1; (3) the cost
@@ -44,9 +44,10 @@ def records(out: Path, seeds: list[int]) -> pd.DataFrame:
         if record.get("status") == "ok" and record["seed"] in seeds and record["method"] in METHODS:
             timing = record["timing_s"]
             rows.append({"model": record["model"], "bits": record["bits"], "method": record["method"],
-                         "calibrator": record["calibrator"], "seed": record["seed"],
+                         "calibrator": record["calibrator"] + (f" -> {record['tuner']}" if record.get("tuner") else ""),
+                         "seed": record["seed"],
                          "top1": record["metrics"]["top1"], "fp_top1": record["fp_metrics"]["top1"],
-                         "cost_s": timing.get("generate", 0.0) + timing["calibrate"]})
+                         "cost_s": timing.get("generate", 0.0) + timing["calibrate"] + timing.get("tune", 0.0)})
     return pd.DataFrame(rows)
 
 

@@ -23,6 +23,7 @@ from harness.method import (CalibrationContext, CalibrationSet, Calibrator, Gene
                             ImageCountOptions, MethodSpec, NoOptions)
 from harness.options import Range, at_least, percent, positive, probability, ranged
 from harness.paths import cache_dir
+from harness.priors.attention_logits import attention_logit_probes
 from harness.priors.attention_prior import (aligned_blocks, attention_alignment_loss, attention_probes,
                                             gaussian_mixture_priors, patch_attention)
 from harness.priors.gallery import save_image_grid
@@ -37,6 +38,8 @@ from harness.quant.fake_quant import (asymmetric_params, fake_quant_asymmetric, 
                                       fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform,
                                       symmetric_weight_scale)
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales
+from harness.quant.learned_offset import (LearnedOffsetQuantizer, learned_offset_quantizers, minmax_weights_ste,
+                                          restore_quantizers)
 from harness.quant.lsq import lsq_gradient_scale
 from harness.quant.modules import (ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, unquantized_weights,
                                    weight_quantized_layers)
@@ -46,11 +49,11 @@ from harness.quant.search import (best_candidate, fraction_candidates, output_si
                                   percentile_mse_params)
 from harness.records import read_calibration
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
-from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.support import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices, register_models
 from harness.task_setup import TaskSetup
 from harness.timm_weights import hub_checkpoint, load_weights
-from harness.tuner import NO_TUNING, Tuner, TuningContext
+from harness.tuner import NO_TUNING, Tuner, TuningContext, epoch_cosine
 from harness.weights import read_state_dict, write_state_dict
 
 __all__ = [
@@ -58,7 +61,7 @@ __all__ = [
     "CALIBRATORS", "GENERATORS", "METHODS", "MODELS", "TASKS", "TUNERS", "register_models",
     # methods: the two halves, their contexts and the set passed between them; the optional fine-tuning stage
     "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext", "Generator", "MethodSpec",
-    "NO_TUNING", "Tuner", "TuningContext",
+    "NO_TUNING", "Tuner", "TuningContext", "epoch_cosine",
     # teacher-student distances (PSAQ-ViT V2's student, the tuners)
     "DISCREPANCIES", "discrepancy", "has_classifier", "mean_discrepancy", "resolve_discrepancy",
     # tasks
@@ -68,7 +71,7 @@ __all__ = [
     # the pieces of their tiny offline instances
     "OpenMMLabModel", "OpenMMLabTask", "mm_predictions", "save_random_init", "write_images",
     # what plugins declare they need and offer (docs/plugins.md, Support)
-    "ATTENTION", "BLOCKS", "CLASSES", "REAL_IMAGES",
+    "ATTENTION", "BLOCKS", "CLASS_TOKEN", "CLASSES", "REAL_IMAGES",
     # options and errors
     "HarnessError", "ImageCountOptions", "NoOptions", "Range", "at_least", "percent", "positive", "probability",
     "ranged",
@@ -83,7 +86,7 @@ __all__ = [
     "Probe", "TV_SCALINGS", "aligned_blocks", "attention_alignment_loss", "attention_probes", "attn_v_probes",
     "clamp_pixels", "gaussian_mixture_priors", "patch_attention", "patch_similarity_loss", "pixel_bounds",
     "pixel_optimizer", "random_roll_flip", "save_image_grid", "synthesis_lr", "total_variation", "tv_target",
-    "warmup_cosine_lr",
+    "warmup_cosine_lr", "attention_logit_probes",
     # the one pixel-synthesis loop and its options (docs/methods.md, Pixel synthesis)
     "Objective", "PatchSimilarityOptions", "PixelSynthesis", "SynthesisOptions", "field_order", "gaussian_noise",
     "tv_loss",
@@ -96,6 +99,7 @@ __all__ = [
     "fold_channel_params", "keep_scales_positive", "learnable_scales", "lsq_gradient_scale", "mse_weight_scales", "norm_linear_pairs",
     "observe_and_freeze", "percentile_mse_log_sqrt2_scale", "percentile_mse_params", "symmetric_weight_scale",
     "unquantized_weights", "weight_quantized_layers",
+    "LearnedOffsetQuantizer", "learned_offset_quantizers", "minmax_weights_ste", "restore_quantizers",
     # tasks' small instances (harness.task_setup), and the conformance kit for plugins' tests
     "TaskSetup", "Hooks", "cases", "run_case",
 ]

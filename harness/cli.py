@@ -1,4 +1,4 @@
-"""``python -m harness run | list | report | export | new-method | new-task``: bad input is one line on stderr, exit 2."""
+"""``python -m harness run | list | report | export | new-method | new-tuner | new-task``: bad input is one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError, os_error_message
+from harness.executor_names import EXECUTORS
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE (`harness list | head -1`)
@@ -24,8 +25,6 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.executors import EXECUTORS
-
     parser = _Parser(prog="harness", description="Benchmark data-free quantization methods for vision transformers.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -116,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the generator: plain uniform pixels (default), or noise optimized by the shared "
                              "pixel-synthesis loop (docs/methods.md, Pixel synthesis)")
 
+    tuner = commands.add_parser("new-tuner", help="write a tuner plugin folder (and its test) from the template",
+                                description="Scaffold a working tuner: the calibrated step sizes trained to the FP "
+                                            "model's outputs, run after any pair with --tune NAME "
+                                            "(docs/methods.md, Fine-tuning), and a test running the conformance kit.")
+    tuner.add_argument("name", help="tuner name, a lowercase Python identifier not yet registered")
+    tuner.add_argument("--dest", type=Path, help="parent folder (default: the repository's methods/; "
+                                                 "elsewhere the plugin is not discovered, see docs/plugins.md)")
+
     task = commands.add_parser("new-task", help="write a task plugin folder (and its test) from the template",
                                description="Scaffold a working offline task: scikit-learn's 8x8 digits, a tiny ViT "
                                            "trained and cached at first use, and a test running the conformance kit.")
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         code = {"run": command_run, "list": command_list, "report": command_report, "export": command_export,
-                "new-method": command_new_method, "new-task": command_new_task}[args.command](args)
+                "new-method": command_new_method, "new-tuner": command_new_tuner,
+                "new-task": command_new_task}[args.command](args)
         sys.stdout.flush()  # a reader gone before the last line is seen here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -344,6 +352,12 @@ def command_new_method(args: argparse.Namespace) -> int:
 
     parts = "generator" if args.generator_only else "calibrator" if args.calibrator_only else "both"
     return _print_scaffold(new_method(args.name, args.dest, parts, args.template))
+
+
+def command_new_tuner(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_tuner
+
+    return _print_scaffold(new_tuner(args.name, args.dest))
 
 
 def command_new_task(args: argparse.Namespace) -> int:

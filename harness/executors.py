@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import HarnessError
+from harness.executor_names import EXECUTORS
 from harness.grid import Cell
 from harness.paths import cache_dir
 from harness.progress import progress_enabled, set_progress
 from harness.records import load_record
 from harness.worker import CellWorker, Outcome
 
-EXECUTORS = ("local", "isolated", "ray", "slurm", "submitit-local")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 

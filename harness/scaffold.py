@@ -1,4 +1,5 @@
-"""``python -m harness new-method`` / ``new-task``: a working plugin folder from the templates in ``harness/templates``.
+"""``python -m harness new-method`` / ``new-tuner`` / ``new-task``: a working plugin folder from the templates in
+``harness/templates``.
 
 By default the plugin goes where discovery looks (``methods/NAME``, ``tasks/NAME``) and its test
 beside the others (``tests/methods/test_NAME.py``). With ``--dest DIR`` it is a top-level package
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import jinja2
 
 from harness.errors import HarnessError
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS, Registry
 
 TEMPLATES = Path(__file__).parent / "templates"
 Parts = Literal["both", "generator", "calibrator"]
@@ -61,6 +62,15 @@ def new_method(name: str, dest: Path | None = None, parts: Parts = "both",
                "calibrator_name": name if calibrator else DEFAULT_CALIBRATOR}
     written = _render("methods", name, dest, files, test_template, context)
     run = f"python -m harness run --methods {name} --models digits_vit_seed0 --bits w4a8 --limit 100"
+    return Scaffold(written, _next_steps("methods", name, dest, run))
+
+
+def new_tuner(name: str, dest: Path | None = None) -> Scaffold:
+    """A tuner folder: step sizes trained to the FP model's outputs, runnable after any pair with ``--tune``."""
+    _check_name(name, [TUNERS], dest)
+    written = _render("methods", name, dest, {"__init__.py": "tuner_init.py.j2", "tuner.py": "tuner_tuner.py.j2"},
+                      "tuner_test.py.j2", {})
+    run = f"python -m harness run --methods noise --tune none,{name} --models digits_vit_seed0 --bits w4a4 --limit 100"
     return Scaffold(written, _next_steps("methods", name, dest, run))
 
 

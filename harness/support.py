@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from harness.errors import HarnessError
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS, TUNERS
 
 if TYPE_CHECKING:
     from harness.grid import Cell
@@ -24,11 +24,13 @@ CLASSES = "classes"
 REAL_IMAGES = "real images"
 ATTENTION = "attention"
 BLOCKS = "blocks"
+CLASS_TOKEN = "class token"
 CAPABILITIES: dict[str, str] = {  # what each one means, for `list` and refusals
     CLASSES: "class logits of the model images are synthesized through",
     REAL_IMAGES: "real training images",
     ATTENTION: "attention modules whose internals the priors and calibrators probe",
     BLOCKS: "transformer blocks a calibrator reconstructs one by one",
+    CLASS_TOKEN: "a class token whose attention row over the patches a prior reads (ViT, DeiT; not Swin)",
 }
 
 
@@ -41,25 +43,29 @@ class Verdict:
 
 
 def requirements(generator: str, calibrator: str, generator_options: Any = None,
-                 calibrator_options: Any = None) -> dict[str, list[str]]:
-    """Capability -> the parts of a (generator, calibrator) pair that need it (``generator 'x'``), in order.
+                 calibrator_options: Any = None, tuner: str | None = None,
+                 tuner_options: Any = None) -> dict[str, list[str]]:
+    """Capability -> the stages of a (generator, calibrator[, tuner]) cell that need it (``generator 'x'``), in order.
 
     Options default to the plugins' own defaults; an option may add a need (``required()``).
     """
     needed: dict[str, list[str]] = defaultdict(list)
-    for kind, registry, name, options in (("generator", GENERATORS, generator, generator_options),
-                                          ("calibrator", CALIBRATORS, calibrator, calibrator_options)):
+    stages = [("generator", GENERATORS, generator, generator_options),
+              ("calibrator", CALIBRATORS, calibrator, calibrator_options)]
+    if tuner is not None:
+        stages.append(("tuner", TUNERS, tuner, tuner_options))
+    for kind, registry, name, options in stages:
         plugin = registry.get(name)
         for capability in sorted(plugin(options).required()):
             needed[capability].append(f"{kind} {name!r}")
     return dict(needed)
 
 
-def declared_verdict(generator: str, calibrator: str, task: str) -> Verdict:
-    """What the declarations alone say about a pair with default options (``list``)."""
+def declared_verdict(generator: str, calibrator: str, task: str, tuner: str | None = None) -> Verdict:
+    """What the declarations alone say about a pair (and tuner) with default options (``list``)."""
     offers = TASKS.get(task).offers
     refused, conditions = [], []
-    for capability, parts in requirements(generator, calibrator).items():
+    for capability, parts in requirements(generator, calibrator, tuner=tuner).items():
         if capability not in offers:
             refused.append(_missing(parts, capability, "the task offers none"))
         elif offers[capability] is not None:
@@ -75,7 +81,7 @@ def cell_refusal(cell: Cell, task: Task) -> str | None:
         return None
     problems = []
     for capability, parts in requirements(cell.generator, cell.calibrator, cell.generator_options,
-                                          cell.calibrator_options).items():
+                                          cell.calibrator_options, cell.tuner, cell.tuner_options).items():
         if capability not in task.offers:
             problems.append(_missing(parts, capability, f"{cell.task} offers none"))
         elif task.offers[capability] is not None and (unmet := task.unmet(capability, cell.model)) is not None:
@@ -116,10 +122,10 @@ def support_lines() -> list[str]:
     notes: list[str] = []
     rows = []
     for name, method in METHODS.items():
-        needs = ", ".join(requirements(method.generator, method.calibrator)) or "-"
+        needs = ", ".join(requirements(method.generator, method.calibrator, tuner=method.tuner)) or "-"
         cells = []
         for task in tasks:
-            verdict = declared_verdict(method.generator, method.calibrator, task)
+            verdict = declared_verdict(method.generator, method.calibrator, task, method.tuner)
             if verdict.status == "runs":
                 cells.append("yes")
                 continue

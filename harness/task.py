@@ -12,7 +12,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.options import at_least
 from harness.registry import MODELS
-from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.support import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, REAL_IMAGES
 from harness.weights import check_finite
 
 
@@ -84,7 +84,8 @@ class Task(ABC):
     # what it offers generators and calibrators (harness.support): capability -> None (always) or, in
     # words, what the user supplies for it (checked by `unmet`); the default fits a classifier on a ViT
     # family the quantizer instruments
-    offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None}
+    offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,
+                                                  CLASS_TOKEN: None}
 
     @classmethod
     def registered_as(cls, name: str) -> None:

@@ -7,6 +7,7 @@ a leaderboard row. A tuner starts from the calibrator's ranges and leaves every 
 """
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,3 +39,10 @@ class Tuner(Stage):
     @abstractmethod
     def tune(self, qmodel: nn.Module, context: TuningContext) -> dict[str, Any] | None:
         """Train ``qmodel`` in place; its quantizers stay frozen. What it returns goes into the record."""
+
+
+def epoch_cosine(epoch: int, epochs: int, floor: float) -> float:
+    """A tuner's learning rate in ``epoch`` as a share of the base: a cosine from 1 to ``floor`` over ``epochs``,
+    taken at epoch + 1 (MaskAQ steps its schedule at the start of every epoch, so its first epoch is already
+    below the peak; docs/methods.md, Fine-tuning)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs))

@@ -18,7 +18,7 @@ from reports.aggregate import bits_order, calibration_data, cost_table, primary_
 from reports.gallery import IMAGES_PER_ROW, cached_galleries
 from reports.metadata import RunMetadata, run_metadata
 from reports.plots import Series, accuracy_svg, gallery_svg
-from reports.published import PublishedFigure, PublishedTable, load_published
+from reports.published import FINE_TUNED, PublishedFigure, PublishedTable, ledger_protocol, load_published
 from reports.significance import Comparison, compare
 
 
@@ -90,6 +90,17 @@ class RecalledFigure:
 
 
 @dataclass(frozen=True)
+class TunedFigure:
+    """A published fine-tuned figure of a fine-tuned row's method: shown apart, never given a gap, since the
+    row's tuner and options are not the publication's (docs/results.md, Published figures)."""
+
+    method: str
+    bits: str
+    protocol: str  # as the ledger gives it: "fine-tuned" or "fine-tuned (N epochs)"
+    citation: Citation
+
+
+@dataclass(frozen=True)
 class Leaderboard:
     metric: str
     bits: list[str]
@@ -99,6 +110,7 @@ class Leaderboard:
     fp_published: Citation | None
     plot: Figure
     gains: list[GainRow] = field(default_factory=list)
+    published_tuned: list[TunedFigure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -275,6 +287,8 @@ def _cited(sections: list[ModelSection]) -> list[Source]:
     citations += [cell.published for section in sections for board in section.leaderboards
                   for row in board.rows for cell in row.cells if cell is not None]
     citations += [figure.citation for section in sections for board in section.leaderboards for figure in board.recalled]
+    citations += [figure.citation for section in sections for board in section.leaderboards
+                  for figure in board.published_tuned]
     return sorted({c.source for c in citations if c is not None}, key=lambda source: source.number)
 
 
@@ -286,9 +300,10 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
     best_label = {bit: stats.loc[stats.loc[stats["bits"] == bit, "mean"].idxmax(), "label"] for bit in bits}
     labels = {bit: set(stats.loc[stats["bits"] == bit, "label"]) for bit in bits}
     fp = _number(stats["fp"].mean())
-    rows, recalled = [], []
+    rows, recalled, tuned = [], [], {}
     for label, label_stats in stats.groupby("label", sort=True):
         by_bits = {entry["bits"]: entry for entry in label_stats.to_dict("records")}
+        wanted = ledger_protocol(protocols[model, subset, label])  # a figure of the row's own protocol, never of the other
         cells = []
         for bit in bits:
             entry = by_bits.get(bit)
@@ -296,10 +311,17 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                 cells.append(None)
                 continue
             method = entry["published_as"] or None
-            figure = published.lookup(task, model, method, bit, metric) if method else None
-            unverified = published.recalled(task, model, method, bit, metric) if method and not figure else None
+            figure = published.lookup(task, model, method, bit, metric, protocol=wanted) if method else None
+            unverified = (published.recalled(task, model, method, bit, metric, protocol=wanted)
+                          if method and not figure else None)
             if unverified is not None:
                 recalled.append(RecalledFigure(str(label), bit, book.cite(unverified, None)))
+            if wanted == FINE_TUNED:
+                # a fine-tuned row: its method's published fine-tuned figures, apart (another tuning than the row's)
+                for other in published.fine_tuned(task, model, entry["method"], bit, metric):
+                    if other is not figure and other is not unverified:
+                        tuned.setdefault((entry["method"], bit, other.protocol),
+                                         TunedFigure(entry["method"], bit, other.protocol, book.cite(other, None)))
             # the column's best, unless it is a baseline row, which every row is compared with anyway
             others = [(name, name) for name in BASELINES if name in labels[bit]]
             others += [("best", best_label[bit])] * (best_label[bit] not in BASELINES)
@@ -320,7 +342,8 @@ def _leaderboard(task: str, model: str, subset: str, metric: str, stats: pd.Data
                                        else None for bit in bits])
              for row in rows if (base := untuned[model, subset, row.label]) in set(stats["label"])]
     return Leaderboard(metric=metric, bits=bits, rows=rows, recalled=recalled, fp=fp, fp_published=fp_published,
-                       plot=plot, gains=gains)
+                       plot=plot, gains=gains,
+                       published_tuned=sorted(tuned.values(), key=lambda f: (f.method, bits.index(f.bits), f.protocol)))
 
 
 def _accuracy_figure(task: str, model: str, subset: str, metric: str, bits: list[str], rows: list[LeaderboardRow],

@@ -16,7 +16,7 @@ from PIL import Image
 from benchmark_scripts import BENCHMARKS, load_benchmark
 from harness.calibrators import MinMaxCalibrator
 from harness.cli import main as cli_main
-from harness.registry import CALIBRATORS, METHODS
+from harness.registry import CALIBRATORS, METHODS, TUNERS
 
 
 def test_imagenet_throughput_quick(tmp_path, capsys):
@@ -88,8 +88,8 @@ def test_gpu_check_names_a_cell_that_left_a_tensor_on_the_wrong_device(tmp_path,
 
     cli = InProcessCLI(gpu_check.QUICK, torch.device("cpu"), tmp_path / "cells", tmp_path / "work")
     report = gpu_check.Report()
-    pairs = {name: ("real", name) for name in ("minmax", wrong_device_calibrator)}
-    gpu_check.check_digits_cells(report, cli, "calibrators", pairs, ["--data", "real", "--calib", ",".join(pairs)])
+    cells = {name: ("real", name, None) for name in ("minmax", wrong_device_calibrator)}
+    gpu_check.check_digits_cells(report, cli, "calibrators", cells, ["--data", "real", "--calib", ",".join(cells)])
     assert report.failed == [f"calibrators {wrong_device_calibrator}"]
     failed = report.checks["calibrators"][wrong_device_calibrator]
     assert failed["status"] == "FAILED"
@@ -102,7 +102,7 @@ def test_gpu_check_names_a_cell_that_left_a_tensor_on_the_wrong_device(tmp_path,
     assert minmax["status"] == "ok" and minmax["device"] == "cpu" and 0 <= minmax["top1"] <= 100
     no_record = gpu_check.cell_result(None, torch.device("cuda"), 2)
     assert no_record == {"status": "FAILED", "error": "no record: `harness run` exited with status 2 first"}
-    minmax_record = gpu_check.records_by_pair(tmp_path / "cells" / "digits")[("real", "minmax")]
+    minmax_record = gpu_check.records_by_stages(tmp_path / "cells" / "digits")[("real", "minmax", None)]
     elsewhere = gpu_check.cell_result(minmax_record, torch.device("cuda"), 0)  # a cell that fell back to the CPU
     assert elsewhere == {"status": "FAILED", "error": "the cell ran on cpu, not cuda"}
 
@@ -116,7 +116,7 @@ def _rehearse(out, *options, environment=()):
 
 
 def _assert_every_plugin_ran_on_the_cli(console, figures, fused):
-    for check, names in (("methods", METHODS.names()), ("calibrators", CALIBRATORS.names())):
+    for check, names in (("methods", METHODS.names()), ("calibrators", CALIBRATORS.names()), ("tuners", TUNERS.names())):
         assert set(figures[check]) == set(names)
         for name in names:
             assert figures[check][name]["status"] == "ok" and figures[check][name]["device"] == "cpu"
@@ -133,12 +133,13 @@ def _assert_every_plugin_ran_on_the_cli(console, figures, fused):
 def test_gpu_check_quick_rehearsal_of_the_cli_cells(tmp_path):
     # fused kernels off (tests/harness/test_fused.py covers them): compiling them in each CLI process costs a third
     # of this test's time; the cells inherit the switch, as a user's environment reaches them
-    completed, figures = _rehearse(tmp_path, "--only", "methods,calibrators,imagenet",
+    completed, figures = _rehearse(tmp_path, "--only", "methods,calibrators,tuners,imagenet",
                                    environment={"DFQ_HARNESS_FUSED": "0"})
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     _assert_every_plugin_ran_on_the_cli(completed.stdout, figures, fused={"off"})
-    assert figures["checks_run"] == ["methods", "calibrators", "imagenet"]
-    assert set(figures) == {"sizes", "checks_run", "environment", "methods", "calibrators", "imagenet", "total"}
+    assert figures["checks_run"] == ["methods", "calibrators", "tuners", "imagenet"]
+    assert set(figures) == {"sizes", "checks_run", "environment", "methods", "calibrators", "tuners", "imagenet",
+                            "total"}
     assert figures["total"]["failures"] == [] and "every check passed" in completed.stdout
     log = (tmp_path / "gpu_check.log").read_text()
     assert all(line in log for line in completed.stdout.splitlines()) and "$ python -m harness run --methods" in log
@@ -151,6 +152,6 @@ def test_gpu_check_quick_rehearsal_of_every_check(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     _assert_every_plugin_ran_on_the_cli(completed.stdout, figures, fused={"compiled", "eager"})
     assert set(figures) == {"sizes", "checks_run", "environment", "agreement", "synthesis", "throughput", "fused",
-                            "methods", "calibrators", "imagenet", "total"}
+                            "methods", "calibrators", "tuners", "imagenet", "total"}
     assert figures["agreement"]["fp_argmax_agreement"] == 1.0 and figures["synthesis"]["s_per_iteration"] > 0
     assert figures["total"]["failures"] == []

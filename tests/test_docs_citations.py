@@ -9,8 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUFFIXES = (".py", ".md", ".j2", ".yaml")
 # "docs/methods.md, PSAQ-ViT, step 5": the section runs to the next comma, colon, semicolon, bracket or quote;
-# another project's README ("PSAQ-ViT README, Results table") is not ours
-CITATION = re.compile(r"(?<!ViT )`?(README|docs/\w+\.md)`?,\s+([A-Z`][^,;:()\[\]\"\n]*)")
+# another project's README ("PSAQ-ViT README, Results table", "MaskAQ README, Table 1") is not ours
+OTHER_PROJECTS = ("ViT", "MaskAQ")
+CITATION = re.compile("".join(f"(?<!{name} )" for name in OTHER_PROJECTS)
+                      + r"`?(README|docs/\w+\.md)`?,\s+([A-Z`][^,;:()\[\]\"\n]*)")
 
 
 def headings(document: Path) -> list[str]:
@@ -33,6 +35,10 @@ def test_cited_sections_exist():
             if not any(heading.startswith(section) or section.startswith(heading) for heading in headings(path)):
                 broken.append(f"{name}: {document}, {section}")
     assert not broken, "citations of sections that do not exist:\n" + "\n".join(broken)
+
+
+def test_another_projects_readme_is_not_a_citation_of_ours():
+    assert citations("PSAQ-ViT README, Results table; MaskAQ README, Table 1; README, Tasks") == [("README", "Tasks")]
 
 
 def test_a_citation_is_read_up_to_its_section():

@@ -54,15 +54,22 @@ def value(text: str) -> Any:
         return text
 
 
+KINDS = ("generator", "calibrator", "tuner")
+
+
 def documented_defaults() -> dict[tuple[str, str], Any]:
     """(plugin, option) -> default, from every option table: ``| plugin | option | default |`` or
-    ``| `name` option | default |`` (several names share the rows)."""
+    ``| `name` option | default |`` (several names share the rows), or ``| `name` KIND option | default |``
+    where plugins of two kinds share a name (the generator and the tuner ``maskaq``): then the plugin is
+    ``name KIND``."""
     found = {}
     for header, rows in tables(METHODS_DOC.read_text()):
         if header[0] == "plugin" and header[1:3] == ["option", "default"]:
             entries = [(names(row[0]), row[1], row[2]) for row in rows]
         elif header[0].endswith(" option") and header[1] == "default":
-            entries = [(names(header[0]), row[0], row[1]) for row in rows]
+            kind = header[0].removesuffix(" option").rsplit(" ", 1)[-1]
+            entries = [([f"{name} {kind}" if kind in KINDS else name for name in names(header[0])], row[0], row[1])
+                       for row in rows]
         else:
             continue
         for plugins, option_cell, default_cell in entries:
@@ -77,12 +84,15 @@ def documented_defaults() -> dict[tuple[str, str], Any]:
 
 
 def project_plugins() -> dict[str, type]:
-    """Generators, calibrators and tuners of this repository by name (their names do not collide)."""
-    plugins = {}
-    for registry in (GENERATORS, CALIBRATORS, TUNERS):
-        plugins.update({name: cls for name, cls in registry.items()
-                        if cls.__module__.split(".")[0] in PROJECT_PACKAGES})
-    return plugins
+    """Generators, calibrators and tuners of this repository by name, or by ``name KIND`` where two kinds share
+    a name (their tables are headed ``| `name` KIND option | default |``)."""
+    by_name: dict[str, list[tuple[str, type]]] = {}
+    for kind, registry in zip(KINDS, (GENERATORS, CALIBRATORS, TUNERS)):
+        for name, cls in registry.items():
+            if cls.__module__.split(".")[0] in PROJECT_PACKAGES:
+                by_name.setdefault(name, []).append((kind, cls))
+    return {name if len(kinds) == 1 else f"{name} {kind}": cls
+            for name, kinds in by_name.items() for kind, cls in kinds}
 
 
 def same(documented: Any, actual: Any) -> bool:
@@ -116,8 +126,9 @@ def test_every_option_is_documented(plugin):
 def test_every_method_is_listed_with_its_parts():
     (rows,) = [rows for header, rows in tables(METHODS_DOC.read_text())
                if header[:3] == ["method", "generator", "calibrator"]]
-    listed = {names(row[0])[0]: (names(row[1])[0], names(row[2])[0]) for row in rows}
-    plugins = project_plugins()
-    own = {name: (spec.generator, spec.calibrator) for name, spec in METHODS.items()
-           if spec.generator in plugins and spec.calibrator in plugins}
+    # method, generator, calibrator, tuner (`none`, without backticks, where the method only calibrates)
+    listed = {names(row[0])[0]: (names(row[1])[0], names(row[2])[0], (names(row[3]) or [None])[0]) for row in rows}
+    ours = set(project_plugins().values())
+    own = {name: (spec.generator, spec.calibrator, spec.tuner) for name, spec in METHODS.items()
+           if GENERATORS.get(spec.generator) in ours and CALIBRATORS.get(spec.calibrator) in ours}
     assert listed == own

@@ -18,6 +18,7 @@ from harness.image_folder.cache import preprocessed_images, split_transform
 from harness.image_folder.data import LabelledImages, data_config, eval_transform, labelled_images
 from harness.io import file_sha256
 from harness.options import at_least
+from harness.support import CLASS_TOKEN
 from harness.task import ImagePrior, Task, TaskOptions, calibration_indices
 from harness.timm_weights import load_weights
 
@@ -68,6 +69,17 @@ class ImageFolderTask(Task):
     def __init__(self, options: ImageFolderOptions | None = None) -> None:
         super().__init__(options)
         self._weights_ids: dict[str, str] = {}
+
+    # timm's Swin family has no class token (docs/plugins.md, Support): a condition on the model, checked
+    # from the architecture's module before the grid, without building the model
+    offers = {**Task.offers, CLASS_TOKEN: "a model with a class token (ViT, DeiT; Swin has none)"}
+
+    def unmet(self, capability: str, model_name: str) -> str | None:
+        if capability != CLASS_TOKEN:
+            return super().unmet(capability, model_name)
+        architecture = timm.models.get_arch_name(self.timm_name(model_name))
+        module = timm.models.model_entrypoint(architecture).__module__
+        return f"{model_name} is a Swin Transformer, which has no class token" if "swin" in module else None
 
     def timm_name(self, model_name: str) -> str:
         """The timm architecture (and pretrained config, for the transform) of a registered model."""

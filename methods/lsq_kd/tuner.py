@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.api import (DISCREPANCIES, TUNERS, Tuner, TuningContext, at_least, discrepancy, fix_scales,
+from harness.api import (DISCREPANCIES, TUNERS, Tuner, TuningContext, at_least, discrepancy, epoch_cosine, fix_scales,
                          learnable_scales, lsq_gradient_scale, mean_discrepancy, positive, probability, progress_bar,
                          resolve_discrepancy, show_losses, weight_quantized_layers)
 
@@ -87,7 +87,7 @@ class LsqKdTuner(Tuner):
         try:
             for epoch in range(options.warmup_epochs, options.epochs):
                 for group, base in zip(optimizer.param_groups, (options.weight_lr, options.scale_lr)):
-                    group["lr"] = base * cosine_factor(epoch, options.epochs, options.min_lr_ratio)
+                    group["lr"] = base * epoch_cosine(epoch, options.epochs, options.min_lr_ratio)
                 for batch in torch.randperm(len(images), generator=generator).split(options.batch_size):
                     loss = self._loss(teacher, student, images[batch.to(device)],
                                       None if labels is None else labels[batch.to(device)], kind)
@@ -123,9 +123,3 @@ class LsqKdTuner(Tuner):
         if labels is not None and options.label_weight and kind == "kl":
             loss = loss + options.label_weight * F.cross_entropy(output, labels)
         return loss
-
-
-def cosine_factor(epoch: int, epochs: int, floor: float) -> float:
-    """The learning rate of ``epoch`` as a share of the base: a cosine from 1 to ``floor`` over ``epochs``, taken at
-    epoch + 1 (MaskAQ steps its schedule at the start of every epoch, so its first epoch is already below the peak)."""
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs))

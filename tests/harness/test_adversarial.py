@@ -15,7 +15,7 @@ import pytest
 from harness.cli import main
 from harness.options import Range, checked_value
 from harness.records import ResultStore
-from harness.registry import CALIBRATORS, GENERATORS
+from harness.registry import CALIBRATORS, GENERATORS, TUNERS
 from reports.render import markdown_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,9 +203,9 @@ def _numeric(annotation) -> bool:
     return annotation in (int, float)
 
 
-def test_every_numeric_option_of_every_generator_and_calibrator_declares_its_range():
+def test_every_numeric_option_of_every_generator_calibrator_and_tuner_declares_its_range():
     undeclared = []
-    for kind, registry in (("generator", GENERATORS), ("calibrator", CALIBRATORS)):
+    for kind, registry in (("generator", GENERATORS), ("calibrator", CALIBRATORS), ("tuner", TUNERS)):
         for name, plugin in registry.items():
             hints = typing.get_type_hints(plugin.Options)
             undeclared += [f"{kind} {name}: {field.name}" for field in dataclasses.fields(plugin.Options)
@@ -215,7 +215,7 @@ def test_every_numeric_option_of_every_generator_and_calibrator_declares_its_ran
 
 
 def test_every_option_default_lies_in_its_declared_range():
-    for registry in (GENERATORS, CALIBRATORS):
+    for registry in (GENERATORS, CALIBRATORS, TUNERS):
         for name, plugin in registry.items():
             hints, defaults = typing.get_type_hints(plugin.Options), plugin.Options()
             for field in dataclasses.fields(plugin.Options):

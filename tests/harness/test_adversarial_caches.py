@@ -215,3 +215,27 @@ def test_an_eval_cache_entry_with_labels_of_another_length_is_rebuilt(tmp_path, 
         f"warning: eval cache entry {labels.parent} is not usable (labels.npy holds int64 (3,), expected int64 (4,)); "
         "rebuilding it"]
     assert again["metrics"] == first["metrics"] and np.load(labels).shape == (4,)
+
+
+def test_a_bad_cache_file_of_one_cell_is_never_fatal_to_the_other_cells(tmp_path, capsys):
+    """Two seeds share the FP metric and each has its calibration set: with seed 0's set truncated and the
+    FP metric out of range, both cells compute, seed 0's set is rebuilt, seed 1 reuses its own untouched."""
+    two_seeds = [arg if arg != "0" else "0,1" for arg in CELL]
+    assert main(["run", *two_seeds, "--bits", "w4a8", "--results", str(tmp_path)]) == 0
+    first = {r["seed"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "records").glob("*.json")))}
+    shutil.rmtree(tmp_path / "records")
+    store = ResultStore(tmp_path)
+    seed0 = next(entry.path for entry in store.calibration_entries() if entry.meta["seed"] == 0)
+    seed0.write_bytes(seed0.read_bytes()[: seed0.stat().st_size // 2])
+    (fp_file,) = (tmp_path / "fp").glob("*.json")
+    fp_file.write_text(json.dumps({**json.loads(fp_file.read_text()), "metrics": {"top1": 1000}}))
+    capsys.readouterr()
+
+    assert main(["run", *two_seeds, "--bits", "w4a8", "--results", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"calibration set {seed0} is not usable") == 1 and err.count("FP metric") == 1
+    again = {r["seed"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "records").glob("*.json")))}
+    assert {seed: r["status"] for seed, r in again.items()} == {0: "ok", 1: "ok"}
+    assert (again[0]["generator_cache_hit"], again[1]["generator_cache_hit"]) == (False, True)
+    for seed in (0, 1):  # the same computation as from a fresh cache: the same values
+        assert again[seed]["metrics"] == first[seed]["metrics"] and again[seed]["fp_metrics"] == first[seed]["fp_metrics"]

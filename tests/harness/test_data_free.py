@@ -28,8 +28,9 @@ def test_only_real_data_generators_see_the_task(tmp_path, monkeypatch):
     assert data == {"noise": "data-free", "real": "real"}
     write_report(tmp_path, tmp_path / "report", formats=("md",))
     page = (tmp_path / "report" / "digits.md").read_text()
-    assert "| noise | " in page and page.split("| noise | ", 1)[1].split("\n", 1)[0].endswith("| data-free |")
-    assert page.split("| real | ", 1)[1].split("\n", 1)[0].endswith("| real |")
+    row = {label: page.split(f"| {label} | ", 1)[1].split("\n", 1)[0] for label in ("noise", "real")}
+    assert row["noise"].endswith("| data-free | calibration only |")  # calibration data, protocol
+    assert row["real"].endswith("| real | calibration only |")
 
 
 def test_no_data_free_generator_declares_real_data():

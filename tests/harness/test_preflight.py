@@ -44,9 +44,9 @@ def test_a_typed_option_of_a_plugin_in_the_grid_names_what_is_accepted(capsys, t
 
 
 @pytest.mark.parametrize("grid, expected", [
-    ("keep_first_last_fp: maybe\n", "keep_first_last_fp must be true or false, got 'maybe'"),
-    ("batch_size: -1\n", "batch_size=-1 is out of range"),
-    ("limit: true\n", "limit must be a positive number of images, got True"),
+    ("keep_first_last_fp: maybe\n", "keep_first_last_fp is 'maybe', expected true or false"),
+    ("batch_size: -1\n", "batch_size is -1, expected an integer >= 1"),
+    ("limit: true\n", "limit is True, expected an integer >= 1"),
 ])
 def test_bad_grid_values_are_refused(grid, expected, capsys, tmp_path):
     path = tmp_path / "grid.yaml"
@@ -58,7 +58,8 @@ def test_bad_grid_values_are_refused(grid, expected, capsys, tmp_path):
 def test_a_binary_grid_file_is_refused(capsys, tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_bytes(bytes(range(128, 256)) * 4)
-    _refused([*CELL, "--grid", str(path), "--results", str(tmp_path)], "is not a text file", capsys, tmp_path)
+    _refused([*CELL, "--grid", str(path), "--results", str(tmp_path)],
+             "is not UTF-8 text (byte 0x80 at offset 0); accepted: a YAML or JSON text file", capsys, tmp_path)
 
 
 @pytest.mark.parametrize("make_out, expected", [

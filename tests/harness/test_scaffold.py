@@ -1,4 +1,4 @@
-"""``new-method`` / ``new-task`` write plugins that run and conform; an installed outside plugin is found and runs.
+"""``new-method`` / ``new-tuner`` / ``new-task`` write plugins that run and conform; an installed outside plugin is found and runs.
 
 Plugins scaffolded into a temporary folder are not discovered by the harness: their own tests run
 in a subprocess of pytest, which puts that folder on ``sys.path`` and imports each plugin package.
@@ -38,6 +38,7 @@ def _run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     (["new-method", "x", "--generator-only", "--calibrator-only"], "not allowed with argument"),
     (["new-method", "json"], "'json' is already an importable module"),
     (["new-task", "digits"], "task 'digits' is already registered"),
+    (["new-tuner", "lsq_kd"], "tuner 'lsq_kd' is already registered"),
 ])
 def test_bad_names_are_one_line_errors_and_write_nothing(argv, expected, tmp_path, capsys):
     assert main([*argv, "--dest", str(tmp_path)]) == 2
@@ -66,7 +67,8 @@ def test_default_destination_is_where_discovery_looks(tmp_path, monkeypatch):
 def test_scaffolded_plugins_pass_their_tests_and_the_kit(tmp_path, capsys):
     dest = tmp_path / "plugins"
     for argv in (["new-method", "scaffolded_both"], ["new-method", "scaffolded_gen", "--generator-only"],
-                 ["new-method", "scaffolded_cal", "--calibrator-only"], ["new-task", "scaffolded_task"]):
+                 ["new-method", "scaffolded_cal", "--calibrator-only"], ["new-tuner", "scaffolded_tuner"],
+                 ["new-task", "scaffolded_task"]):
         assert main([*argv, "--dest", str(dest)]) == 0
     out = capsys.readouterr().out
     assert f"written: {dest / 'scaffolded_both' / 'generator.py'}" in out
@@ -78,8 +80,10 @@ def test_scaffolded_plugins_pass_their_tests_and_the_kit(tmp_path, capsys):
     (cache / "digits").symlink_to(cache_dir() / "digits", target_is_directory=True)
     result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(dest)], cwd=dest, DFQ_HARNESS_CACHE=str(cache))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    # the kit's cases (generator, calibrator, method; task) and the templates' own tests, 15 in all
-    assert "15 passed" in result.stdout, result.stdout[-2000:]
+    assert sorted(p.name for p in (dest / "scaffolded_tuner").iterdir()) == ["__init__.py", "test_scaffolded_tuner.py",
+                                                                              "tuner.py"]
+    # the kit's cases (generator, calibrator, method; tuner; task) and the templates' own tests, 17 in all
+    assert "17 passed" in result.stdout, result.stdout[-2000:]
 
 
 def test_an_installed_outside_plugin_is_listed_runs_and_conforms(tmp_path):

@@ -52,7 +52,7 @@ def test_requirements_name_the_part_that_needs_each_capability(stand_ins):
     assert requirements("probing", "minmax") == {ATTENTION: ["generator 'probing'"]}
     assert requirements("spdfq", "block_recon") == {ATTENTION: ["generator 'spdfq'"], CLASSES: ["generator 'spdfq'"],
                                                     BLOCKS: ["calibrator 'block_recon'"]}
-    assert requirements("psaq", "psaq_v2") == {ATTENTION: ["generator 'psaq'", "calibrator 'psaq_v2'"]}
+    assert requirements("psaq", "minmax", tuner="psaq_v2") == {ATTENTION: ["generator 'psaq'", "tuner 'psaq_v2'"]}
     assert requirements("real", "minmax") == {REAL_IMAGES: ["generator 'real'"]}
     assert requirements("noise", "minmax") == {}
     three = GaussianNoise.Options(num_images=3)

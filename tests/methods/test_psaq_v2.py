@@ -6,16 +6,18 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from harness.bits import parse_bits
+from harness.calibrators import MinMaxCalibrator
+from harness.distillation import discrepancy, has_classifier, resolve_discrepancy
 from harness.errors import HarnessError
 from harness.method import CalibrationContext, GenerationContext
 from harness.options import build_options, options_dict
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import MIN_SCALE
 from harness.quant.modules import act_quantizers
-from harness.registry import CALIBRATORS, GENERATORS, METHODS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
 from harness.task import ImagePrior
-from methods.psaq_v2 import InitOptions, PSAQV2Calibrator, PSAQV2InitGenerator, PSAQV2Options
-from harness.distillation import discrepancy, has_classifier, resolve_discrepancy
+from harness.tuner import TuningContext
+from methods.psaq_v2 import InitOptions, PSAQV2InitGenerator, PSAQV2Options, PSAQV2Tuner
 
 
 PRIOR = ImagePrior(input_size=(3, 32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=10)
@@ -40,22 +42,24 @@ def _frozen(model):
 
 
 def _run(teacher, seed=0, bits="w4a4", num_images=4, prior_iterations=2, **options):
-    """The runner's path: generate (global RNG seeded), quantize a deep copy, calibrate."""
+    """The runner's path: generate (global RNG seeded), quantize a deep copy, calibrate min-max, tune."""
     torch.manual_seed(seed)
     calibration = PSAQV2InitGenerator(InitOptions(num_images=num_images, prior_iterations=prior_iterations,
                                                   warmup=1)).generate(
         GenerationContext(task=None, model_name="tiny", model=teacher, prior=PRIOR, seed=seed, device=CPU))
     qmodel = quantize_model(teacher, parse_bits(bits), QuantConfig())
-    info = PSAQV2Calibrator(PSAQV2Options(**{"iterations": 4, "rounds": 2, **options})).calibrate(
-        qmodel, CalibrationContext(fp_model=teacher, calibration=calibration, bits=parse_bits(bits), seed=seed,
-                                   device=CPU, prior=PRIOR))
+    context = dict(fp_model=teacher, calibration=calibration, bits=parse_bits(bits), seed=seed, device=CPU, prior=PRIOR)
+    MinMaxCalibrator().calibrate(qmodel, CalibrationContext(**context))
+    info = PSAQV2Tuner(PSAQV2Options(**{"iterations": 4, "rounds": 2, **options})).tune(qmodel, TuningContext(**context))
     return calibration, qmodel, info
 
 
 def test_registered_with_documented_defaults():
-    assert (METHODS.get("psaq_v2").generator, METHODS.get("psaq_v2").calibrator) == ("psaq_v2_init", "psaq_v2")
-    assert GENERATORS.get("psaq_v2_init") is PSAQV2InitGenerator and CALIBRATORS.get("psaq_v2") is PSAQV2Calibrator
-    assert PSAQV2InitGenerator.bit_independent  # the first samples; the bit-dependent part is the calibrator
+    method = METHODS.get("psaq_v2")
+    assert (method.generator, method.calibrator, method.tuner) == ("psaq_v2_init", "minmax", "psaq_v2")
+    assert GENERATORS.get("psaq_v2_init") is PSAQV2InitGenerator and TUNERS.get("psaq_v2") is PSAQV2Tuner
+    assert "psaq_v2" not in CALIBRATORS  # the loop trains the model: a tuner (docs/methods.md, PSAQ-ViT V2, Protocol)
+    assert PSAQV2InitGenerator.bit_independent  # the first samples; the bit-dependent part is the tuner
     init, options = InitOptions(), PSAQV2Options()
     assert (init.num_images, init.prior_iterations, init.lr, init.betas) == (32, 200, 0.2, (0.5, 0.9))
     assert (options.iterations, options.rounds, options.sample_share, options.steps_per_round) == (1000, 10, 0.5, (50, 50))
@@ -147,12 +151,12 @@ def test_discrepancy_switch_for_classifiers_and_backbones(tiny_vit):
 
 def test_image_schedule_restarts_every_round_and_scales_stay_positive(tiny_vit, monkeypatch):
     from harness.priors import loop
-    from methods.psaq_v2 import calibrator
+    from methods.psaq_v2 import tuner
 
     calls, projected = [], []
-    schedule, project = loop.warmup_cosine_lr, calibrator.keep_scales_positive
+    schedule, project = loop.warmup_cosine_lr, tuner.keep_scales_positive
     monkeypatch.setattr(loop, "warmup_cosine_lr", lambda *args: calls.append(args) or schedule(*args))
-    monkeypatch.setattr(calibrator, "keep_scales_positive", lambda scales: projected.append(list(scales)) or project(scales))
+    monkeypatch.setattr(tuner, "keep_scales_positive", lambda scales: projected.append(list(scales)) or project(scales))
     teacher = _frozen(tiny_vit)
     _run(teacher, iterations=20, rounds=2, image_warmup=0.4, **PLAIN)  # 5 sample steps per round, 2 warm-up
     init_calls, calls = calls[:2], calls[2:]  # psaq_v2_init's two warm-start steps run the same loop first

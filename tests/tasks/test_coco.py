@@ -145,11 +145,11 @@ def test_mmengine_checkpoints_load_with_a_narrow_allowlist(tiny_coco, tmp_path):
 def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
     """PSAQ-ViT V2 on a detector: no classes, so D is the MSE of the backbone's multi-scale features."""
     records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2", "--tasks", "coco", "--bits", "w4a4",
-                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--calib-opt", "iterations=4",
-                       "--calib-opt", "rounds=2")
+                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--tune-opt", "iterations=4",
+                       "--tune-opt", "rounds=2")
     record = records[0]
-    assert record["status"] == "ok" and record["calibrator_info"]["discrepancy"] == "mse"
-    rounds = record["calibrator_info"]["rounds"]
+    assert record["status"] == "ok" and record["tuner_info"]["discrepancy"] == "mse"
+    rounds = record["tuner_info"]["rounds"]
     assert len(rounds) == 2 and all(r["d_after_student"] > 0 for r in rounds)
     assert set(record["metrics"]) == {"box_ap", "mask_ap"}
 
@@ -157,13 +157,13 @@ def test_psaq_v2_distills_the_backbone_features(tiny_coco, run_grid, tmp_path):
 def test_psaq_v2_with_neck_and_heads_quantized_still_distills_the_backbone(tiny_coco, run_grid, tmp_path):
     """The heads' raw outputs differ in size between teacher and student; D stays on the backbone."""
     records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2", "--tasks", "coco", "--bits", "w4a4",
-                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--calib-opt", "iterations=4",
-                       "--calib-opt", "rounds=2", "--task-opt", "quantize=all")
+                       "--gen-opt", "psaq_v2_init.prior_iterations=2", "--tune-opt", "iterations=4",
+                       "--tune-opt", "rounds=2", "--task-opt", "quantize=all")
     record = records[0]
     assert record["status"] == "ok", record.get("error")
     assert record["quantizer"]["scope"] == "backbone, neck and heads"
-    assert record["calibrator_info"]["discrepancy"] == "mse"
-    assert all(r["d_after_samples"] > 0 for r in record["calibrator_info"]["rounds"])
+    assert record["tuner_info"]["discrepancy"] == "mse"
+    assert all(r["d_after_samples"] > 0 for r in record["tuner_info"]["rounds"])
 
 
 @pytest.mark.parametrize("name, blocks", [("mask_rcnn_swin_t", 12), ("mask_rcnn_swin_s", 24),
@@ -200,8 +200,8 @@ def test_the_headline_command_runs_spdfq_through_the_class_source(tiny_coco, tin
     records = run_grid(tiny_coco, tmp_path, "--methods", "psaq_v2,spdfq", "--tasks", "coco", "--bits", "w4a8",
                        "--task-opt", f"prior_classifier={classifier}", "--gen-opt", "num_images=4",
                        "--gen-opt", "psaq_v2_init.prior_iterations=2", "--gen-opt", "spdfq.iterations=3",
-                       "--gen-opt", "spdfq.warmup=1", "--calib-opt", "psaq_v2.iterations=4",
-                       "--calib-opt", "psaq_v2.rounds=2", "--calib-opt", "block_recon.iterations=2")
+                       "--gen-opt", "spdfq.warmup=1", "--tune-opt", "psaq_v2.iterations=4",
+                       "--tune-opt", "psaq_v2.rounds=2", "--calib-opt", "block_recon.iterations=2")
     cells = {record["method"]: record for record in records}
     assert {method: record["status"] for method, record in cells.items()} == {"psaq_v2": "ok", "spdfq": "ok"}
     spdfq = cells["spdfq"]

@@ -14,19 +14,21 @@ import pytest
 from harness.conformance import TaskSetup, smoke_options
 from harness.errors import HarnessError
 from harness.grid import GridSpec
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS, TUNERS
 from harness.runner import GridRunner
 from harness.support import declared_verdict, requirements
 from tiny_imagenet import tiny_imagenet
 
-def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str]) -> GridSpec:
-    parts = {(method.generator, method.calibrator) for _, method in METHODS.items()}
-    generator_options = {f"{name}.{key}": value for name in {g for g, _ in parts}
-                         for key, value in smoke_options(GENERATORS.get(name), name).items()}
-    calibrator_options = {f"{name}.{key}": value for name in {c for _, c in parts}
-                          for key, value in smoke_options(CALIBRATORS.get(name), name).items()}
-    return GridSpec(methods=tuple(METHODS.names()), tasks=(task,), models=(setup.model_name,), bits=("w4a8",),
-                    generator_options=generator_options, calibrator_options=calibrator_options,
+def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str], methods: list[str]) -> GridSpec:
+    specs = [METHODS.get(name) for name in methods]
+
+    def options(registry, names) -> dict:
+        return {f"{name}.{key}": value for name in set(names) for key, value in smoke_options(registry.get(name), name).items()}
+
+    return GridSpec(methods=tuple(methods), tasks=(task,), models=(setup.model_name,), bits=("w4a8",),
+                    generator_options=options(GENERATORS, [spec.generator for spec in specs]),
+                    calibrator_options=options(CALIBRATORS, [spec.calibrator for spec in specs]),
+                    tuner_options=options(TUNERS, [spec.tuner for spec in specs if spec.tuner]),
                     task_options={**setup.options, **task_options}, limit=setup.limit)
 
 
@@ -50,44 +52,61 @@ def test_every_method_runs_on_ade20k_with_a_class_source_and_is_refused_as_decla
 
 def _runs_or_is_refused_as_declared(task: str, setup: TaskSetup, condition: dict[str, str], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every method runs with ``condition`` (the options meeting the task's conditional offers); without
-    it, exactly the conditional pairs are refused, for the reasons the task instance gives."""
+    """Every method the declarations do not refuse runs with ``condition`` (the options meeting the task's
+    conditional offers); without it, exactly the pairs whose condition this instance leaves unmet are refused, for
+    the reasons the task instance gives; a declared refusal is refused before anything runs."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    verdicts = {name: declared_verdict(method.generator, method.calibrator, task) for name, method in METHODS.items()}
-    assert "refused" not in {verdict.status for verdict in verdicts.values()}  # every registered pair can run
-    summary = GridRunner(tmp_path / "met").run(_smoke_grid(task, setup, condition))
+    verdicts = {name: declared_verdict(method.generator, method.calibrator, task, method.tuner)
+                for name, method in METHODS.items()}
+    refused = sorted(name for name, verdict in verdicts.items() if verdict.status == "refused")
+    if refused:
+        with pytest.raises(HarnessError) as error:
+            GridRunner(tmp_path / "refused").run(_smoke_grid(task, setup, condition, refused))
+        assert all(f"{name} on {task}" in str(error.value) for name in refused)
+    runnable = sorted(set(METHODS.names()) - set(refused))
+    summary = GridRunner(tmp_path / "met").run(_smoke_grid(task, setup, condition, runnable))
     records = {record["method"]: record for record in summary.records}
-    assert set(records) == set(METHODS.names())
+    assert set(records) == set(runnable)
     assert {method: record.get("error") for method, record in records.items() if record["status"] != "ok"} == {}
     metrics = set(TASKS.get(task).metric_names)
     assert all(set(record["metrics"]) == metrics for record in records.values())
 
-    conditional = sorted(name for name, verdict in verdicts.items() if verdict.status == "conditional")
-    assert bool(conditional) == bool(condition)  # only the detection/segmentation tasks have conditions
+    task_instance = TASKS.get(task)(TASKS.get(task).Options(**setup.options))  # without the condition
+
+    def reasons(name: str) -> list[str]:
+        method = METHODS.get(name)
+        return [reason for capability in requirements(method.generator, method.calibrator, tuner=method.tuner)
+                if (reason := task_instance.unmet(capability, setup.model_name)) is not None]
+
+    conditional = [name for name in runnable if verdicts[name].status == "conditional" and reasons(name)]
+    assert bool(conditional) == bool(condition)  # only the detection/segmentation tasks need options
     if not conditional:
         return
     with pytest.raises(HarnessError) as error:  # the same grid without the class source
-        GridRunner(tmp_path / "unmet").run(_smoke_grid(task, setup, {}))
+        GridRunner(tmp_path / "unmet").run(_smoke_grid(task, setup, {}, runnable))
     message = str(error.value)
-    task_instance = TASKS.get(task)(TASKS.get(task).Options(**setup.options))
     for name in conditional:
-        method = METHODS.get(name)
-        reasons = [reason for capability in requirements(method.generator, method.calibrator)
-                   if (reason := task_instance.unmet(capability, setup.model_name)) is not None]
-        assert reasons and f"{name} on {task} {setup.model_name}" in message
-        assert all(reason in message for reason in reasons)
-    assert not any(f"{name} on {task}" in message for name in set(METHODS.names()) - set(conditional))
+        assert f"{name} on {task} {setup.model_name}" in message
+        assert all(reason in message for reason in reasons(name))
+    assert not any(f"{name} on {task}" in message for name in set(runnable) - set(conditional))
     assert message.startswith(f"{len(conditional)} (method, task, model) combination(s) of this grid cannot run")
     assert not (tmp_path / "unmet" / "records").exists()
 
 
 def test_the_declared_matrix_of_the_registered_plugins():
-    """What `list support` shows: only spdfq's classes are conditional, and only on detection/segmentation."""
-    rows = {(name, task): declared_verdict(method.generator, method.calibrator, task)
+    """What `list support` shows: spdfq's classes are conditional on detection/segmentation; maskaq reads a class
+    token, which an ImageNet model has unless it is a Swin, and a detection/segmentation backbone has not."""
+    rows = {(name, task): declared_verdict(method.generator, method.calibrator, task, method.tuner)
             for name, method in METHODS.items() for task in TASKS.names()}
     conditional = {pair for pair, verdict in rows.items() if verdict.status == "conditional"}
-    assert conditional == {(method, task) for method in ("spdfq", "spdfq_minmax") for task in ("ade20k", "coco")}
-    assert {verdict.status for pair, verdict in rows.items() if pair not in conditional} == {"runs"}
+    refused = {pair for pair, verdict in rows.items() if verdict.status == "refused"}
+    assert conditional == {(method, task) for method in ("spdfq", "spdfq_minmax") for task in ("ade20k", "coco")} | {
+        ("maskaq", "imagenet")}
+    assert refused == {("maskaq", "ade20k"), ("maskaq", "coco")}
+    assert rows[("maskaq", "coco")].reasons == (
+        "generator 'maskaq' needs class token (a class token whose attention row over the patches a prior reads "
+        "(ViT, DeiT; not Swin)): the task offers none",)
+    assert {verdict.status for pair, verdict in rows.items() if pair not in conditional | refused} == {"runs"}
     assert rows[("spdfq", "coco")].reasons == (
         "classes from a class source: the ImageNet classifier the backbone was pre-trained as "
         "(--task-opt prior_classifier=FILE, or timm's file in the Hugging Face hub cache)",)

@@ -1,8 +1,9 @@
-"""``psaq_v2``: PSAQ-ViT V2's adaptive teacher-student loop (docs/methods.md, PSAQ-ViT V2).
+"""``psaq_v2``: PSAQ-ViT V2's adaptive teacher-student loop, a tuner (docs/methods.md, PSAQ-ViT V2).
 
-Samples and student are coupled, so the loop lives in the calibrator: it receives the first
-samples (from ``psaq_v2_init``) and the runner's quantized copy, min-max initializes the student on
-those samples (the "naive" quantizer of docs/methods.md, PSAQ-ViT V2), then alternates for R rounds:
+The loop trains the quantized model, so it is a fine-tuning stage (docs/methods.md, PSAQ-ViT V2, Protocol):
+it receives the first samples (from ``psaq_v2_init``, or any generator's) and the student the runner
+calibrated with min-max on them (the "naive" quantizer of docs/methods.md, PSAQ-ViT V2), keeps its own
+evolving copy of the samples (never cached), and alternates for R rounds:
 
 1. sample step: images minimize L_x = L_PSE - λ_adv·D(f(x), q(x)) + λ_tv·L_TV (jittered as PSAQ-ViT);
 2. student step: weights (straight-through fake quantization) and quantizer scales
@@ -19,10 +20,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.api import (ATTENTION, CALIBRATORS, DISCREPANCIES, SUPPORTED, CalibrationContext, Calibrator, HarnessError, ImagePrior,
-                         MinMaxObserver, PatchSimilarityOptions, PixelSynthesis, Probe, act_quantizers, attn_v_probes,
-                         field_order, fix_scales, keep_scales_positive, learnable_scales, observe_and_freeze,
-                         progress_bar, random_roll_flip, show_losses, tv_target, weight_quantized_layers)
+from harness.api import (ATTENTION, DISCREPANCIES, SUPPORTED, TUNERS, HarnessError, ImagePrior, PatchSimilarityOptions,
+                         PixelSynthesis, Probe, Tuner, TuningContext, act_quantizers, attn_v_probes, field_order,
+                         fix_scales, keep_scales_positive, learnable_scales, progress_bar, random_roll_flip,
+                         show_losses, tv_target, weight_quantized_layers)
 from harness.api import discrepancy, mean_discrepancy, resolve_discrepancy
 from harness.api import Range, at_least, positive, probability, ranged
 from methods.psaq_v2.losses import prior_terms
@@ -98,18 +99,20 @@ class PSAQV2Options(PatchSimilarityOptions):
         return sample, steps - sample
 
 
-@CALIBRATORS.register("psaq_v2")
-class PSAQV2Calibrator(Calibrator):
+@TUNERS.register("psaq_v2")
+class PSAQV2Tuner(Tuner):
     """Alternating sample/student optimization; returns per-round discrepancies for the record."""
 
     Options = PSAQV2Options
     # 2: the samples stay in the task's pixel range (CalibrationContext.prior), not in the range of
-    # the images it was given; the same for psaq_v2_init's samples, not for e.g. the noise generator's
-    version = "2"
+    # the images it was given; the same for psaq_v2_init's samples, not for e.g. the noise generator's.
+    # 3: a tuner after the runner's min-max calibration (docs/methods.md, PSAQ-ViT V2, Protocol), not a
+    # calibrator: the same values, another cell identity
+    version = "3"
     needs = frozenset({ATTENTION})  # the sample step keeps the patch-similarity prior
     smoke_options: ClassVar[dict] = {"iterations": 4, "rounds": 2}
 
-    def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
+    def tune(self, qmodel: nn.Module, context: TuningContext) -> dict[str, Any]:
         options, device = self.options, context.device
         # D on the classifier's outputs, or on the backbone's features, also when the task
         # quantizes neck and heads too (those keep their min-max ranges; a detector's head outputs
@@ -119,8 +122,7 @@ class PSAQV2Calibrator(Calibrator):
         generator = torch.Generator().manual_seed(context.seed)  # every random draw comes from it
         started = time.perf_counter()
         kind = resolve_discrepancy(options.discrepancy, teacher)
-        images = context.calibration.images.detach().to(device).clone()
-        observe_and_freeze(qmodel, images, lambda q: MinMaxObserver(), device, options.batch_size)  # naive student
+        images = context.calibration.images.detach().to(device).clone()  # the samples evolve: a copy of the set
         qmodel.eval()  # no dropout / drop-path: the student's outputs are a function of its parameters
         student = student_parameters(student_backbone, options.student_params)
         for parameter in student:
@@ -218,10 +220,10 @@ def student_parameters(qmodel: nn.Module, which: Literal["quantized", "all"]) ->
     return [module.weight for _, module in weight_quantized_layers(qmodel) if module.weight_bits]
 
 
-def _prior(context: CalibrationContext) -> ImagePrior:
+def _prior(context: TuningContext) -> ImagePrior:
     """The task's prior, whose pixel range the samples stay in (PSAQ-ViT step 6), whatever made them."""
     if context.prior is None:
-        raise HarnessError("psaq_v2 keeps its samples in the task's pixel range: its CalibrationContext needs the "
+        raise HarnessError("psaq_v2 keeps its samples in the task's pixel range: its TuningContext needs the "
                            "task's ImagePrior (prior=task.prior(model))")
     return context.prior
 
