@@ -17,7 +17,8 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(shell cat pyproject.toml $(OLDEST_CO
 # what another CPU's rounding gives (ATEN_CPU_CAPABILITY switches the kernels, as a different CPU does).
 NUMERICS_TESTS := tests/harness/test_repq_parity.py tests/harness/test_fake_quant.py tests/harness/test_learnable.py tests/harness/test_quantizer.py \
                   tests/harness/test_fused.py tests/tasks/test_digits.py tests/methods/test_psaq.py \
-                  tests/harness/test_psaq_parity.py tests/harness/test_ptq4vit_parity.py
+                  tests/harness/test_psaq_parity.py tests/harness/test_ptq4vit_parity.py tests/methods/test_maskaq.py \
+                  tests/methods/test_lsq_kd.py
 
 .PHONY: setup setup-detseg run test test-generic-cpu test-oldest-torch bench
 
