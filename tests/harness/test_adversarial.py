@@ -23,19 +23,6 @@ CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0
         "--bits", "w4a8", "--no-progress", "--no-report"]
 
 
-@pytest.fixture(scope="module")
-def finished_folder(tmp_path_factory) -> Path:
-    """A results folder with one finished cell, computed once; each test works on its own copy."""
-    out = tmp_path_factory.mktemp("finished")
-    assert main(["run", *CELL, "--results", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def results(finished_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_folder, tmp_path / "results"))
-
-
 def _record_path(results: Path) -> Path:
     (path,) = results.glob("records/*.json")
     return path
@@ -128,7 +115,6 @@ def test_a_malformed_optional_field_makes_the_record_invalid_and_named(results, 
     assert len(list(results.glob("invalid/*.json"))) == 1 and len(list(ResultStore(results).records())) == 1
 
 
-
 # --- FP-metric cache files ------------------------------------------------------------------------------
 
 def _run_bits(results: Path, bits: str) -> int:
@@ -164,7 +150,6 @@ def test_a_bad_fp_metric_is_named_recomputed_and_rewritten_once(results, capsys,
 
     assert _run_bits(results, "w4a4") == 0  # the next run reads the rebuilt file: no repeat
     assert "FP metric" not in capsys.readouterr().err
-
 
 
 # --- option ranges, declared with the options and checked before the grid ---------------------------------

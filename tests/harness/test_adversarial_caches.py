@@ -25,19 +25,6 @@ Tensors = dict[str, torch.Tensor]
 Header = dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def finished_folder(tmp_path_factory) -> Path:
-    """A results folder with one finished cell and its cached calibration set, computed once."""
-    out = tmp_path_factory.mktemp("finished")
-    assert main(["run", *CELL, "--bits", "w4a8", "--results", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def results(finished_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_folder, tmp_path / "results"))
-
-
 def _run_bits(results: Path, bits: str) -> int:
     return main(["run", *CELL, "--bits", bits, "--results", str(results)])
 

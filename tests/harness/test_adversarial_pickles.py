@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -50,19 +49,6 @@ def _object_npy(path: Path, marker: Path) -> None:
     """A real .npy file whose object array unpickles the payload if loaded with allow_pickle."""
     with open(path, "wb") as handle:  # np.save would add .npy to a name without it
         np.save(handle, np.array([_Marker(marker)], dtype=object), allow_pickle=True)
-
-
-@pytest.fixture(scope="module")
-def finished_folder(tmp_path_factory) -> Path:
-    """One finished cell: its record, its FP metric and its cached calibration set, computed once."""
-    out = tmp_path_factory.mktemp("finished")
-    assert main(["run", *CELL, "--bits", "w4a8", "--results", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def results(finished_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_folder, tmp_path / "results"))
 
 
 def _run(results: Path, bits: str = "w8a8", *flags: str) -> int:
