@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.grid import cell_from_record, code_differences, record_configuration
+from harness.grid import Cell, cell_from_record, code_differences, record_configuration
 from harness.io import config_hash
 from harness.labels import row_label
 from harness.machine import cpu_class, kernel_class
@@ -42,7 +42,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         # what calibrated it: real images or data-free (an FP cell needs none; older records did not say)
         row["data"] = "" if record.get("bits") == "fp" else record.get("calibration_data", "not recorded")
         row["protocol"] = protocol(record)
-        row["untuned_label"] = untuned_label(record)
+        cell = recorded_cell(record)
+        row["untuned_label"] = untuned_label(cell)
         row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
         row.update({f"fp.{k}": v for k, v in record.get("fp_metrics", {}).items()})
         row.update({f"time.{k}": v for k, v in record.get("timing_s", {}).items()})
@@ -51,18 +52,18 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["weights_id"] = record.get("weights_id")
         row["configuration"] = record_configuration(record)
         row["kernels"] = kernel_class(record.get("kernels"))
-        row["published_as"] = published_as(record)
+        row["published_as"] = published_method(cell)
         rows.append(row)
     return _one_kernel_class_per_label(_one_configuration_per_label(pd.DataFrame(rows)))
 
 
-def published_as(record: dict[str, Any]) -> str:
-    """The method whose published figures apply to the record's configuration (its own pair and options),
-    read from the record's fields (harness.labels); empty when none does or a plugin is gone."""
+def recorded_cell(record: dict[str, Any]) -> Cell | None:
+    """The cell a record was made for, rebuilt from its fields: what its row label and the published figures
+    that apply to it are read from (harness.labels); None where a plugin is gone or an option no longer fits."""
     try:
-        return row_label(cell_from_record(record)).published_method or ""
+        return cell_from_record(record)
     except (HarnessError, KeyError, TypeError, ValueError):
-        return ""
+        return None
 
 
 def protocol(record: dict[str, Any]) -> str:
@@ -72,15 +73,22 @@ def protocol(record: dict[str, Any]) -> str:
     return f"fine-tuned: {record['tuner']}" if record.get("tuner") else "calibration only"
 
 
-def untuned_label(record: dict[str, Any]) -> str:
-    """For a fine-tuned record, the label the same configuration has without its tuner: the row its
-    tuning gain is measured against (empty for calibration-only records, or where a plugin is gone)."""
-    if not record.get("tuner"):
+def published_as(record: dict[str, Any]) -> str:
+    """The method whose published figures apply to the record's configuration (its own pair, tuner and options),
+    read from the record's fields (harness.labels); empty when none does or a plugin is gone."""
+    return published_method(recorded_cell(record))
+
+
+def published_method(cell: Cell | None) -> str:
+    return (row_label(cell).published_method or "") if cell is not None else ""
+
+
+def untuned_label(cell: Cell | None) -> str:
+    """For a fine-tuned cell, the label the same configuration has without its tuner: the row its
+    tuning gain is measured against (empty for calibration-only cells, or where a plugin is gone)."""
+    if cell is None or cell.tuner is None:
         return ""
-    try:
-        return str(row_label(dataclasses.replace(cell_from_record(record), tuner=None, tuner_options=None)))
-    except (HarnessError, KeyError, TypeError, ValueError):
-        return ""
+    return str(row_label(dataclasses.replace(cell, tuner=None, tuner_options=None)))
 
 
 def _one_configuration_per_label(frame: pd.DataFrame) -> pd.DataFrame:
