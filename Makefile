@@ -18,7 +18,8 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(shell cat pyproject.toml $(OLDEST_CO
 NUMERICS_TESTS := tests/harness/test_repq_parity.py tests/harness/test_fake_quant.py tests/harness/test_learnable.py tests/harness/test_quantizer.py \
                   tests/harness/test_fused.py tests/tasks/test_digits.py tests/methods/test_psaq.py \
                   tests/harness/test_psaq_parity.py tests/harness/test_ptq4vit_parity.py tests/methods/test_maskaq.py \
-                  tests/methods/test_lsq_kd.py
+                  tests/methods/test_lsq_kd.py tests/harness/test_adalog_parity.py tests/harness/test_aphq_parity.py \
+                  tests/methods/test_aphq_fimaq.py
 
 .PHONY: setup setup-detseg run test test-generic-cpu test-oldest-torch bench
 
@@ -54,12 +55,13 @@ test: setup
 test-generic-cpu: setup
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICS_TESTS)
 
-# The numerics-sensitive tests and the default grid (12 digits cells, into a throw-away folder; a failed cell
-# exits 1) on the oldest torch.
+# The numerics-sensitive tests and a digits grid (real and noise, 12 cells, into a throw-away folder; a failed
+# cell exits 1) on the oldest torch: the min-max path end to end, in a minute rather than the default grid's ten.
 test-oldest-torch: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pytest -q $(NUMERICS_TESTS)
 	out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
-	    $(OLDEST_VENV)/bin/python -m harness run --results "$$out" --no-report --no-progress
+	    $(OLDEST_VENV)/bin/python -m harness run --methods real,noise --bits w8a8,w4a4,w4a3 --results "$$out" \
+	        --no-report --no-progress
 
 bench: setup
 	$(PY) benchmarks/quantizer_overhead.py

@@ -1,6 +1,7 @@
 """Pieces the benchmark scripts share: fixed image-like inputs; for the parity scripts, their common
-arguments, the authors' commit, how a fixture is written, and the shim that lets the authors' attention
-forward be called as the installed timm's blocks call it."""
+arguments, the twin random-init timm models (ours and the authors' copy), the authors' commit, how a fixture
+is written, and the shim that lets the authors' attention forward be called as the installed timm's blocks
+call it."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 
 # timm keyword arguments of the random-init models the parity scripts compare at full size
@@ -55,6 +59,25 @@ def heavy_tailed_values(count: int, seed: int) -> torch.Tensor:
     values -= 1.0
     np.negative(values, out=values, where=(state & np.uint64(1)).astype(bool))
     return torch.from_numpy(values.astype(np.float32))
+
+
+def timm_class(name: str) -> type[nn.Module]:
+    """The timm class of a configuration of :data:`FULL_SIZE` or :data:`SMALL_FIXTURES` (by its name)."""
+    return SwinTransformer if name.startswith("swin") else VisionTransformer
+
+
+def twin_models(name: str, kwargs: dict, seed: int, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, dict]:
+    """(ours, the authors' copy, the float32 weights): a random-init timm model drawn after
+    ``torch.manual_seed(seed)``, and a second instance with the same weights, both in eval mode and ``dtype``."""
+    torch.manual_seed(seed)
+    cls = timm_class(name)
+    model = cls(**kwargs).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(dtype)
+    reference = cls(**kwargs).eval()
+    reference.load_state_dict(weights)
+    reference.to(dtype)
+    return model, reference, weights
 
 
 def smooth_images(count: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -71,8 +71,8 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import PatchMerging, SwinTransformer
-from timm.models.vision_transformer import Attention, VisionTransformer
+from timm.models.swin_transformer import PatchMerging
+from timm.models.vision_transformer import Attention
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
 from parity_kit import (FULL_SIZE, SMALL_FIXTURES, authors_commit, heavy_tailed_values, parity_parser,  # noqa: E402
-                        save_fixture, smooth_images, without_mask)
+                        save_fixture, smooth_images, timm_class, twin_models, without_mask)
 from methods.repq_vit.calibrator import RepQCalibrator  # noqa: E402
 
 
@@ -96,10 +96,6 @@ REPQ_FIXTURES = {**SMALL_FIXTURES,
 # the quantile fixture's inputs: (name, number of values, seed); the first is above torch <= 2.13's limit
 QUANTILE_INPUTS = (("above_2_24", (1 << 24) + (1 << 20), 0), ("below_2_24", 1_000_003, 1))
 QUANTILE_BITS = (4, 6)
-
-
-def timm_class(name: str) -> type[nn.Module]:
-    return SwinTransformer if name.startswith("swin") else VisionTransformer
 
 
 def authors_model_name(name: str) -> str:
@@ -202,15 +198,8 @@ def harness_quantizer_calls(qmodel: nn.Module, images: torch.Tensor) -> list[dic
 def run(name: str, kwargs: dict, authors, bits: BitSpec, calib: torch.Tensor, evaluation: torch.Tensor,
         seed: int, dtype: torch.dtype, quantile: str = "published") -> dict:
     """Calibrate and evaluate both sides in ``dtype``; print and return the comparison."""
-    torch.manual_seed(seed)
-    cls = timm_class(name)
-    model = cls(**kwargs).eval()
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    model.to(dtype)
+    model, reference, weights = twin_models(name, kwargs, seed, dtype)
     calib, evaluation = calib.to(dtype), evaluation.to(dtype)
-    reference = cls(**kwargs).eval()
-    reference.load_state_dict(weights)
-    reference.to(dtype)
     captured: dict = {}
     args = authors.get_args_parser().parse_args(
         ["--model", authors_model_name(name), "--device", "cpu", "--seed", str(seed),

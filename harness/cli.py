@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError, os_error_message
 from harness.executor_names import EXECUTORS
+
+if TYPE_CHECKING:
+    from harness.grid import GridSpec
+    from harness.runner import RunSummary
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE (`harness list | head -1`)
@@ -30,17 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a grid of cells (resumable)",
                               description="Run methods x tasks x models x bits x seeds; finished cells are skipped. "
-                                          "Unset flags take the --grid file's values, then the defaults "
-                                          "(real,noise x digits x w8a8,w4a4,w4a3 x seed 0).")
+                                          "Unset flags take the --grid file's values, then the defaults: noise, "
+                                          "real, psaq, psaq_v2, spdfq as published, and their images calibrated by "
+                                          "repq, x digits x w4a4,w4a3 x seed 0 (docs/miniature.md, The default grid).")
     run.add_argument("--grid", type=Path, help="YAML file with the same settings as the flags (keys: methods, bits, ...)")
     run.add_argument("--methods", help="comma-separated method names")
     run.add_argument("--tasks", help="comma-separated task names")
     run.add_argument("--models", help="comma-separated model names (default: all of each task)")
     run.add_argument("--bits", help="bit specs: wXaY, fp, mpX[aY]")
     run.add_argument("--seeds", help="calibration seeds, e.g. 0,1,2")
-    run.add_argument("--data", help="generators in place of each method's own, comma-separated; with --calib and no "
-                                    "--methods, every generator x calibrator pair is a row (--data psaq,noise --calib minmax,repq)")
-    run.add_argument("--calib", help="calibrators in place of each method's own, comma-separated")
+    run.add_argument("--data", help="generators in place of each method's own, comma-separated (own: the method's own "
+                                    "too); with --calib and no --methods, every generator x calibrator pair is a row "
+                                    "(--data psaq,noise --calib minmax,repq)")
+    run.add_argument("--calib", help="calibrators in place of each method's own, comma-separated (own: the method's "
+                                     "own too: --methods psaq,spdfq --calib own,repq)")
     run.add_argument("--tune", help="fine-tune after calibration with these tuners, comma-separated; none: calibration "
                                     "only (default: each method's own protocol; docs/methods.md, Fine-tuning)")
     run.add_argument("--gen-opt", action="append", metavar="KEY=VALUE",
@@ -135,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from harness.listing import keep_cache_current
+
+        keep_cache_current()  # whatever loads the plugins brings `list`'s cache up to date
         args.argv = list(sys.argv[1:] if argv is None else argv)
         code = {"run": command_run, "list": command_list, "report": command_report, "export": command_export,
                 "new-method": command_new_method, "new-tuner": command_new_tuner,
@@ -171,7 +183,7 @@ def _discard_stdout() -> None:
         pass
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     """One torch thread per available core unless told: oversubscription was measured 15x slower here."""
     import torch
 
@@ -182,14 +194,12 @@ def _set_threads(threads: int | None) -> None:
 
 def command_run(args: argparse.Namespace) -> int:
     from harness.gridfile import GRID_KEYS, load_grid_file, spec_from_settings
-    from harness.io import clean_interrupted_writes
     from harness.options import parse_assignments
-    from harness.progress import set_progress
-    from harness.runner import GridRunner
     from reports.aggregate import leaderboard, primary_metric, records_frame
+    from reports.headline import closure_table, gap_closures
 
     results = _results_folder(args)
-    _set_threads(args.threads)
+    set_threads(args.threads)
     settings = load_grid_file(args.grid) if args.grid else {}
     settings.update({key: getattr(args, key) for key in GRID_KEYS if getattr(args, key, None) is not None})
     spec = spec_from_settings(settings)
@@ -199,31 +209,59 @@ def command_run(args: argparse.Namespace) -> int:
         plan = plan_grid(spec, results, force=args.force, recompute_stale=args.recompute_stale)
         print(format_plan(plan, args.workers_estimate))
         return 0
-    _check_device(args.device)
-    clean_interrupted_writes(results)
-    set_progress(not args.no_progress)
-    runner = GridRunner(results, device=args.device, force=args.force, recompute_stale=args.recompute_stale)
-    summary = runner.run(spec, executor=args.executor, executor_options=parse_assignments(args.executor_opt, "executor"),
-                         skip_unsupported=args.skip_unsupported)
-    if summary.unsupported:
-        print(f"skipped as unsupported: {' | '.join(summary.unsupported)}", file=sys.stderr)
-    print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
-          f"records in {runner.store.records_dir}")
-    _warn_stale(summary.stale, args.argv)
-    _warn_invalid(summary.invalid)
-    for record in summary.records:
-        if record["status"] != "ok":
-            kept = f" (the finished record is kept: {record['kept_finished_record']})" if "kept_finished_record" in record else ""
-            print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}{kept}")
+    summary = run_grid(spec, results, device=args.device, executor=args.executor,
+                       executor_options=parse_assignments(args.executor_opt, "executor"), force=args.force,
+                       recompute_stale=args.recompute_stale, skip_unsupported=args.skip_unsupported,
+                       progress=not args.no_progress)
+    print_summary(summary, results, f"python -m harness {shlex.join(args.argv)} --recompute-stale")
     frame = records_frame(summary.records)
     if not frame.empty:
         for task, task_frame in frame.groupby("task"):
             metric = primary_metric(task_frame.dropna(axis=1, how="all"))
             print(f"\n{task} ({metric.removeprefix('metric.')}, mean ± std over seeds (n))")
             print(leaderboard(task_frame, metric).to_string())
+            closures = gap_closures(task_frame.dropna(axis=1, how="all"), metric.removeprefix("metric."))
+            if closures:
+                print("\nwhat it shows: share of the gap from noise to real images closed, and the difference to real "
+                      "images (* beyond seed noise, ≈ within it, ? one seed; docs/results.md, What the run shows)")
+                print(closure_table(closures).to_string())
     if not args.no_report:
-        _report_after_run(results)
+        report_after_run(results)
     return 1 if summary.failed else 0
+
+
+def run_grid(spec: GridSpec, results: Path, *, device: str = "cpu", executor: str = "local",
+             executor_options: dict | None = None, force: bool = False, recompute_stale: bool = False,
+             skip_unsupported: bool = False, progress: bool = True) -> RunSummary:
+    """Run a grid into ``results`` as ``run`` does (``harness.benchmark`` too): the device checked, what
+    interrupted writes left removed, then every cell settled; the :class:`harness.runner.RunSummary`."""
+    from harness.io import clean_interrupted_writes
+    from harness.progress import set_progress
+    from harness.runner import GridRunner
+
+    _check_device(device)
+    clean_interrupted_writes(results)
+    set_progress(progress)
+    runner = GridRunner(results, device=device, force=force, recompute_stale=recompute_stale)
+    return runner.run(spec, executor=executor, executor_options=executor_options or {},
+                      skip_unsupported=skip_unsupported)
+
+
+def print_summary(summary: RunSummary, results: Path, recompute: str) -> None:
+    """What ``run`` says after its grid: counts, then on stderr what was skipped, reused from other code
+    (with ``recompute``, the call that recomputes it), invalid or failed."""
+    from harness.records import ResultStore
+
+    if summary.unsupported:
+        print(f"skipped as unsupported: {' | '.join(summary.unsupported)}", file=sys.stderr)
+    print(f"{summary.computed} cells computed, {summary.skipped} already finished, {summary.failed} failed; "
+          f"records in {ResultStore(results).records_dir}")
+    _warn_stale(summary.stale, recompute)
+    _warn_invalid(summary.invalid)
+    for record in summary.records:
+        if record["status"] != "ok":
+            kept = f" (the finished record is kept: {record['kept_finished_record']})" if "kept_finished_record" in record else ""
+            print(f"  failed: {record['label']} {record['model']} {record['bits']} seed {record['seed']}: {record['error']}{kept}")
 
 
 def _results_folder(args: argparse.Namespace) -> Path:
@@ -236,16 +274,14 @@ def _results_folder(args: argparse.Namespace) -> Path:
     return args.results or args.out or Path("results")
 
 
-def _warn_stale(stale: list, argv: list[str]) -> None:
+def _warn_stale(stale: list, recompute: str) -> None:
     """Name what other code made and was reused, and the command that recomputes it."""
-    import shlex
-
     if not stale:
         return
     print(f"warning: reused {len(stale)} result(s) made by other code than this checkout:", file=sys.stderr)
     for entry in stale:
         print(f"  {entry.kind} {entry.path} ({entry.what}): {'; '.join(entry.differences)}", file=sys.stderr)
-    print(f"to recompute them: python -m harness {shlex.join(argv)} --recompute-stale", file=sys.stderr)
+    print(f"to recompute them: {recompute}", file=sys.stderr)
 
 
 def _warn_invalid(invalid: list) -> None:
@@ -258,7 +294,7 @@ def _warn_invalid(invalid: list) -> None:
         print(f"  {entry.path}: {entry.problem}", file=sys.stderr)
 
 
-def _report_after_run(results: Path) -> None:
+def report_after_run(results: Path) -> None:
     """The records are already on disk: a report that fails to render costs one line, never the run."""
     from harness.worker import error_line
 
@@ -292,31 +328,24 @@ def _check_device(device: str) -> None:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from harness.bits import ACCEPTED_FORMS
-    from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
+    """From the listing cache when it matches the checkout (no plugin imported: harness.listing), else from
+    the registries."""
+    from harness.discovery import check_sibling_packages
+    from harness.listing import SECTIONS, SUPPORT, listing
 
-    sections = {
-        "methods": [(n, f"{m.generator} + {m.calibrator}{f' → {m.tuner}' if m.tuner else ''}: {m.description}")
-                    for n, m in METHODS.items()],
-        "generators": [(n, (g.__doc__ or "").strip().splitlines()[0]) for n, g in GENERATORS.items()],
-        "calibrators": [(n, (c.__doc__ or "").strip().splitlines()[0]) for n, c in CALIBRATORS.items()],
-        "tuners": [(n, (t.__doc__ or "").strip().splitlines()[0]) for n, t in TUNERS.items()],
-        "tasks": [(n, ", ".join(t.metric_names)) for n, t in TASKS.items()],
-        "models": [(n, f"[{e.task}] {e.description}") for n, e in MODELS.items()],
-        "bits": [("forms", ACCEPTED_FORMS)],
-    }
-    for name, rows in sections.items():
+    check_sibling_packages()  # the cold path refuses a shadowing package; so does the cached one
+    content = listing()
+    for name in SECTIONS:
         if args.what not in ("all", name):
             continue
+        rows = content[name]
         print(f"{name}:")
         width = max((len(row[0]) for row in rows), default=0)
         for key, text in rows:
             print(f"  {key.ljust(width)}  {text}")
-    if args.what in ("all", "support"):
-        from harness.support import support_lines
-
+    if args.what in ("all", SUPPORT):
         print("support (method x task; `run` checks its grid before the first cell):")
-        print("\n".join(f"  {line}" for line in support_lines()))
+        print("\n".join(f"  {line}" for line in content[SUPPORT]))
     return 0
 
 
@@ -342,7 +371,7 @@ def command_report(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from harness.cell_export import export_cell
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     print(f"written: {export_cell(args.results, args.cell, args.out, overwrite=args.overwrite)}")
     return 0
 

@@ -22,7 +22,8 @@ QUANTIZER_VERSION = "2"  # bump when the quantizer's arithmetic or placement cha
 QUANTIZER_MODULES = ("harness.quant.convert", "harness.quant.calibrate", "harness.quant.capture", "harness.quant.learnable",
                      "harness.arch.timm_vit", "harness.arch.timm_swin", "harness.arch.mm_vit", "harness.arch.mm_swin")
 PROJECT_PACKAGES = ("harness", "methods", "tasks")
-FACADES = ("harness.api",)  # modules that only re-export: an import from one counts as one from the defining module
+FACADE = "harness.api"  # the plugin API and its namespaces only re-export: an import from one counts as one from
+# the defining module
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _imports(module_name: str) -> set[str]:
                 parent = package.split(".")
                 parent = parent[:len(parent) - node.level + 1]
                 base = ".".join(parent + ([node.module] if node.module else []))
-            if base in FACADES:
+            if base == FACADE or base.startswith(f"{FACADE}."):
                 names.update(_facade_sources(base, [alias.name for alias in node.names]))
                 continue
             names.add(base)

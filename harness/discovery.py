@@ -23,25 +23,51 @@ CORE_PLUGIN_MODULES = ("harness.calibrators",)  # the core's range calibrators (
 SIBLING_PACKAGES = ("methods", "tasks", "reports")
 
 _discovered = False
+_discovering = False
+_observers: list[Callable[[], Callable[[], None]]] = []
+
+
+def observe_discovery(observer: Callable[[], Callable[[], None]]) -> None:
+    """``observer()`` runs before discovery imports the first plugin, and what it returns after the last
+    one registered (harness.listing: the source's digest before, the listing cache written after)."""
+    if observer not in _observers:
+        _observers.append(observer)
 
 
 def discover_plugins() -> None:
     """Import every plugin folder and entry point once; a broken plugin names itself."""
-    global _discovered
+    global _discovered, _discovering
     if _discovered:
         return
     _discovered = True
     check_sibling_packages()
-    for module_name in CORE_PLUGIN_MODULES:
-        importlib.import_module(module_name)
-    for package_name in PLUGIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.ispkg:
-                _import_plugin(f"{package_name}.{info.name}")
-    for group in ENTRY_POINT_GROUPS:
-        for entry in entry_points(group=group):
-            _import_plugin(entry.value, loader=entry.load)
+    finishers = [observer() for observer in _observers]
+    _discovering = True
+    try:
+        for module_name in CORE_PLUGIN_MODULES:
+            importlib.import_module(module_name)
+        for package_name in PLUGIN_PACKAGES:
+            package = importlib.import_module(package_name)
+            for info in pkgutil.iter_modules(package.__path__):
+                if info.ispkg:
+                    _import_plugin(f"{package_name}.{info.name}")
+        for group in ENTRY_POINT_GROUPS:
+            for entry in entry_points(group=group):
+                _import_plugin(entry.value, loader=entry.load)
+    finally:
+        _discovering = False
+    for finish in finishers:
+        finish()
+
+
+def discovered() -> bool:
+    """Whether discovery has run (or is running) in this process."""
+    return _discovered
+
+
+def discovering() -> bool:
+    """Whether discovery is importing plugins now: what registers then is what the source holds."""
+    return _discovering
 
 
 def check_sibling_packages() -> None:

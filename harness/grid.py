@@ -23,9 +23,16 @@ from harness.tuner import NO_TUNING
 DEPLOY_RUNTIMES = ("onnxruntime",)  # --deploy: where a calibrated cell is also measured (docs/deploy.md)
 EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint", "eval_cache")
 
-DEFAULT_METHODS = ("real", "noise")
+OWN = "own"  # in --data / --calib: each method's own generator / calibrator, beside the others given
+
+# The default grid (docs/miniature.md, The default grid), when neither --methods, --data nor --calib is given:
+# the data-free methods beside noise and real images as their papers run them, and every one's images (PSAQ-ViT
+# V2's before its fine-tuning) calibrated by the strongest real-data calibrator measured on the miniature.
+DEFAULT_METHODS = ("noise", "real", "psaq", "psaq_v2", "spdfq")
+DEFAULT_DATA = ("noise", "real", "psaq", "psaq_v2_init", "spdfq")
+DEFAULT_CALIB = ("repq",)
 DEFAULT_TASKS = ("digits",)
-DEFAULT_BITS = ("w8a8", "w4a4", "w4a3")
+DEFAULT_BITS = ("w4a4", "w4a3")
 DEFAULT_SEEDS = (0,)
 
 
@@ -33,7 +40,7 @@ DEFAULT_SEEDS = (0,)
 class GridSpec:
     """Everything ``harness run`` was asked for, before resolution."""
 
-    methods: tuple[str, ...] | None = None  # None: DEFAULT_METHODS, or the pairs alone when data and calib cross
+    methods: tuple[str, ...] | None = None  # None: the default grid, or the pairs alone when data and calib cross
     tasks: tuple[str, ...] = DEFAULT_TASKS
     models: tuple[str, ...] = ()  # empty: every model of each task
     bits: tuple[str, ...] = DEFAULT_BITS
@@ -177,17 +184,34 @@ def expand(spec: GridSpec) -> list[Cell]:
     """Validate every name up front (so a typo fails before any work) and list the cells."""
     if spec.methods == () or not spec.tasks or not spec.bits or not spec.seeds:
         raise HarnessError("empty grid: give at least one method, task, bit spec and seed")
+    if spec.methods is None and not spec.data and not spec.calib:
+        grids = [dataclasses.replace(spec, methods=DEFAULT_METHODS),
+                 dataclasses.replace(spec, data=DEFAULT_DATA, calib=DEFAULT_CALIB)]
+    else:
+        grids = [spec]
+    # a cell of two grids is one cell (the default grid's two parts share none today; FP cells would)
+    cells = list({config_hash(cell.config()): cell for grid in grids for cell in _cells(grid)}.values())
+    _check_scopes(spec, cells)
+    return sorted(cells, key=_cell_order)
+
+
+def _cells(spec: GridSpec) -> list[Cell]:
+    """The cells of one grid: methods (or generator x calibrator pairs) x tasks x bits x seeds x tuners."""
     bits = list(dict.fromkeys(parse_bits(text) for text in spec.bits))
     models_by_task = _models_by_task(spec)
     data, calib = list(dict.fromkeys(spec.data)), list(dict.fromkeys(spec.calib))
     crossing = spec.methods is None and bool(data) and bool(calib)
-    methods = [None] if crossing else spec.methods or DEFAULT_METHODS
+    if crossing and OWN in data + calib:
+        raise HarnessError(f"--data/--calib {OWN}: a method's own plugin needs --methods (a bare generator x "
+                           f"calibrator crossing has no method to take it from)")
+    methods = [None] if crossing else spec.methods or DEFAULT_METHODS  # --data or --calib alone: the default methods
     cells = []
     # a name or seed given twice is one cell, counted once
     axes = [list(dict.fromkeys(axis)) for axis in (methods, spec.tasks, bits, spec.seeds)]
     for method_name, task_name, bit_spec, seed in itertools.product(*axes):
         method = METHODS.get(method_name) if method_name is not None else None
-        pairs = list(itertools.product(data or [method.generator], calib or [method.calibrator]))
+        pairs = list(dict.fromkeys(itertools.product(_own(data, method.generator if method else None),
+                                                     _own(calib, method.calibrator if method else None))))
         if bit_spec.is_fp:  # an FP cell depends on no pair: one per method, not one per pair
             pairs = pairs[:1]
         tuners = [None] if bit_spec.is_fp else _tuners(spec, method)
@@ -195,8 +219,17 @@ def expand(spec: GridSpec) -> list[Cell]:
             name = method_name or pair_method(generator_name, calibrator_name)
             cells += _pair_cells(spec, name, generator_name, calibrator_name, task_name, bit_spec, seed,
                                  models_by_task[task_name], tuner_name)
-    _check_scopes(spec, cells)
-    return sorted(cells, key=lambda c: (c.task, c.model, c.seed, c.generator, c.method, str(c.bits)))
+    return cells
+
+
+def _cell_order(cell: Cell) -> tuple:
+    """Cells sharing a generator's images run one after another (the set is made once, then reused)."""
+    return cell.task, cell.model, cell.seed, cell.generator, cell.method, str(cell.bits)
+
+
+def _own(names: list[str], own: str | None) -> list[str]:
+    """``names`` with :data:`OWN` standing for the method's own plugin; no names: the method's own alone."""
+    return [own if name == OWN else name for name in names] if names else [own]
 
 
 def _tuners(spec: GridSpec, method: Any) -> list[str | None]:

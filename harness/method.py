@@ -10,7 +10,7 @@ from torch import nn
 
 from harness.bits import BitSpec
 from harness.options import at_least
-from harness.support import REAL_IMAGES
+from harness.capabilities import REAL_IMAGES
 from harness.task import ImagePrior, Task
 
 

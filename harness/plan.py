@@ -23,7 +23,7 @@ from harness.grid import Cell, GridSpec, code_differences, expand
 from harness.io import config_hash
 from harness.records import ResultStore, read_fp_metric
 from harness.registry import GENERATORS, TASKS
-from harness.support import CLASSES
+from harness.capabilities import CLASSES
 from harness.worker import calibration_key, fp_metric_path
 
 STAGES = ("generate", "calibrate", "evaluate", "fp evaluate")

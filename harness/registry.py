@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from harness.discovery import discover_plugins
+from harness.discovery import discover_plugins, discovering
 from harness.errors import HarnessError
 
 T = TypeVar("T")
@@ -23,6 +23,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._on_add = on_add  # tells an entry the name it is registered under (a task class states it once)
         self._entries: dict[str, T] = {}
+        self.added_outside_discovery: list[str] = []  # a test's or a notebook's: not cached as the listing
 
     def add(self, name: str, entry: T) -> T:
         if name in self._entries:
@@ -30,6 +31,8 @@ class Registry(Generic[T]):
                 raise HarnessError(f"{self.kind} {name!r} is registered twice")
             return entry
         self._entries[name] = entry
+        if not discovering():
+            self.added_outside_discovery.append(name)
         if self._on_add is not None:
             self._on_add(name, entry)
         return entry

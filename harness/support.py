@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from harness.capabilities import CAPABILITIES
 from harness.errors import HarnessError
 from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS, TUNERS
 
@@ -20,18 +21,6 @@ if TYPE_CHECKING:
     from harness.grid import Cell
     from harness.task import Task
 
-CLASSES = "classes"
-REAL_IMAGES = "real images"
-ATTENTION = "attention"
-BLOCKS = "blocks"
-CLASS_TOKEN = "class token"
-CAPABILITIES: dict[str, str] = {  # what each one means, for `list` and refusals
-    CLASSES: "class logits of the model images are synthesized through",
-    REAL_IMAGES: "real training images",
-    ATTENTION: "attention modules whose internals the priors and calibrators probe",
-    BLOCKS: "transformer blocks a calibrator reconstructs one by one",
-    CLASS_TOKEN: "a class token whose attention row over the patches a prior reads (ViT, DeiT; not Swin)",
-}
 
 
 @dataclass(frozen=True)

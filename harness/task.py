@@ -12,7 +12,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.options import at_least
 from harness.registry import MODELS
-from harness.support import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, REAL_IMAGES
+from harness.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
 from harness.weights import check_finite
 
 
@@ -85,7 +85,7 @@ class Task(ABC):
     # words, what the user supplies for it (checked by `unmet`); the default fits a classifier on a ViT
     # family the quantizer instruments
     offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,
-                                                  CLASS_TOKEN: None}
+                                                  CLASS_TOKEN: None, LOGITS: None}
 
     @classmethod
     def registered_as(cls, name: str) -> None:

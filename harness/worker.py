@@ -37,7 +37,7 @@ from harness.quant.modules import act_quantizers, in_place_evaluation, weight_qu
 from harness.records import (RECORD_SCHEMA, CachedCalibration, PeakMemory, ResultStore, harness_commit,
                              library_versions, load_calibration, provenance, read_fp_metric, write_calibration)
 from harness.registry import CALIBRATORS, GENERATORS, TASKS, TUNERS
-from harness.support import CLASSES
+from harness.capabilities import CLASSES
 from harness.task import ImagePrior, SynthesisTarget, Task
 from harness.tuner import TuningContext
 

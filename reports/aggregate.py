@@ -162,6 +162,14 @@ def leaderboard(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table[sorted(table.columns, key=bits_order)].fillna("")
 
 
+def seed_values(frame: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
+    """(model, subset, label, bits) -> {seed: value}: what the significance tests compare."""
+    values: dict[tuple, dict[int, float]] = {}
+    for row in frame.dropna(subset=[metric]).to_dict("records"):
+        values.setdefault((row["model"], row["subset"], row["label"], row["bits"]), {})[int(row["seed"])] = row[metric]
+    return values
+
+
 def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (task, model, subset, label): mean seconds per stage over cells, peak memory, cells, cache hits.
 

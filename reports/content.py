@@ -14,8 +14,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.records import InvalidRecord
-from reports.aggregate import bits_order, calibration_data, cost_table, primary_metric, records_frame, seed_stats
+from reports.aggregate import (bits_order, calibration_data, cost_table, primary_metric, records_frame, seed_stats,
+                               seed_values)
 from reports.gallery import IMAGES_PER_ROW, cached_galleries
+from reports.headline import GapClosure, gap_closures
 from reports.metadata import RunMetadata, run_metadata
 from reports.plots import Series, accuracy_svg, gallery_svg
 from reports.published import FINE_TUNED, PublishedFigure, PublishedTable, ledger_protocol, load_published
@@ -173,6 +175,7 @@ class TaskReport:
     galleries: list[Figure]
     sources: list[Source]
     stale: list[StaleRow]
+    headline: list[GapClosure] = field(default_factory=list)  # the first screen (reports.headline), primary metric
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     extra = sorted(m for m in published.metrics(task) if f"metric.{m}" in frame.columns and m != primary)
     metrics = [primary, *extra]
     stats = {metric: _by_section(seed_stats(frame, f"metric.{metric}")) for metric in metrics}
-    seeds = {metric: _seed_values(frame, f"metric.{metric}") for metric in metrics}
+    seeds = {metric: seed_values(frame, f"metric.{metric}") for metric in metrics}
     data = {key: calibration_data(group) for key, group in frame.groupby(["model", "subset", "label"])["data"]}
     rows_by = frame.groupby(["model", "subset", "label"])
     protocols = {key: "; ".join(sorted(set(group))) for key, group in rows_by["protocol"]}
@@ -266,15 +269,8 @@ def _task_report(task: str, frame: pd.DataFrame, results: Path, published: Publi
     ]
     stale = frame.loc[frame["stale"] != "", ["label", "stale"]].drop_duplicates().sort_values("label")
     return TaskReport(task=task, slug=slug(task), metrics=metrics, sections=sections, galleries=galleries,
-                      sources=_cited(sections), stale=[StaleRow(row.label, row.stale) for row in stale.itertuples()])
-
-
-def _seed_values(frame: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
-    """(model, subset, label, bits) -> {seed: value}: what the significance tests compare."""
-    values: dict[tuple, dict[int, float]] = {}
-    for row in frame.dropna(subset=[metric]).to_dict("records"):
-        values.setdefault((row["model"], row["subset"], row["label"], row["bits"]), {})[int(row["seed"])] = row[metric]
-    return values
+                      sources=_cited(sections), stale=[StaleRow(row.label, row.stale) for row in stale.itertuples()],
+                      headline=gap_closures(frame, primary))
 
 
 def _by_section(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:

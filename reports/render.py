@@ -13,6 +13,7 @@ from harness.errors import HarnessError
 from harness.io import replaced_folder
 from harness.records import ResultStore
 from reports.content import Report, build_report
+from reports.significance import verdict
 
 FORMATS = ("html", "md")
 HTML_PAGE = "report.html"
@@ -89,7 +90,7 @@ def markdown_text(text: object) -> str:
 def _environment(autoescape: bool) -> Environment:
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=autoescape,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_number, signed=_signed, seconds=_seconds, whole=_whole, verdict=_verdict)
+    env.filters.update(num=_number, signed=_signed, seconds=_seconds, whole=_whole, verdict=verdict)
     return env
 
 
@@ -99,11 +100,6 @@ def _number(value: float | None) -> str:
 
 def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
-
-
-def _verdict(comparison) -> str:
-    """``*`` beyond seed noise, ``≈`` within it, ``?`` untested (one seed): see the pages' legend."""
-    return "?" if comparison.p_value is None else "*" if comparison.significant else "≈"
 
 
 def _whole(value: float | None) -> str:

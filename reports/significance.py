@@ -49,3 +49,8 @@ def compare(values: dict[int, float], other: dict[int, float], against: str) -> 
     if math.isnan(p_value):  # both rows constant over their seeds
         p_value = 1.0 if difference == 0 else 0.0
     return Comparison(against, difference, p_value, min(len(mine), len(theirs)), paired=False)
+
+
+def verdict(comparison: Comparison) -> str:
+    """``*`` beyond seed noise, ``≈`` within it, ``?`` untested (one seed): see the pages' legend."""
+    return "?" if comparison.p_value is None else "*" if comparison.significant else "≈"

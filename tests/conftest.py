@@ -33,3 +33,13 @@ def tiny_swin() -> SwinTransformer:
     torch.manual_seed(0)
     return SwinTransformer(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=16,
                            depths=(2, 2), num_heads=(2, 2), window_size=4).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny (often float64) models: steadier and several times faster than two
+    contended threads on a shared 2-core machine; the previous count is restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

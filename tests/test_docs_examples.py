@@ -61,3 +61,17 @@ def test_the_image_folder_task_example_conforms(fresh_registries, tmp_path, monk
     task = TASKS.get("flowers")(TASKS.get("flowers").Options(**tiny_flowers(tmp_path / "flowers").options))
     assert [label for _, label in task.labelled_images(tmp_path / "flowers" / "val")] == [0, 0, 1, 1]
     check("task", "flowers", Hooks(task_setups={"flowers": tiny_flowers}))
+
+
+def test_the_readme_python_example_runs_and_a_second_call_reuses_every_cell(tmp_path, monkeypatch, capsys):
+    """README, From Python, as written (results/ in a fresh working folder), twice."""
+    monkeypatch.chdir(tmp_path)
+    source = python_block(DOCS.parent / "README.md", "From Python")
+    exec(compile(source, "README.md", "exec"), {"__name__": "readme_example"})
+    assert "4 computed, 0 reused" in capsys.readouterr().out
+    namespace = {"__name__": "readme_example"}
+    exec(compile(source, "README.md", "exec"), namespace)
+    assert "0 computed, 4 reused" in capsys.readouterr().out
+    board = namespace["result"].leaderboard
+    assert sorted(board["label"]) == ["noise", "real"] and set(board["seeds"]) == {2}
+    assert len(list((tmp_path / "results" / "records").glob("*.json"))) == 4

@@ -18,7 +18,7 @@ from harness.image_folder.cache import preprocessed_images, split_transform
 from harness.image_folder.data import LabelledImages, data_config, eval_transform, labelled_images
 from harness.io import file_sha256
 from harness.options import at_least
-from harness.support import CLASS_TOKEN
+from harness.capabilities import CLASS_TOKEN
 from harness.task import ImagePrior, Task, TaskOptions, calibration_indices
 from harness.timm_weights import load_weights
 

@@ -25,7 +25,7 @@ from harness.mm.data import evaluate, folder_images
 from harness.mm.registry import build, build_model
 from harness.mm.stack import skip_without_stack
 from harness.options import at_least
-from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.capabilities import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
 from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, register_models
 from harness.task_setup import TaskSetup
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.quant.adalog import fake_quant_adalog
 from harness.quant.fake_quant import (
     MIN_SCALE,
     asymmetric_params,
@@ -23,7 +24,7 @@ from harness.quant.fake_quant import (
 )
 
 Mode = Literal["observe", "quantize", "bypass"]
-Kind = Literal["uniform", "log2", "log_sqrt2", "twin_uniform", "twin_signed"]
+Kind = Literal["uniform", "log2", "log_sqrt2", "twin_uniform", "twin_signed", "adalog"]
 _overwrite_temporaries = False  # set by in_place_evaluation()
 
 
@@ -74,6 +75,8 @@ class ActQuantizer(nn.Module):
                 return fake_quant_twin_uniform(x, self.scale, self.bits)
             if self.kind == "twin_signed":
                 return fake_quant_twin_signed(x, self.scale, self._negative_scale(), self.bits)
+            if self.kind == "adalog":  # AdaLog (harness.quant.adalog): zero_point is the input shift
+                return fake_quant_adalog(x, self.scale, self.log_base, self.zero_point, self.bits)
             if self.offset_after_round:
                 return fake_quant_offset_after_round(x, self.scale, self.zero_point, self.bits)
             if self._may_overwrite(x):
@@ -206,6 +209,9 @@ class _WeightQuantMixin:
     def quantized_weight(self) -> torch.Tensor:
         if not self.weight_bits:
             return self.weight
+        rounding = self.__dict__.get("weight_rounding")  # a learned rounding (AdaRound) while it is trained
+        if rounding is not None:
+            return rounding(self.weight)
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.weight_scale.requires_grad):
             return self._fake_quant_weight()
         key = (self.weight._version, id(self.weight), self.weight_scale._version, id(self.weight_scale), self.weight_bits,

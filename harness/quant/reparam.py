@@ -39,13 +39,16 @@ def _block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 @torch.no_grad()
-def fold_channel_params(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor,
-                        zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_channel_params(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor, zero_point: torch.Tensor,
+                        round_zero_point: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold per-channel (scale, zero point) of ``norm``'s output into ``norm`` and ``linear``, in place;
-    returns the per-tensor (scale, zero point) that now quantizes ``linear``'s input."""
+    returns the per-tensor (scale, zero point) that now quantizes ``linear``'s input. ``round_zero_point``:
+    the target zero point is the rounded mean (AdaLog's code and its descendants, docs/methods.md, APHQ-ViT)."""
     scale, zero_point = scale.reshape(-1), zero_point.reshape(-1)
     channel_low = -zero_point * scale
     target_scale, target_zero_point = torch.mean(scale), torch.mean(zero_point)
+    if round_zero_point:
+        target_zero_point = target_zero_point.round()
     target_low = -target_zero_point * target_scale
     ratio = scale / target_scale
     shift = channel_low / ratio - target_low

@@ -28,9 +28,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from harness.api import (BLOCKS, CALIBRATORS, LAYER_INPUT, LAYER_OUTPUT, CalibrationContext, Calibrator, MinMaxObserver,
-                         Target, call_arguments, capture, fix_scales, is_instrumented_block, keep_scales_positive,
-                         learnable_scales, observe_and_freeze, progress_bar)
+from harness.api import BLOCKS, CALIBRATORS, CalibrationContext, Calibrator, progress_bar
+from harness.api.quantizer import (LAYER_INPUT, LAYER_OUTPUT, MinMaxObserver, Target, call_arguments, capture,
+                                   fix_scales, is_instrumented_block, keep_scales_positive, learnable_scales,
+                                   observe_and_freeze)
 from harness.api import at_least, positive
 
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.api import (DISCREPANCIES, TUNERS, Tuner, TuningContext, at_least, discrepancy, epoch_cosine, fix_scales,
-                         learnable_scales, lsq_gradient_scale, mean_discrepancy, positive, probability, progress_bar,
-                         resolve_discrepancy, show_losses, weight_quantized_layers)
+from harness.api import TUNERS, Tuner, TuningContext, at_least, positive, probability, progress_bar, show_losses
+from harness.api.quantizer import fix_scales, learnable_scales, lsq_gradient_scale, weight_quantized_layers
+from harness.api.training import DISCREPANCIES, discrepancy, epoch_cosine, mean_discrepancy, resolve_discrepancy
 
 
 @dataclass

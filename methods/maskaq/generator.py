@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.api import (ATTENTION, CLASS_TOKEN, GENERATORS, CalibrationSet, GenerationContext, Generator,
-                         HarnessError, Range, at_least, attention_logit_probes, pixel_bounds, positive, probability,
-                         progress_bar, ranged, show_losses)
+from harness.api import (ATTENTION, CLASS_TOKEN, GENERATORS, CalibrationSet, GenerationContext, Generator, HarnessError,
+                         Range, at_least, positive, probability, progress_bar, ranged, show_losses)
+from harness.api.synthesis import attention_logit_probes, pixel_bounds
 from methods.maskaq.losses import (Drop, drop_tokens, entropy_rows, head_similarity, informative_mask, mask_ratio,
                                    masked_alignment, similarity_entropy, total_variation)
 

@@ -19,9 +19,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from harness.api import (ATTENTION, TUNERS, CalibrationSet, HarnessError, Tuner, TuningContext, at_least,
-                         attn_v_probes, discrepancy, epoch_cosine, has_classifier, learned_offset_quantizers,
-                         minmax_weights_ste, positive, probability, progress_bar, restore_quantizers, show_losses)
+from harness.api import (ATTENTION, TUNERS, CalibrationSet, HarnessError, Tuner, TuningContext, at_least, positive,
+                         probability, progress_bar, show_losses)
+from harness.api.quantizer import learned_offset_quantizers, minmax_weights_ste, restore_quantizers
+from harness.api.synthesis import attn_v_probes
+from harness.api.training import discrepancy, epoch_cosine, has_classifier
 from methods.maskaq.losses import head_output_distance
 
 

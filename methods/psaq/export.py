@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.api import HarnessError, read_calibration, save_image_grid
+from harness.api import HarnessError
+from harness.api.data import read_calibration
+from harness.api.synthesis import save_image_grid
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from harness.api import PatchSimilarityOptions, Probe, tv_loss
+from harness.api.synthesis import PatchSimilarityOptions, Probe, tv_loss
 
 
 def prior_terms(images: Tensor, probes: list[Probe], tv_target: float,

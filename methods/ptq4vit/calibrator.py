@@ -15,16 +15,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import (ATTENTION, CALIBRATORS, ActQuantizer, CalibrationContext, Calibrator, HarnessError, QuantConv2d,
-                         act_quantizers, attach_point, best_candidate, fake_quant_symmetric_signed, fake_quant_twin_signed,
-                         fake_quant_twin_uniform, fraction_candidates, get_point, is_instrumented_attention,
-                         output_similarity, remove_point, unquantized_weights, weight_quantized_layers)
+from harness.api import ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, HarnessError
+from harness.api.quantizer import (ActQuantizer, QuantConv2d, act_quantizers, attach_point, best_candidate,
+                                   fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform,
+                                   fraction_candidates, get_point, is_instrumented_attention, output_similarity,
+                                   remove_point, unquantized_weights, weight_quantized_layers)
 from harness.api import at_least, positive
 
 GELU_MINIMUM = 0.16997124254703522  # -min GELU(x), the negative range of post-GELU activations
@@ -44,6 +45,9 @@ class PTQ4ViTOptions:
     softmax_splits: int = at_least(1, 20)  # split candidates 2^0 .. 2^-(softmax_splits - 1)
     gradient_batch_size: int = at_least(1, 4)  # images per backward pass of the task loss
     quantize_image: bool = False  # the authors leave the patch embedding's input (the image) FP
+    # candidates scored per wide product: as many as fill the authors' memory budget of float32 elements
+    search_memory_gib: float = positive(3.0)  # Linear layers and attention products
+    conv_search_memory_gib: float = positive(15.0)  # the patch embedding
 
     def __post_init__(self) -> None:
         if self.metric not in ("hessian", "l2", "cosine"):
@@ -214,116 +218,17 @@ class PTQ4ViTCalibrator(Calibrator):
 
     def _search_layer(self, layer: nn.Module, capture: _LayerCapture, blocks: int, post_gelu: bool,
                       device: torch.device) -> None:
-        """Weight scale (per block of output rows, per channel for the conv) and input scale of one layer.
-
-        Candidates are evaluated in chunks (one wide matmul per chunk) of the size the authors' code
-        picks for a 3 GiB budget, so the products have the authors' shapes.
-        """
-        options = self.options
+        """Weight scale (per block of output rows, per channel for the conv) and input scale of one layer:
+        ``rounds`` alternating searches on its FP tensors (:class:`_LayerSearch`), the winners then set."""
         quantizer: ActQuantizer | None = get_point(layer, "in")
-        w_bits = layer.weight_bits
-        a_bits = quantizer.bits if quantizer is not None else None
-        if (not w_bits and quantizer is None) or not capture.inputs:
+        if (not layer.weight_bits and quantizer is None) or not capture.inputs:
             return  # a layer the calibration pass does not reach keeps its quantizer unfrozen (refused below)
-        x = torch.cat(capture.inputs).to(device)
-        raw = torch.cat(capture.outputs).to(device)
-        # an output the loss does not depend on has gradient 0 (no backward hook fires for it)
-        grad = torch.cat(capture.grads).to(device) if capture.grads else torch.zeros_like(raw)
-        weight, bias = layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
-        conv = isinstance(layer, QuantConv2d)
-        blocks = weight.shape[0] if conv else blocks
-        rows = weight.shape[0] // blocks
-        budget = (15 if conv else 3) * 1024 ** 3 / 4
-        chunk = max(1, int(budget // (2 * (x.numel() + raw.numel()))))
-        grad_rows = grad.reshape(*raw.shape[:-1], 1, blocks, rows) if grad is not None and not conv else grad
-        raw_rows = raw.reshape(*raw.shape[:-1], 1, blocks, rows) if not conv else raw.unsqueeze(1)
-        if conv and grad is not None:
-            grad_rows = grad.unsqueeze(1)
-
-        w_qmax = 2 ** (w_bits - 1) if w_bits else 0
-        a_qmax = 2 ** (a_bits - 1) if a_bits else 0
-        w_scale = a_scale = None
-        if w_bits:
-            w_scale = weight.reshape(blocks, -1).abs().amax(dim=1) / (w_qmax - 0.5)
-            w_candidates = fraction_candidates(options.alpha, options.beta, options.candidates, w_scale)[:, None] \
-                * w_scale[None, :]
-        if quantizer is not None:
-            a_scale = (x.amax() if post_gelu else x.abs().amax()) / (a_qmax - 0.5)
-            a_candidates = fraction_candidates(options.alpha, options.beta, options.candidates, a_scale) * a_scale
-        negative = GELU_MINIMUM / a_qmax if post_gelu else 0.0
-
-        def quant_weight(scales: torch.Tensor) -> torch.Tensor:
-            """(candidates, blocks) scales -> the weights quantized with each, stacked along output rows."""
-            if not w_bits:
-                return weight
-            view = (scales.shape[0], blocks, *([1] * weight.dim()))
-            blocked = weight.reshape(1, blocks, rows, *weight.shape[1:])
-            return fake_quant_symmetric_signed(blocked, scales.reshape(view), w_bits).reshape(-1, *weight.shape[1:])
-
-        def quant_input(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            if post_gelu:
-                return fake_quant_twin_signed(values, scale, negative, a_bits)
-            return fake_quant_symmetric_signed(values, scale, a_bits)
-
-        def weight_scores(x_sim: torch.Tensor) -> torch.Tensor:
-            scores = []
-            for begin in range(0, options.candidates, chunk):
-                scales = w_candidates[begin:begin + chunk]
-                count = scales.shape[0]
-                w_sim = quant_weight(scales)
-                b_sim = bias.repeat(count) if bias is not None else None
-                if conv:
-                    out = layer._conv_forward(x_sim, w_sim, b_sim)
-                    out = out.reshape(out.shape[0], count, -1, *out.shape[2:])  # images, candidates, oc, h, w
-                    similarity = self._elementwise(raw_rows, out, grad_rows).mean(dim=[3, 4])
-                else:
-                    out = F.linear(x_sim, w_sim, b_sim).reshape(*raw.shape[:-1], count, blocks, rows)
-                    similarity = self._similarity(raw_rows, out, grad_rows)  # (images, *, candidates, blocks)
-                    if similarity.dim() > 3:
-                        similarity = similarity.mean(dim=list(range(1, similarity.dim() - 2)))
-                scores.append(similarity.sum(dim=0))
-            return torch.cat(scores)
-
-        def input_scores(w_sim: torch.Tensor) -> torch.Tensor:
-            scores = []
-            for begin in range(0, options.candidates, chunk):
-                scales = a_candidates[begin:begin + chunk]
-                count = scales.shape[0]
-                if conv:
-                    x_sim = quant_input(x.unsqueeze(0), scales.reshape(-1, 1, 1, 1, 1)).reshape(-1, *x.shape[1:])
-                    out = layer._conv_forward(x_sim, w_sim, bias)
-                    out = out.reshape(count, *raw.shape).transpose(0, 1)
-                    similarity = self._elementwise(raw_rows, out, grad_rows).mean(dim=[2, 3, 4])
-                else:
-                    x_sim = quant_input(x.unsqueeze(-1), scales)  # (*, in, candidates)
-                    x_sim = x_sim.movedim(-1, -2)  # (*, candidates, in)
-                    out = F.linear(x_sim, w_sim, bias)
-                    raw_one = raw.unsqueeze(-2)
-                    grad_one = grad.unsqueeze(-2) if grad is not None else None
-                    similarity = self._similarity(raw_one, out, grad_one)  # (images, *, candidates)
-                    if similarity.dim() > 2:
-                        similarity = similarity.mean(dim=list(range(1, similarity.dim() - 1)))
-                scores.append(similarity.sum(dim=0))
-            return torch.cat(scores)
-
-        for round_ in range(options.rounds):
-            if w_bits and (round_ == 0 or quantizer is not None):  # with an FP input every round is the same
-                x_sim = quant_input(x, a_scale) if quantizer is not None else x
-                best = best_candidate(weight_scores(x_sim))
-                w_scale = w_candidates.gather(0, best.reshape(1, -1)).reshape(-1)
-            if quantizer is not None:
-                w_sim = quant_weight(w_scale[None]) if w_bits else weight
-                a_scale = a_candidates[best_candidate(input_scores(w_sim))]
-        if w_bits:
-            channel_scale = w_scale.repeat_interleave(rows)
-            layer.set_weight_params(channel_scale, torch.full_like(channel_scale, w_qmax))
-        if quantizer is not None:
-            if post_gelu:
-                quantizer.kind = "twin_signed"
-                quantizer.set_params(a_scale, torch.tensor(negative, dtype=a_scale.dtype))
-            else:
-                quantizer.kind = "uniform"
-                quantizer.set_params(a_scale, torch.tensor(float(a_qmax), dtype=a_scale.dtype))
+        memory_gib = self.options.conv_search_memory_gib if isinstance(layer, QuantConv2d) \
+            else self.options.search_memory_gib
+        search = _LayerSearch(layer, quantizer, capture, blocks, post_gelu, device, self.options, memory_gib,
+                              self._similarity, self._elementwise)
+        search.alternate()
+        search.set_winners()
 
     def _elementwise(self, raw: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         """The patch embedding's per-position similarity (cosine: per output channel, over positions)."""
@@ -345,7 +250,7 @@ class PTQ4ViTCalibrator(Calibrator):
         raw = torch.cat(capture.values).to(device)
         grad = torch.cat(capture.grads).to(device) if capture.grads else torch.zeros_like(raw)
         a_bits, b_bits = quant_a.bits, quant_b.bits
-        chunk = max(1, int((3 * 1024 ** 3 / 4) // (a.numel() + b.numel() + 2 * raw.numel())))
+        chunk = _candidates_per_chunk(options.search_memory_gib, a.numel() + b.numel() + 2 * raw.numel())
 
         def per_head(x: torch.Tensor, bits: int) -> torch.Tensor:
             return x.abs().amax(dim=(0, 2, 3)) / (2 ** (bits - 1) - 0.5)
@@ -397,3 +302,140 @@ class PTQ4ViTCalibrator(Calibrator):
             quant_a.set_params(a_scale.reshape(-1, 1, 1), torch.tensor(2.0 ** (a_bits - 1), dtype=a_scale.dtype))
         quant_b.kind = "uniform"
         quant_b.set_params(b_scale.reshape(-1, 1, 1), torch.tensor(2.0 ** (b_bits - 1), dtype=b_scale.dtype))
+
+
+def _candidates_per_chunk(memory_gib: float, elements_per_candidate: int) -> int:
+    """How many candidates one wide product scores: the authors' code fills a budget of float32 elements
+    (docs/methods.md, PTQ4ViT: ``search_memory_gib``), so the products have their shapes."""
+    return max(1, int((memory_gib * 1024 ** 3 / 4) // elements_per_candidate))
+
+
+class _LayerSearch:
+    """Step 2 for one Linear layer or the patch embedding: its FP tensors, the candidate scales of its
+    weight (per block of output rows; per output channel for the conv) and of its input, and the current
+    winner of each. Candidates are scored in chunks, one wide product per chunk."""
+
+    def __init__(self, layer: nn.Module, quantizer: ActQuantizer | None, capture: _LayerCapture, blocks: int,
+                 post_gelu: bool, device: torch.device, options: PTQ4ViTOptions, memory_gib: float,
+                 similarity: Callable[..., torch.Tensor], elementwise: Callable[..., torch.Tensor]) -> None:
+        self.layer, self.quantizer, self.post_gelu, self.options = layer, quantizer, post_gelu, options
+        self.similarity, self.elementwise = similarity, elementwise
+        self.w_bits = layer.weight_bits
+        self.a_bits = quantizer.bits if quantizer is not None else None
+        self.w_qmax = 2 ** (self.w_bits - 1) if self.w_bits else 0
+        self.a_qmax = 2 ** (self.a_bits - 1) if self.a_bits else 0
+        self.negative = GELU_MINIMUM / self.a_qmax if post_gelu else 0.0
+        self.weight = layer.weight.detach()
+        self.bias = layer.bias.detach() if layer.bias is not None else None
+        self.conv = isinstance(layer, QuantConv2d)
+        self.blocks = self.weight.shape[0] if self.conv else blocks
+        self.rows = self.weight.shape[0] // self.blocks
+        self._fp_tensors(capture, device)
+        self.chunk = _candidates_per_chunk(memory_gib, 2 * (self.x.numel() + self.raw.numel()))
+        self._initial_candidates()
+
+    def _fp_tensors(self, capture: _LayerCapture, device: torch.device) -> None:
+        """The layer's FP input, output and output gradient, the last two also split into blocks of rows."""
+        self.x = torch.cat(capture.inputs).to(device)
+        self.raw = torch.cat(capture.outputs).to(device)
+        # an output the loss does not depend on has gradient 0 (no backward hook fires for it)
+        self.grad = torch.cat(capture.grads).to(device) if capture.grads else torch.zeros_like(self.raw)
+        if self.conv:
+            self.raw_rows, self.grad_rows = self.raw.unsqueeze(1), self.grad.unsqueeze(1)
+        else:
+            shape = (*self.raw.shape[:-1], 1, self.blocks, self.rows)
+            self.raw_rows, self.grad_rows = self.raw.reshape(shape), self.grad.reshape(shape)
+
+    def _initial_candidates(self) -> None:
+        """Max-based initial scales and the candidate fractions of them (docs/methods.md, PTQ4ViT, step 2)."""
+        options = self.options
+        self.w_scale = self.a_scale = None
+        if self.w_bits:
+            self.w_scale = self.weight.reshape(self.blocks, -1).abs().amax(dim=1) / (self.w_qmax - 0.5)
+            self.w_candidates = fraction_candidates(options.alpha, options.beta, options.candidates,
+                                                    self.w_scale)[:, None] * self.w_scale[None, :]
+        if self.quantizer is not None:
+            x = self.x
+            self.a_scale = (x.amax() if self.post_gelu else x.abs().amax()) / (self.a_qmax - 0.5)
+            self.a_candidates = fraction_candidates(options.alpha, options.beta, options.candidates,
+                                                    self.a_scale) * self.a_scale
+
+    def alternate(self) -> None:
+        """``rounds`` rounds of: the weight scale with the input at its current scale, then the input scale
+        with the weight at its current scale. With an FP input every weight round is the same: one is run."""
+        for round_ in range(self.options.rounds):
+            if self.w_bits and (round_ == 0 or self.quantizer is not None):
+                x_sim = self.quant_input(self.x, self.a_scale) if self.quantizer is not None else self.x
+                best = best_candidate(self.weight_scores(x_sim))
+                self.w_scale = self.w_candidates.gather(0, best.reshape(1, -1)).reshape(-1)
+            if self.quantizer is not None:
+                w_sim = self.quant_weight(self.w_scale[None]) if self.w_bits else self.weight
+                self.a_scale = self.a_candidates[best_candidate(self.input_scores(w_sim))]
+
+    def set_winners(self) -> None:
+        """The winning scales into the layer's weight quantizer and its input quantizer."""
+        if self.w_bits:
+            channel_scale = self.w_scale.repeat_interleave(self.rows)
+            self.layer.set_weight_params(channel_scale, torch.full_like(channel_scale, self.w_qmax))
+        quantizer, a_scale = self.quantizer, self.a_scale
+        if quantizer is not None:
+            if self.post_gelu:
+                quantizer.kind = "twin_signed"
+                quantizer.set_params(a_scale, torch.tensor(self.negative, dtype=a_scale.dtype))
+            else:
+                quantizer.kind = "uniform"
+                quantizer.set_params(a_scale, torch.tensor(float(self.a_qmax), dtype=a_scale.dtype))
+
+    def quant_weight(self, scales: torch.Tensor) -> torch.Tensor:
+        """(candidates, blocks) scales -> the weights quantized with each, stacked along output rows."""
+        weight = self.weight
+        if not self.w_bits:
+            return weight
+        view = (scales.shape[0], self.blocks, *([1] * weight.dim()))
+        blocked = weight.reshape(1, self.blocks, self.rows, *weight.shape[1:])
+        return fake_quant_symmetric_signed(blocked, scales.reshape(view), self.w_bits).reshape(-1, *weight.shape[1:])
+
+    def quant_input(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if self.post_gelu:
+            return fake_quant_twin_signed(values, scale, self.negative, self.a_bits)
+        return fake_quant_symmetric_signed(values, scale, self.a_bits)
+
+    def weight_scores(self, x_sim: torch.Tensor) -> torch.Tensor:
+        """Score of every weight candidate (candidates, blocks), summed over images, with input ``x_sim``."""
+        return torch.cat([self._weight_chunk_scores(x_sim, self.w_candidates[begin:begin + self.chunk])
+                          for begin in range(0, self.options.candidates, self.chunk)])
+
+    def _weight_chunk_scores(self, x_sim: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        count, bias = scales.shape[0], self.bias
+        w_sim = self.quant_weight(scales)
+        b_sim = bias.repeat(count) if bias is not None else None
+        if self.conv:
+            out = self.layer._conv_forward(x_sim, w_sim, b_sim)
+            out = out.reshape(out.shape[0], count, -1, *out.shape[2:])  # images, candidates, oc, h, w
+            similarity = self.elementwise(self.raw_rows, out, self.grad_rows).mean(dim=[3, 4])
+        else:
+            out = F.linear(x_sim, w_sim, b_sim).reshape(*self.raw.shape[:-1], count, self.blocks, self.rows)
+            similarity = self.similarity(self.raw_rows, out, self.grad_rows)  # (images, *, candidates, blocks)
+            if similarity.dim() > 3:
+                similarity = similarity.mean(dim=list(range(1, similarity.dim() - 2)))
+        return similarity.sum(dim=0)
+
+    def input_scores(self, w_sim: torch.Tensor) -> torch.Tensor:
+        """Score of every input candidate, summed over images, with weight ``w_sim``."""
+        return torch.cat([self._input_chunk_scores(w_sim, self.a_candidates[begin:begin + self.chunk])
+                          for begin in range(0, self.options.candidates, self.chunk)])
+
+    def _input_chunk_scores(self, w_sim: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        count, x, raw, grad = scales.shape[0], self.x, self.raw, self.grad
+        if self.conv:
+            x_sim = self.quant_input(x.unsqueeze(0), scales.reshape(-1, 1, 1, 1, 1)).reshape(-1, *x.shape[1:])
+            out = self.layer._conv_forward(x_sim, w_sim, self.bias)
+            out = out.reshape(count, *raw.shape).transpose(0, 1)
+            return self.elementwise(self.raw_rows, out, self.grad_rows).mean(dim=[2, 3, 4]).sum(dim=0)
+        x_sim = self.quant_input(x.unsqueeze(-1), scales)  # (*, in, candidates)
+        x_sim = x_sim.movedim(-1, -2)  # (*, candidates, in)
+        out = F.linear(x_sim, w_sim, self.bias)
+        similarity = self.similarity(raw.unsqueeze(-2), out, grad.unsqueeze(-2))  # (images, *, candidates)
+        if similarity.dim() > 2:
+            similarity = similarity.mean(dim=list(range(1, similarity.dim() - 1)))
+        return similarity.sum(dim=0)

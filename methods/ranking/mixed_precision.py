@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from harness.api import (LAYER_OUTPUT, HarnessError, QuantConv2d, Target, is_instrumented_attention,
-                         weight_quantized_layers)
+from harness.api import HarnessError
+from harness.api.quantizer import LAYER_OUTPUT, QuantConv2d, Target, is_instrumented_attention, weight_quantized_layers
 from methods.ranking.units import capture
 
 MAX_CAPACITY = 200_000  # knapsack cells per layer; parameter counts are rounded up beyond it

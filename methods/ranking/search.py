@@ -13,8 +13,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.api import (ActQuantizer, asymmetric_params, fake_quant_asymmetric, fake_quant_log2, fake_quant_symmetric,
-                         progress_bar, symmetric_weight_scale)
+from harness.api import progress_bar
+from harness.api.quantizer import (ActQuantizer, asymmetric_params, fake_quant_asymmetric, fake_quant_log2,
+                                   fake_quant_symmetric, symmetric_weight_scale)
 from methods.ranking.objective import pearson, ranking_loss
 
 MIN_GAIN = 1e-6  # a move must beat the current objective by more than float noise (Pearson of a rescaled output)

@@ -15,8 +15,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from harness.api import (LAYER_INPUT, ActQuantizer, QuantConv2d, Target, capture as core_capture, floating_point,
-                         get_point, is_instrumented_attention, weight_quantized_layers)
+from harness.api.quantizer import (LAYER_INPUT, ActQuantizer, QuantConv2d, Target, capture as core_capture,
+                                   floating_point, get_point, is_instrumented_attention, weight_quantized_layers)
 from methods.ranking.search import MatmulUnit, activation_operand, weight_operand
 
 OPERAND_POINTS = {"layer": ("in", None), "qk": ("q", "k"), "av": ("attn", "v")}  # (X, W) points; None: the weight

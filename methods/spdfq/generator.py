@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.api import (ATTENTION, CLASSES, GENERATORS, SUPPORTED, CalibrationSet, GenerationContext, Generator,
-                         HarnessError, PixelSynthesis, Probe, SynthesisOptions, aligned_blocks,
-                         attention_alignment_loss, attention_probes, field_order, gaussian_mixture_priors,
-                         gaussian_noise, is_window_attention, patch_attention, synthesis_lr, tv_loss, tv_target)
+from harness.api import ATTENTION, CLASSES, GENERATORS, CalibrationSet, GenerationContext, Generator, HarnessError
+from harness.api.quantizer import SUPPORTED, is_window_attention
+from harness.api.synthesis import (PixelSynthesis, Probe, SynthesisOptions, aligned_blocks, attention_alignment_loss,
+                                   attention_probes, field_order, gaussian_mixture_priors, gaussian_noise,
+                                   patch_attention, synthesis_lr, tv_loss, tv_target)
 from harness.api import at_least, positive
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.api import TASKS, TaskSetup, mm_predictions, save_random_init, write_images
+from harness.api import TASKS, TaskSetup
+from harness.api.data import mm_predictions, save_random_init, write_images
 
 PIPELINE = """test_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImageFromFile'),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.api import TASKS, TaskSetup, mm_predictions, save_random_init, write_images
+from harness.api import TASKS, TaskSetup
+from harness.api.data import mm_predictions, save_random_init, write_images
 
 MODEL = "mask_rcnn_swin_t"
 CLASSES = ("person", "bicycle", "car")

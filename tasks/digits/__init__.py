@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.api import (TASKS, HarnessError, ImagePrior, Task, calibration_indices, file_sha256, load_weights,
-                         register_models, tensor_batches, topk_accuracy)
+from harness.api import TASKS, HarnessError, ImagePrior, Task, calibration_indices, register_models
+from harness.api.data import file_sha256, load_weights, tensor_batches, topk_accuracy
 from tasks.digits.data import IMAGE_SIZE, MEAN, STD, load_splits, normalize
 from tasks.digits.model import build_model
 from tasks.digits.shipped import MODEL_SEEDS, shipped_weights

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.api import HarnessError, file_sha256, write_json
+from harness.api import HarnessError
+from harness.api.data import file_sha256, write_json
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_SEEDS = {"digits_vit_seed0": 0, "digits_vit_seed1": 1}

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.api import progress_bar, read_state_dict, tensor_batches, topk_accuracy, write_state_dict
+from harness.api import progress_bar
+from harness.api.data import read_state_dict, tensor_batches, topk_accuracy, write_state_dict
 from tasks.digits.data import DigitsSplit, load_splits, normalize
 from tasks.digits.model import build_model
 from tasks.digits.shipped import MODEL_SEEDS, WEIGHTS_DIR, read_manifest, write_manifest

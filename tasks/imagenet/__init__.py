@@ -13,7 +13,8 @@ from pathlib import Path
 
 from timm.data import ImageNetInfo
 
-from harness.api import TASKS, ImageFolderOptions, ImageFolderTask, hub_checkpoint, register_models
+from harness.api import TASKS, ImageFolderOptions, ImageFolderTask, register_models
+from harness.api.data import hub_checkpoint
 
 
 @dataclass

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
     (["run", "--seeds", "one"], "seeds must be integers"),
     (["run", "--profile", "fancy"], "unknown quantizer profile 'fancy'; accepted: standard, psaq"),
     (["run", "--gen-opt", "num_images"], "malformed generator option 'num_images'; expected KEY=VALUE"),
-    (["run", "--gen-opt", "iterations=5"], "generator 'real' has no option 'iterations'; accepted: num_images"),
+    (["run", "--methods", "real", "--gen-opt", "iterations=5"], "generator 'real' has no option 'iterations'; accepted: num_images"),
     (["run", "--calib", "magic"], "unknown calibrator 'magic'"),
     (["run", "--limit", "0"], "limit must be a positive number"),
     (["run", "--grid", "/nonexistent/grid.yaml"], "grid file /nonexistent/grid.yaml is unreadable"),

@@ -34,6 +34,35 @@ def test_with_methods_each_method_runs_with_every_given_pair():
     assert {str(row_label(cell)) for cell in cells} == {"psaq", "psaq (psaq+percentile)", "noise", "noise (noise+percentile)"}
 
 
+def test_own_stands_for_each_methods_own_calibrator_beside_the_others():
+    cells = expand(GridSpec(methods=("psaq", "spdfq", "real"), tasks=("digits",), models=("digits_vit_seed0",),
+                            bits=("w4a4",), calib=("own", "repq")))
+    assert _rows(cells) == {("psaq", "psaq", "minmax"), ("psaq", "psaq", "repq"), ("spdfq", "spdfq", "block_recon"),
+                            ("spdfq", "spdfq", "repq"), ("real", "real", "minmax"), ("real", "real", "repq")}
+    # a method whose own calibrator is also given by name runs it once
+    assert len(expand(GridSpec(methods=("psaq",), tasks=("digits",), models=("digits_vit_seed0",), bits=("w4a4",),
+                               calib=("own", "minmax")))) == 1
+    with pytest.raises(HarnessError, match="--data/--calib own: a method's own plugin needs --methods"):
+        expand(GridSpec(tasks=("digits",), bits=("w4a4",), data=("noise",), calib=("own", "repq")))
+
+
+def test_the_default_grid_shows_the_data_free_methods_beside_noise_and_real_images():
+    cells = expand(GridSpec())
+    own = {("noise", "noise", "minmax"), ("real", "real", "minmax"), ("psaq", "psaq", "minmax"),
+           ("psaq_v2", "psaq_v2_init", "minmax"), ("spdfq", "spdfq", "block_recon")}
+    with_repq = {("noise+repq", "noise", "repq"), ("repq_vit", "real", "repq"), ("psaq+repq", "psaq", "repq"),
+                 ("psaq_v2_init+repq", "psaq_v2_init", "repq"), ("spdfq+repq", "spdfq", "repq")}
+    assert _rows(cells) == own | with_repq
+    # PSAQ-ViT V2 as published (fine-tuned); its images calibrated by repq are calibration only
+    assert {(cell.method, cell.tuner) for cell in cells if cell.tuner} == {("psaq_v2", "psaq_v2")}
+    assert {str(cell.bits) for cell in cells} == {"w4a4", "w4a3"}
+    assert {cell.model for cell in cells} == {"digits_vit_seed0", "digits_vit_seed1"}
+    assert len(cells) == 10 * 2 * 2  # rows x bits x models
+    # an option scoped to a plugin of either part is accepted
+    tuned = expand(GridSpec(calibrator_options={"repq.input_bits": 6}, seeds=(1,)))
+    assert {cell.calibrator_options.input_bits for cell in tuned if cell.calibrator == "repq"} == {6}
+
+
 def test_an_fp_cell_is_not_repeated_per_pair():
     cells = expand(GridSpec(tasks=("digits",), models=("digits_vit_seed0",), bits=("fp",),
                             data=("psaq", "noise"), calib=("minmax", "repq")))

@@ -9,7 +9,8 @@ from harness.grid import GridSpec
 from harness.method import MethodSpec
 from harness.registry import GENERATORS, METHODS, TASKS
 from harness.runner import GridRunner
-from harness.support import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES, declared_verdict, requirements, support_lines
+from harness.capabilities import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.support import declared_verdict, requirements, support_lines
 from methods.noise import GaussianNoise
 from tasks.digits import DigitsTask
 

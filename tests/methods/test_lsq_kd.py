@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.api import CalibrationSet, TuningContext, learnable_scales, lsq_gradient_scale, mean_discrepancy
+from harness.api import CalibrationSet, TuningContext
+from harness.api.quantizer import learnable_scales, lsq_gradient_scale
+from harness.api.training import mean_discrepancy
 from harness.bits import parse_bits
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.convert import QuantConfig, quantize_model

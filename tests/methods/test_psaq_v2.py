@@ -26,13 +26,7 @@ CPU = torch.device("cpu")
 PLAIN = dict(max_shift=0, flip_probability=0.0, tv_weight=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is shared: one thread is steadier than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _frozen(model):

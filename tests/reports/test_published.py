@@ -11,7 +11,7 @@ from reports.published import CALIBRATION_ONLY, FINE_TUNED, load_published
 from tasks.imagenet import ImageNetTask
 
 HEADER = "task,model,method,bits,metric,protocol,value,source,verified,notes\n"
-METHODS = {"psaq", "psaq_v2", "ranking", "spdfq", "noise", "real", "ptq4vit", "repq_vit", "fp",
+METHODS = {"adalog", "aphq_vit", "fima_q", "psaq", "psaq_v2", "ranking", "spdfq", "noise", "real", "ptq4vit", "repq_vit", "fp",
            "maskaq", "mimiq", "gdfq", "qimera", "adadfq"}  # the last five from MaskAQ's Table 1
 
 
@@ -19,7 +19,7 @@ def test_shipped_table_uses_harness_names():
     load_published()  # no duplicate keys, no unknown verified status or protocol, every bit spec parses
     with resources.files("reports").joinpath("published.csv").open() as handle:
         table = pd.read_csv(handle)
-    assert len(table) == 231 and set(table["method"]) == METHODS
+    assert len(table) == 280 and set(table["method"]) == METHODS
     assert set(table["task"]) == {"imagenet", "coco", "ade20k"}
     assert set(table.loc[table["task"] == "imagenet", "model"]) == set(ImageNetTask.model_names)
     assert set(table["bits"]) == {"fp", "w4a8", "w8a8", "w3a3", "w4a4", "w5a5", "w6a6", "mp6", "mp8"}

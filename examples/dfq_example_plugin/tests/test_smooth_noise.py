@@ -1,7 +1,7 @@
 """The harness's conformance kit on this plugin: one import, one parametrized test."""
 import pytest
 
-from harness.api import cases, run_case
+from harness.api.testing import cases, run_case
 
 
 @pytest.mark.parametrize("kind, name", cases(names=["smooth_noise"]))

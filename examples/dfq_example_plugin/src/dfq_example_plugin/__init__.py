@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.api import (GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions,
-                         MethodSpec, clamp_pixels)
+from harness.api import GENERATORS, METHODS, CalibrationSet, GenerationContext, Generator, ImageCountOptions, MethodSpec
+from harness.api.synthesis import clamp_pixels
 
 
 @dataclass

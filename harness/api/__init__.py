@@ -1,0 +1,31 @@
+"""The public plugin API: everything a method or task plugin may import from the harness.
+
+Plugins import from here only (``from harness.api import Generator, GENERATORS``), so the modules
+behind it may move without breaking them; what is not listed in ``__all__`` is internal. The
+source digest of a plugin (docs/results.md, Code versions and source digests) follows each name to
+the module that defines it, so importing from here does not tie a plugin's digest to all of them.
+docs/plugins.md, The plugin API, groups the names.
+"""
+from __future__ import annotations
+
+from harness.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
+from harness.errors import HarnessError
+from harness.image_folder import ImageFolderOptions, ImageFolderTask
+from harness.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
+                            ImageCountOptions, MethodSpec, NoOptions)
+from harness.mm.task import OpenMMLabModel, OpenMMLabTask
+from harness.options import Range, at_least, percent, positive, probability, ranged
+from harness.progress import progress_bar, show_losses
+from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
+from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices, register_models
+from harness.task_setup import TaskSetup
+from harness.tuner import NO_TUNING, Tuner, TuningContext
+
+__all__ = [
+    "ATTENTION", "BLOCKS", "CALIBRATORS", "CLASS_TOKEN", "CLASSES", "GENERATORS", "LOGITS", "METHODS", "MODELS", "NO_TUNING",
+    "REAL_IMAGES", "TASKS", "TUNERS", "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext",
+    "Generator", "HarnessError", "ImageCountOptions", "ImageFolderOptions", "ImageFolderTask", "ImagePrior",
+    "MethodSpec", "NoOptions", "OpenMMLabModel", "OpenMMLabTask", "Range", "SynthesisTarget", "Task", "TaskOptions",
+    "TaskSetup", "Tuner", "TuningContext", "at_least", "calibration_indices", "percent", "positive", "probability",
+    "progress_bar", "ranged", "register_models", "show_losses",
+]
