@@ -1,4 +1,4 @@
-"""The words a task offers and a plugin needs (docs/plugins.md, Capabilities): plain names, in a module of their
+"""The words a task offers and a plugin needs (docs/plugins.md, Support): plain names, in a module of their
 own so the plugin bases (harness.task, harness.method) and the support check (harness.support) all read them
 without importing each other."""
 from __future__ import annotations
