@@ -57,9 +57,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import parse_bits  # noqa: E402
-from harness.instrument import get_point  # noqa: E402
-from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.model.instrument import get_point  # noqa: E402
+from harness.plugin.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from parity_kit import (FULL_SIZE, SMALL_FIXTURES, authors_commit, parity_parser, save_fixture,  # noqa: E402
                         smooth_images, timm_class, twin_models, without_mask)

@@ -26,11 +26,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import parse_bits  # noqa: E402
-from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
-from harness.progress import set_progress  # noqa: E402
+from harness.plugin.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.plugin.registry import CALIBRATORS  # noqa: E402
+from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
-from harness.registry import CALIBRATORS  # noqa: E402
+from harness.run.progress import set_progress  # noqa: E402
 from parity_kit import smooth_images  # noqa: E402
 
 

@@ -4,7 +4,7 @@
 The wall time is the whole process as a user waits for it (interpreter start included); one more run
 per command, through a small wrapper, reports which heavy libraries it loaded (``sys.modules`` after
 the command returned or exited). Help must load none: the parser is built from light modules only
-(the executor names live in ``harness/executor_names.py``, not beside the backends, which import
+(the executor names live in ``harness/run/executor_names.py``, not beside the backends, which import
 the grid, the quantizer and with it torch and timm).
 
 Measured on the 2-core development machine while a CI run shared it (load average 4 to 7; minimum of 5
@@ -18,12 +18,12 @@ runs, `list` of 3; "before" is commit 7491e8b):
 On the same machine `python -c "import torch"` took 2.4 s, adding timm 2.6 s more and scikit-learn's
 datasets 2.2 s more: `list` is those three imports and little else.
 
-Before, every ``--help`` imported ``harness.executors`` for the ``--executor`` choices, and with it
+Before, every ``--help`` imported ``harness.run.executors`` for the ``--executor`` choices, and with it
 torch and timm.
 
 ``list`` is measured twice: cold, each process with an empty listing cache (every plugin imported:
 torch, timm, ...), and warm, from the cache the first ``list`` (or any ``run``) wrote for this checkout
-(harness/listing.py: the listing beside a digest of the plugins' and the core's source; no plugin
+(harness/entry/listing.py: the listing beside a digest of the plugins' and the core's source; no plugin
 imported). Measured on a 2-core machine shared with two other jobs (load average 2.4 to 3.7;
 ``python -c "import torch"`` alone 4.6 s; two sessions of the script, their ranges):
 

@@ -31,15 +31,15 @@ import onnxruntime as ort
 import timm
 import torch
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
-from harness.export import EXECUTION_PROVIDER, OnnxRuntimeModel, export_onnx, median_seconds, stored_weight_type
-from harness.machine import cpu_class, cpu_description
-from harness.grid import GridSpec, expand
-from harness.method import CalibrationContext, CalibrationSet
-from harness.progress import set_progress
+from harness.deploy.export import EXECUTION_PROVIDER, OnnxRuntimeModel, export_onnx, median_seconds, stored_weight_type
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
-from harness.worker import CellWorker
+from harness.run.grid import GridSpec, expand
+from harness.run.progress import set_progress
+from harness.run.worker import CellWorker
+from harness.store.machine import cpu_class, cpu_description
 from parity_kit import smooth_images  # noqa: E402
 
 BITS = ("w8a8", "w4a8")

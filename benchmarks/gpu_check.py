@@ -117,19 +117,19 @@ from torch import Tensor, nn  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
-from harness.bits import parse_bits  # noqa: E402
-from harness.calibrators import MinMaxCalibrator  # noqa: E402
-from harness.conformance import smoke_options  # noqa: E402
-from harness.fused import ENVIRONMENT_SWITCH, fused_kernel_states  # noqa: E402
-from harness.method import CalibrationContext, CalibrationSet, GenerationContext  # noqa: E402
-from harness.memory import reused_heap  # noqa: E402
+from harness.model.fused import ENVIRONMENT_SWITCH, fused_kernel_states  # noqa: E402
+from harness.plugin.calibrators import MinMaxCalibrator  # noqa: E402
+from harness.plugin.conformance import smoke_options  # noqa: E402
+from harness.plugin.method import CalibrationContext, CalibrationSet, GenerationContext  # noqa: E402
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS  # noqa: E402
+from harness.plugin.tuner import NO_TUNING  # noqa: E402
 from harness.priors.patch_similarity import attn_v_probes, patch_similarity_loss  # noqa: E402
-from harness.progress import set_progress  # noqa: E402
+from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import in_place_evaluation  # noqa: E402
-from harness.records import PeakMemory, ResultStore, harness_commit, library_versions  # noqa: E402
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS  # noqa: E402
-from harness.tuner import NO_TUNING  # noqa: E402
+from harness.run.memory import reused_heap  # noqa: E402
+from harness.run.progress import set_progress  # noqa: E402
+from harness.store.records import PeakMemory, ResultStore, harness_commit, library_versions  # noqa: E402
 from imagenet_throughput import write_synthetic_imagenet  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 from tasks.imagenet import ImageNetTask  # noqa: E402
@@ -231,7 +231,7 @@ def synchronize(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def eager_torch() -> Iterator[None]:
-    """The fused kernels switched off (:mod:`harness.fused`): the plain reference they must agree with."""
+    """The fused kernels switched off (:mod:`harness.model.fused`): the plain reference they must agree with."""
     previous = os.environ.get(ENVIRONMENT_SWITCH)
     os.environ[ENVIRONMENT_SWITCH] = "0"
     try:
@@ -386,7 +386,7 @@ def images_per_second(model: nn.Module, batch: Tensor, batches: int) -> float:
 
 
 def check_fused_kernels(report: Report, sizes: Sizes, device: torch.device) -> None:
-    """Where :mod:`harness.fused`'s compiled kernels ran during the checks above, or why they fell back."""
+    """Where :mod:`harness.model.fused`'s compiled kernels ran during the checks above, or why they fell back."""
     for purpose, state in fused_kernel_states().items():
         if state["failure"]:
             text = f"fell back to eager torch: {state['failure']}"

@@ -23,10 +23,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.plugin.registry import TASKS  # noqa: E402
 from harness.priors.patch_similarity import block_entropies  # noqa: E402
-from harness.grid import code_differences  # noqa: E402
-from harness.records import ResultStore  # noqa: E402
-from harness.registry import TASKS  # noqa: E402
+from harness.run.grid import code_differences  # noqa: E402
+from harness.store.records import ResultStore  # noqa: E402
 
 
 PSAQ_PROFILE_BITS = ("w4a4", "w4a3")

@@ -39,9 +39,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import BitSpec, parse_bits  # noqa: E402
-from harness.calibrators import MinMaxCalibrator  # noqa: E402
-from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.plugin.calibrators import MinMaxCalibrator  # noqa: E402
+from harness.plugin.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.quant.bits import BitSpec, parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
 from parity_kit import authors_commit, parity_parser, save_fixture, smooth_images  # noqa: E402

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.method import GenerationContext  # noqa: E402
-from harness.task import ImagePrior  # noqa: E402
+from harness.plugin.method import GenerationContext  # noqa: E402
+from harness.plugin.task import ImagePrior  # noqa: E402
 from harness.priors.patch_similarity import attn_v_probes, patch_similarity_loss  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
     print(f"{args.model}, batch {args.batch}, 224 px, {args.threads} threads")
     pse = pse_seconds(model, args.batch, repeats=5)
     print(f"L_PSE alone, forward+backward over all blocks: {pse:.3f} s (median of 5)")
-    synthesis_iteration_seconds(model, args.batch, 2)  # warm-up: compiles the fused kernels (harness.fused)
+    synthesis_iteration_seconds(model, args.batch, 2)  # warm-up: compiles the fused kernels (harness.model.fused)
     plain_step_seconds(model, args.batch, 1)  # warm-up
     pairs = []
     for _ in range(args.pairs):

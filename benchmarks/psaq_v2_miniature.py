@@ -22,7 +22,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.records import ResultStore  # noqa: E402
+from harness.store.records import ResultStore  # noqa: E402
 
 BITS = ("w4a3", "w4a4")
 METHODS = ("psaq", "psaq_v2")

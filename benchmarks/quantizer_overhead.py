@@ -6,7 +6,7 @@ The FP and quantized forwards take turns, round after round, so they share the m
 conditions; best times (wall-clock and process CPU time, the latter less sensitive to other
 processes on a shared machine) and the median ratio to the FP forward just before are printed.
 ``--eager`` adds the quantizer without fused kernels (``DFQ_HARNESS_FUSED=0``) in the same run.
-The runs evaluate as a grid's cells do: freed heap memory reused (``harness.memory.reused_heap``)
+The runs evaluate as a grid's cells do: freed heap memory reused (``harness.run.memory.reused_heap``)
 and declared temporaries quantized in place (``harness.quant.modules.in_place_evaluation``);
 ``--plain`` measures without either (glibc's default heap, every quantizer writing a new tensor).
 
@@ -25,13 +25,13 @@ from typing import Callable
 import timm
 import torch
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
-from harness.fused import ENVIRONMENT_SWITCH
-from harness.memory import heap_reuse_available, reused_heap
-from harness.method import CalibrationContext, CalibrationSet
+from harness.model.fused import ENVIRONMENT_SWITCH
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import in_place_evaluation
+from harness.run.memory import heap_reuse_available, reused_heap
 
 
 def calibrated(model: torch.nn.Module, bits: str, profile: str, images: torch.Tensor) -> torch.nn.Module:

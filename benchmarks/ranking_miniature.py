@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.records import ResultStore
+from harness.store.records import ResultStore
 from reports.aggregate import records_frame
 
 OUT = Path("results/ranking_miniature")

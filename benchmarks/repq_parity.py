@@ -78,8 +78,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import BitSpec, parse_bits  # noqa: E402
-from harness.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.plugin.method import CalibrationContext, CalibrationSet  # noqa: E402
+from harness.quant.bits import BitSpec, parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import ActQuantizer  # noqa: E402
 from parity_kit import (FULL_SIZE, SMALL_FIXTURES, authors_commit, heavy_tailed_values, parity_parser,  # noqa: E402

@@ -27,7 +27,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.records import ResultStore  # noqa: E402
+from harness.store.records import ResultStore  # noqa: E402
 
 ABLATION = {  # label -> (apa, msr, sl)
     "none": (False, False, False), "APA": (True, False, False), "MSR": (False, True, False),

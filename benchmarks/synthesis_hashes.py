@@ -20,10 +20,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import parse_bits  # noqa: E402
-from harness.method import CalibrationContext, GenerationContext  # noqa: E402
+from harness.plugin.method import CalibrationContext, GenerationContext  # noqa: E402
+from harness.plugin.registry import TASKS  # noqa: E402
+from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
-from harness.registry import TASKS  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 from methods.psaq_v2 import InitOptions, PSAQV2Calibrator, PSAQV2InitGenerator, PSAQV2Options  # noqa: E402
 from methods.spdfq.generator import SPDFQGenerator, SPDFQOptions  # noqa: E402

@@ -19,8 +19,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.registry import METHODS
+from harness.entry.cli import main
+from harness.plugin.registry import METHODS
 
 # the tiny instances' backbones as timm classifiers (the architecture the backbone was pre-trained as)
 TINY_CLASSIFIER = ("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)))

@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.bits import parse_bits  # noqa: E402
-from harness.method import CalibrationSet  # noqa: E402
+from harness.plugin.method import CalibrationSet  # noqa: E402
+from harness.plugin.tuner import TuningContext  # noqa: E402
+from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.calibrate import observe_and_freeze  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.observers import MinMaxObserver  # noqa: E402
-from harness.tuner import TuningContext  # noqa: E402
 from methods.lsq_kd import LsqKdOptions, LsqKdTuner  # noqa: E402
 
 MASKAQ_STEPS = (10_000 // 16) * 198  # images / batch x stepping epochs (200 less 2 warm-up)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.records import InvalidRecord
+from harness.store.records import InvalidRecord
 from reports.aggregate import (bits_order, calibration_data, cost_table, primary_metric, records_frame, seed_stats,
                                seed_values)
 from reports.gallery import IMAGES_PER_ROW, cached_galleries

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.records import CachedCalibration, ResultStore
+from harness.store.records import CachedCalibration, ResultStore
 
 IMAGES_PER_ROW = 8
 

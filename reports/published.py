@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.bits import parse_bits
+from harness.quant.bits import parse_bits
 
 FIGURE = ("task", "model", "method", "bits", "metric")  # what was measured; the protocol says how
 KEY = (*FIGURE, "protocol")

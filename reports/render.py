@@ -10,8 +10,8 @@ from typing import Sequence
 from jinja2 import Environment, PackageLoader
 
 from harness.errors import HarnessError
-from harness.io import replaced_folder
-from harness.records import ResultStore
+from harness.store.io import replaced_folder
+from harness.store.records import ResultStore
 from reports.content import Report, build_report
 from reports.significance import verdict
 

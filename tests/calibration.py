@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.bits import parse_bits
-from harness.method import CalibrationContext, CalibrationSet, Calibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet, Calibrator
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 
 

@@ -12,7 +12,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from calibration import calibrate
-from harness.method import Calibrator
+from harness.plugin.method import Calibrator
 from harness.quant.convert import QuantConfig
 
 MODEL_CLASSES = {"VisionTransformer": VisionTransformer, "SwinTransformer": SwinTransformer}

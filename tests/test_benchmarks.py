@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from benchmark_scripts import BENCHMARKS, load_benchmark
-from harness.calibrators import MinMaxCalibrator
-from harness.cli import main as cli_main
-from harness.registry import CALIBRATORS, METHODS, TUNERS
+from harness.entry.cli import main as cli_main
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.registry import CALIBRATORS, METHODS, TUNERS
 
 
 def test_imagenet_throughput_quick(tmp_path, capsys):

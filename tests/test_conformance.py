@@ -8,12 +8,12 @@ import huggingface_hub
 import pytest
 import torch
 
-from harness.calibrators import MinMaxCalibrator
-from harness.conformance import (REGISTRIES, ConformanceError, ConformanceSkip, Hooks, cases, check, check_task,
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.conformance import (REGISTRIES, ConformanceError, ConformanceSkip, Hooks, cases, check, check_task,
                                  run_case, smoke_options)
-from harness.method import CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator
-from harness.method import ImageCountOptions, MethodSpec
-from harness.registry import GENERATORS, METHODS
+from harness.plugin.method import CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator
+from harness.plugin.method import ImageCountOptions, MethodSpec
+from harness.plugin.registry import GENERATORS, METHODS
 from tasks.digits import DigitsTask
 from tiny_imagenet import tiny_imagenet
 

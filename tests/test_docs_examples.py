@@ -10,8 +10,8 @@ import timm
 import torch
 from PIL import Image
 
-from harness.conformance import Hooks, TaskSetup, check
-from harness.registry import GENERATORS, METHODS, MODELS, TASKS
+from harness.plugin.conformance import Hooks, TaskSetup, check
+from harness.plugin.registry import GENERATORS, METHODS, MODELS, TASKS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
 
 METHODS_DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 PROJECT_PACKAGES = ("harness", "methods")  # outside packages document themselves

@@ -8,7 +8,7 @@ import timm
 import torch
 from PIL import Image
 
-from harness.conformance import TaskSetup
+from harness.plugin.conformance import TaskSetup
 
 IMAGENET_MODEL = "deit_tiny_patch16_224"
 

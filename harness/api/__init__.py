@@ -8,18 +8,18 @@ docs/plugins.md, The plugin API, groups the names.
 """
 from __future__ import annotations
 
-from harness.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
+from harness.data.image_folder import ImageFolderOptions, ImageFolderTask
+from harness.data.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.errors import HarnessError
-from harness.image_folder import ImageFolderOptions, ImageFolderTask
-from harness.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
+from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
+from harness.plugin.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
                             ImageCountOptions, MethodSpec, NoOptions)
-from harness.mm.task import OpenMMLabModel, OpenMMLabTask
-from harness.options import Range, at_least, percent, positive, probability, ranged
-from harness.progress import progress_bar, show_losses
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
-from harness.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices, register_models
-from harness.task_setup import TaskSetup
-from harness.tuner import NO_TUNING, Tuner, TuningContext
+from harness.plugin.options import Range, at_least, percent, positive, probability, ranged
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS, register_models
+from harness.plugin.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices
+from harness.plugin.task_setup import TaskSetup
+from harness.plugin.tuner import NO_TUNING, Tuner, TuningContext
+from harness.run.progress import progress_bar, show_losses
 
 __all__ = [
     "ATTENTION", "BLOCKS", "CALIBRATORS", "CLASS_TOKEN", "CLASSES", "GENERATORS", "LOGITS", "METHODS", "MODELS", "NO_TUNING",

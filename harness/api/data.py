@@ -3,14 +3,14 @@ locks, checkpoint readers, metrics, the tiny offline instances of the OpenMMLab 
 """
 from __future__ import annotations
 
-from harness.evaluation import tensor_batches, topk_accuracy
-from harness.io import IMAGE_SUFFIXES, config_hash, current_umask, file_lock, file_sha256, write_json
-from harness.mm.data import predictions as mm_predictions
-from harness.mm.tiny import save_random_init, write_images
-from harness.paths import cache_dir
-from harness.records import read_calibration
-from harness.timm_weights import hub_checkpoint, load_weights
-from harness.weights import read_state_dict, write_state_dict
+from harness.data.evaluation import tensor_batches, topk_accuracy
+from harness.data.mm.data import predictions as mm_predictions
+from harness.data.mm.tiny import save_random_init, write_images
+from harness.data.timm_weights import hub_checkpoint, load_weights
+from harness.data.weights import read_state_dict, write_state_dict
+from harness.store.io import IMAGE_SUFFIXES, config_hash, current_umask, file_lock, file_sha256, write_json
+from harness.store.paths import cache_dir
+from harness.store.records import read_calibration
 
 __all__ = [
     "IMAGE_SUFFIXES", "cache_dir", "config_hash", "current_umask", "file_lock", "file_sha256", "hub_checkpoint",

@@ -4,12 +4,13 @@ reconstruction, the model families the quantizer instruments. For calibrators an
 """
 from __future__ import annotations
 
-from harness.arch import SUPPORTED, is_instrumented_attention, is_instrumented_block, is_window_attention
-from harness.instrument import attach_point, get_point, remove_point
+from harness.model.arch import SUPPORTED, is_instrumented_attention, is_instrumented_block, is_window_attention
+from harness.model.instrument import attach_point, get_point, remove_point
 from harness.quant.adalog import (GELU_SHIFT, adalog_search_values, candidate_batch, dequantization_tables,
                                   fake_quant_adalog, positive_percentiles, progressive_search, search_table,
                                   set_adalog_params, tensor_percentiles, uniform_candidates, weight_candidates)
 from harness.quant.calibrate import mse_weight_scales, observe_and_freeze
+from harness.quant.convert import PROFILES, QuantProfile
 from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture, floating_point
 from harness.quant.fake_quant import (asymmetric_params, fake_quant_asymmetric, fake_quant_log2,
                                       fake_quant_offset_after_round, fake_quant_symmetric, fake_quant_symmetric_signed,
@@ -30,8 +31,8 @@ from harness.quant.search import (best_candidate, fraction_candidates, output_si
 
 __all__ = [
     "GELU_SHIFT", "LAYER_INPUT", "LAYER_OUTPUT", "SUPPORTED", "ActQuantizer", "FisherDPLR", "LearnedOffsetQuantizer",
-    "LogitKL", "MinMaxObserver", "MSEObserver", "OutputMSE", "PercentileObserver", "PerturbationHessian",
-    "QuantConv2d", "QuantLinear", "ReconstructionSettings", "Target", "act_quantizers", "adalog_search_values",
+    "LogitKL", "MinMaxObserver", "MSEObserver", "OutputMSE", "PROFILES", "PercentileObserver", "PerturbationHessian",
+    "QuantConv2d", "QuantLinear", "QuantProfile", "ReconstructionSettings", "Target", "act_quantizers", "adalog_search_values",
     "asymmetric_params", "attach_point", "best_candidate", "calibrate_by_grid_search", "call_arguments",
     "candidate_batch", "capture", "dequantization_tables", "fake_quant_adalog", "fake_quant_asymmetric",
     "fake_quant_log2", "fake_quant_offset_after_round", "fake_quant_symmetric", "fake_quant_symmetric_signed",

@@ -3,7 +3,7 @@ never does, so importing a plugin loads no runner.
 """
 from __future__ import annotations
 
-from harness.conformance import Hooks, cases, run_case
+from harness.plugin.conformance import Hooks, cases, run_case
 
 __all__ = [
     "Hooks", "cases", "run_case",

@@ -3,8 +3,8 @@ For tuners and generators that distil.
 """
 from __future__ import annotations
 
-from harness.distillation import DISCREPANCIES, discrepancy, has_classifier, mean_discrepancy, resolve_discrepancy
-from harness.tuner import epoch_cosine
+from harness.plugin.tuner import epoch_cosine
+from harness.quant.distillation import DISCREPANCIES, discrepancy, has_classifier, mean_discrepancy, resolve_discrepancy
 
 __all__ = [
     "DISCREPANCIES", "discrepancy", "epoch_cosine", "has_classifier", "mean_discrepancy", "resolve_discrepancy",

@@ -1,7 +1,7 @@
 """Probes of the attention logits q·kᵀ, before the 1/√d scale and the softmax (docs/methods.md, MaskAQ).
 
 MaskAQ's generator reads these raw products in every block of the FP model and of the quantized model
-being fine-tuned. They are read at the ``scores`` point of :mod:`harness.arch`'s instrumented attention
+being fine-tuned. They are read at the ``scores`` point of :mod:`harness.model.arch`'s instrumented attention
 (ViT/DeiT), which holds q·kᵀ/√d whichever side the factor was applied on, and divided by the module's
 factor (exact for the head sizes whose 1/√d is a power of two: 4, 16, 64, 256). A quantizer already at
 that point (the ``psaq`` profile) keeps working: the probe records its input and passes it on.
@@ -13,8 +13,8 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
-from harness.arch import instrumented, is_instrumented_attention
-from harness.instrument import attach_point, get_point, remove_point
+from harness.model.arch import instrumented, is_instrumented_attention
+from harness.model.instrument import attach_point, get_point, remove_point
 
 SCORES = "scores"
 

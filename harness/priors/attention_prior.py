@@ -4,7 +4,7 @@ A trained ViT attends to a few object parts; noise makes it attend uniformly. AP
 head of the deeper half of the blocks, a random mixture of K Gaussians over the patch grid and pulls
 the model's attention towards it with MSE. This module holds the sampler (a pure, seeded function),
 the alignment loss and probes that capture the post-softmax ``attn`` point of
-:mod:`harness.arch`'s instrumented attention.
+:mod:`harness.model.arch`'s instrumented attention.
 """
 from __future__ import annotations
 

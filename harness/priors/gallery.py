@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import save_image
 
-from harness.task import ImagePrior
+from harness.plugin.task import ImagePrior
 
 
 def save_image_grid(images: Tensor, prior: ImagePrior, path: Path, nrow: int = 8, scale: int = 1) -> Path:

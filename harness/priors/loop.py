@@ -13,11 +13,11 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
-from harness.method import ImageCountOptions
-from harness.options import Range, at_least, positive, ranged
+from harness.plugin.method import ImageCountOptions
+from harness.plugin.options import Range, at_least, positive, ranged
+from harness.plugin.task import ImagePrior
 from harness.priors.synthesis import clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip, warmup_cosine_lr
-from harness.progress import progress_bar, show_losses
-from harness.task import ImagePrior
+from harness.run.progress import progress_bar, show_losses
 
 # (images the loss sees, iteration) -> (the loss to minimize, its named terms for the progress bar).
 # An objective that accumulates the images' gradient itself (over batches, jittering each on its own)
@@ -30,7 +30,7 @@ OptionsClass = TypeVar("OptionsClass", bound=type)
 def field_order(*names: str) -> Callable[[OptionsClass], OptionsClass]:
     """Give an options dataclass's fields (:func:`dataclasses.fields`, ``asdict``) the order ``names`` list.
 
-    A record's label lists the options a cell changed in field order (harness.worker), and labels
+    A record's label lists the options a cell changed in field order (harness.run.worker), and labels
     group records into leaderboard rows. Inherited fields come first, so options that moved to a shared
     base would label new records unlike the records already computed for the same configuration;
     this keeps the order they were declared in before.

@@ -3,7 +3,7 @@
 A trained ViT answers real images with diverse attention outputs across patches; noise gives
 near-uniform similarities. The differential entropy of each image's pairwise patch similarities,
 estimated with a Gaussian KDE, measures that diversity, and synthesis maximizes it. The attn·v
-products are captured with probes at the ``attn_v`` point of :mod:`harness.arch`'s instrumented
+products are captured with probes at the ``attn_v`` point of :mod:`harness.model.arch`'s instrumented
 attention (per window for Swin).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.fused import FusedKernels
-from harness.options import at_least, positive
+from harness.model.fused import FusedKernels
+from harness.plugin.options import at_least, positive
 from harness.priors.probes import Probe, attention_point_probes
 
 ATTN_V = "attn_v"
@@ -60,7 +60,7 @@ def unit_tokens(attn_v: Tensor) -> Tensor:
 
     The heads are summed, not averaged: the average's direction is the sum's, so the similarities
     are the same (the norm floor scales with them), and a sum's backward broadcasts where a mean's
-    divides a full copy of every head's gradient. Fused (:mod:`harness.fused`): DeiT-T's L_PSE,
+    divides a full copy of every head's gradient. Fused (:mod:`harness.model.fused`): DeiT-T's L_PSE,
     forward and backward at batch 32, took 177 ms with these steps eager and 164 ms fused.
     """
     return _KERNELS.pick(_unit_tokens)(attn_v)
@@ -145,7 +145,7 @@ def kernel_sum(samples: Tensor, points: Tensor, bandwidth: float, weights: Tenso
 
     The points are constants (step 5: detached limits). The (B, K, M) kernel is never stored:
     forward and backward each walk the points over the (B, M) samples, so memory stays that of the
-    samples whatever K is; the fused kernels (:mod:`harness.fused`) make each walk one pass over
+    samples whatever K is; the fused kernels (:mod:`harness.model.fused`) make each walk one pass over
     the samples, the backward recomputing the kernel.
 
     ``grid_spans_samples`` says the points are evenly spaced from the samples' min to their max

@@ -11,8 +11,8 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
-from harness.arch import instrumented, is_instrumented_attention
-from harness.instrument import attach_point, get_point, remove_point
+from harness.model.arch import instrumented, is_instrumented_attention
+from harness.model.instrument import attach_point, get_point, remove_point
 
 
 class Probe(nn.Module):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.arch import is_window_attention
-from harness.fused import FusedKernels
-from harness.task import ImagePrior
+from harness.model.arch import is_window_attention
+from harness.model.fused import FusedKernels
+from harness.plugin.task import ImagePrior
 
 REFERENCE_TV_SHAPE = (32, 3, 224, 224)  # the batch for which the reference draws v ~ U(2500, 3000)
 TV_SCALINGS = ("sqrt", "linear")
@@ -78,7 +78,7 @@ def total_variation(images: Tensor) -> Tensor:
     """Step 5, TV: the sum of the Frobenius norms (over the batch) of the horizontal, vertical and
     both diagonal pixel differences.
 
-    Fused (:mod:`harness.fused`), forward and backward each one pass over the pixels: the backward
+    Fused (:mod:`harness.model.fused`), forward and backward each one pass over the pixels: the backward
     recomputes the differences rather than keeping them. On 32 x 3 x 224 x 224, forward and backward
     took 82 ms eager, 16 ms with autograd's backward of the fused forward (which kept the four
     differences) and 9 ms with this one. A zero norm has gradient 0, as torch's norm has.
@@ -142,7 +142,7 @@ _KERNELS = FusedKernels("total variation", probe=lambda: _exercise_kernels())
 
 
 def _exercise_kernels() -> None:
-    """Both fused kernels at a size that takes the vectorized and parallel loops (see harness.fused)."""
+    """Both fused kernels at a size that takes the vectorized and parallel loops (see harness.model.fused)."""
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     total_variation(images).backward()
 

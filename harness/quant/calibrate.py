@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from harness.progress import progress_bar
+from harness.run.progress import progress_bar
 
 from harness.errors import HarnessError
 from harness.quant.fake_quant import fake_quant_symmetric, symmetric_weight_scale

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from harness.instrument import POINTS, attach_point
+from harness.model.instrument import POINTS, attach_point
 from harness.quant.modules import act_quantizers, unquantized_weights, weight_quantized_layers
 
 LAYER_INPUT, LAYER_OUTPUT = "layer input", "layer output"  # hook targets; other targets are named points

@@ -1,21 +1,25 @@
-"""Turn an FP timm model into a fake-quantized copy with quantizers placed by a profile (docs/quantizer.md, What is quantized)."""
+"""Turn an FP timm model into a fake-quantized copy with quantizers placed by a profile (docs/quantizer.md, What is quantized).
+
+A profile is a registration in :data:`PROFILES` (name, placement, how ranges are observed, which attention
+modules it covers): a new one needs no edit here (docs/quantizer.md, Profiles).
+"""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 from timm.layers import Mlp
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from harness.arch import SUPPORTED, instrument, is_instrumented_attention
-from harness.bits import BitSpec
 from harness.errors import HarnessError
-from harness.instrument import attach_point, get_point
+from harness.model.arch import SUPPORTED, instrument, is_instrumented_attention
+from harness.model.instrument import attach_point, get_point
+from harness.plugin.registry import Registry
+from harness.quant.bits import BitSpec
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
 
-PROFILES = ("standard", "psaq")
 ATTN_QUANTIZERS = ("uniform", "log2", "log_sqrt2")  # post-softmax quantizers (docs/quantizer.md)
 
 
@@ -23,13 +27,12 @@ ATTN_QUANTIZERS = ("uniform", "log2", "log_sqrt2")  # post-softmax quantizers (d
 class QuantConfig:
     """Quantizer options recorded in every result (docs/quantizer.md, What is quantized)."""
 
-    profile: Literal["standard", "psaq"] = "standard"
+    profile: str = "standard"  # a name in PROFILES
     keep_first_last_fp: bool = False
     attn_quantizer: Literal["uniform", "log2", "log_sqrt2"] = "uniform"  # post-softmax map, `standard` profile
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise HarnessError(f"unknown quantizer profile {self.profile!r}; accepted: {', '.join(PROFILES)}")
+        PROFILES.get(self.profile)  # an unknown name is one line listing the registered profiles
         if self.attn_quantizer not in ATTN_QUANTIZERS:
             raise HarnessError(f"unknown attention quantizer {self.attn_quantizer!r}; "
                                f"accepted: {', '.join(ATTN_QUANTIZERS)}")
@@ -38,7 +41,27 @@ class QuantConfig:
     def observe_in_fp(self) -> bool:
         """Ranges observed on FP weights (`psaq`, as PSAQ-ViT's code) or quantized ones (`standard`):
         docs/quantizer.md, Calibration."""
-        return self.profile == "psaq"
+        return PROFILES.get(self.profile).observe_in_fp
+
+
+class Placement(Protocol):
+    def __call__(self, model: nn.Module, act_bits: int, config: QuantConfig, first: nn.Module,
+                 last: nn.Module | None, keep_ends: bool) -> None:
+        """Attach activation quantizers to ``model`` (its weight-quantized layers already in place)."""
+
+
+@dataclass(frozen=True)
+class QuantProfile:
+    """Where a profile puts activation quantizers and with which weights it observes their ranges."""
+
+    place: Placement
+    observe_in_fp: bool
+    # which instrumented attention modules it knows, and in words for the refusal
+    covers: Callable[[nn.Module], bool] = lambda attention: True
+    coverage: str = "every instrumented family"
+
+
+PROFILES: Registry[QuantProfile] = Registry("quantizer profile", QuantProfile, of_classes=False)
 
 
 def quantize_model(model: nn.Module, bits: BitSpec, config: QuantConfig,
@@ -62,22 +85,23 @@ def quantize_in_place(model: nn.Module, bits: BitSpec, config: QuantConfig) -> N
     attentions = [m for m in model.modules() if is_instrumented_attention(m)]
     if not attentions:
         raise HarnessError(f"model {type(model).__name__} has no attention module the quantizer knows ({SUPPORTED})")
-    if config.profile == "psaq" and not all(getattr(type(m), "psaq_profile", True) for m in attentions):
-        raise HarnessError("profile 'psaq' covers timm ViT/DeiT/Swin only; use --profile standard for mmdet/mmseg backbones")
+    profile = PROFILES.get(config.profile)
+    if not all(profile.covers(m) for m in attentions):
+        raise HarnessError(f"profile {config.profile!r} covers {profile.coverage} only; use --profile standard for "
+                           f"{type(model).__name__}")
     first, last = _first_and_last_layers(model)
     kept_fp = {id(first), id(last)} if config.keep_first_last_fp else set()
     for name, module in list(model.named_modules()):
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             layer_bits = None if id(module) in kept_fp else bits.weight_bits
             converted = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_float(module, layer_bits)
-            converted.observe_in_fp = config.observe_in_fp
+            converted.observe_in_fp = profile.observe_in_fp
             model.set_submodule(name, converted)
             if module is first:
                 first = converted
             if module is last:
                 last = converted
-    place = _place_standard if config.profile == "standard" else _place_psaq
-    place(model, bits.act_bits, config, first, last, keep_ends=bool(kept_fp))
+    profile.place(model, bits.act_bits, config, first, last, keep_ends=bool(kept_fp))
     _mark_temporaries(model)
 
 
@@ -149,3 +173,9 @@ def _place_psaq(model: nn.Module, act_bits: int, config: QuantConfig, first: nn.
             quantize(module.fc2, "in", "out")
         elif isinstance(module, PatchMerging):
             quantize(module.reduction, "out")
+
+
+PROFILES.add("standard", QuantProfile(place=_place_standard, observe_in_fp=False))
+PROFILES.add("psaq", QuantProfile(place=_place_psaq, observe_in_fp=True,
+                                  covers=lambda attention: getattr(type(attention), "psaq_profile", True),
+                                  coverage="timm ViT/DeiT/Swin"))

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from harness.fused import FusedKernels
+from harness.model.fused import FusedKernels
 
 
 # The smallest scale a quantizer uses, float32's machine epsilon as in PSAQ-ViT's code (docs/quantizer.md,

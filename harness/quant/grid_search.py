@@ -285,8 +285,8 @@ def calibrate_by_grid_search(qmodel: torch.nn.Module, images: torch.Tensor, devi
     input scales of token sequences and the matmul operands' per-head scales are repeated per token (per
     channel for v), the shapes FIMA-Q's reconstruction then learns.
     """
-    from harness.arch import is_instrumented_attention
-    from harness.instrument import get_point, remove_point
+    from harness.model.arch import is_instrumented_attention
+    from harness.model.instrument import get_point, remove_point
     from harness.quant.capture import LAYER_INPUT, Target, capture, floating_point
     from harness.quant.modules import weight_quantized_layers
     from harness.quant.reparam import fold_channel_params, norm_linear_pairs

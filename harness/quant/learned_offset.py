@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from harness.instrument import POINTS, attach_point
+from harness.model.instrument import POINTS, attach_point
 from harness.quant.fake_quant import round_ste, symmetric_weight_scale
 from harness.quant.modules import ActQuantizer, weight_quantized_layers
 

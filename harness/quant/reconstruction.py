@@ -190,7 +190,7 @@ class Unit:
 
 def reconstruction_units(qmodel: nn.Module, fp_model: nn.Module) -> list[Unit]:
     """Patch embedding, transformer blocks, patch mergings and the head, in forward order."""
-    from harness.arch import is_instrumented_block
+    from harness.model.arch import is_instrumented_block
     units = []
     for name, module in qmodel.named_modules():
         kind = type(module).__name__
@@ -393,7 +393,7 @@ def _scales_to_buffers(module: nn.Module) -> None:
 
 def relu_mlps(model: nn.Module) -> list[nn.Module]:
     """Every transformer block's MLP gets ReLU in place of its GELU (APHQ-ViT's MLP reconstruction); returns them."""
-    from harness.arch import is_instrumented_block
+    from harness.model.arch import is_instrumented_block
     mlps = [m.mlp for m in model.modules() if is_instrumented_block(m) and hasattr(getattr(m, "mlp", None), "fc2")]
     for mlp in mlps:
         mlp.act = nn.ReLU()
@@ -418,7 +418,7 @@ def reconstruct_mlps(model: nn.Module, fp_model: nn.Module, images: torch.Tensor
     MLP output under the perturbation-Hessian weighted error (H normalized to RMS 1), summed over tokens and
     divided by 10, plus ``quantized_weight`` times that error with fc2's input clipped to [0, u], u the
     ``percentile`` of the FP model's positive fc2 inputs. Adam, cosine decay to 0. The model is edited in place."""
-    from harness.arch import is_instrumented_block
+    from harness.model.arch import is_instrumented_block
     from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
     context = ReconstructionContext(model, fp_model, images, batch_size, iterations, device, temperature)
     names = [name for name, m in model.named_modules() if is_instrumented_block(m) and hasattr(m, "mlp")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.arch import is_instrumented_block
+from harness.model.arch import is_instrumented_block
 
 
 def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Linear]]:

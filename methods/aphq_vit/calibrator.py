@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from harness.api import BLOCKS, CALIBRATORS, LOGITS, CalibrationContext, Calibrator
+from harness.api import at_least, positive, probability
 from harness.api.quantizer import (LogitKL, PerturbationHessian, ReconstructionSettings, calibrate_by_grid_search,
                                    floating_point, reconstruct, reconstruct_mlps, relu_mlps)
-from harness.api import at_least, positive, probability
 
 
 @dataclass

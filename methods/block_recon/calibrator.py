@@ -12,7 +12,7 @@ min-max values) and the per-channel weight scales. Log2 quantizers of the post-s
 
 Choices: the quantized block's input is, by default, the output of the already reconstructed
 quantized blocks before it (errors of earlier blocks are compensated; ``quantized_inputs=false``
-feeds the FP input instead). The blocks are those :mod:`harness.arch` marks: timm's ViT/DeiT/Swin
+feeds the FP input instead). The blocks are those :mod:`harness.model.arch` marks: timm's ViT/DeiT/Swin
 blocks and, in detection/segmentation backbones, mmdet/mmseg's Swin blocks and ViT encoder layers,
 each called with the further arguments its model passes it (a Swin block's feature-map size).
 Quantizers outside every block (patch-embedding input and weights, Swin's patch merging, the head;
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from harness.api import BLOCKS, CALIBRATORS, CalibrationContext, Calibrator, progress_bar
+from harness.api import at_least, positive
 from harness.api.quantizer import (LAYER_INPUT, LAYER_OUTPUT, MinMaxObserver, Target, call_arguments, capture,
                                    fix_scales, is_instrumented_block, keep_scales_positive, learnable_scales,
                                    observe_and_freeze)
-from harness.api import at_least, positive
 
 
 @dataclass

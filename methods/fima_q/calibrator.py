@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from harness.api import BLOCKS, CALIBRATORS, LOGITS, CalibrationContext, Calibrator
-from harness.api.quantizer import FisherDPLR, LogitKL, ReconstructionSettings, calibrate_by_grid_search, reconstruct
 from harness.api import at_least, positive, probability
+from harness.api.quantizer import FisherDPLR, LogitKL, ReconstructionSettings, calibrate_by_grid_search, reconstruct
 
 
 @dataclass

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import ATTENTION, CLASSES, GENERATORS, CalibrationSet, GenerationContext, Generator, HarnessError
+from harness.api import at_least, positive, probability
 from harness.api.quantizer import SUPPORTED
 from harness.api.synthesis import (TV_SCALINGS, Objective, PatchSimilarityOptions, PixelSynthesis, Probe,
                                    SynthesisOptions, attn_v_probes, field_order, gaussian_noise, synthesis_lr, tv_loss,
                                    tv_target)
-from harness.api import at_least, positive, probability
 
 
 @field_order(  # as declared before the shared bases: records' labels list options in this order

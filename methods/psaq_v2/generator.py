@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from harness.api import ATTENTION, GENERATORS, CalibrationSet, GenerationContext, Generator, HarnessError
+from harness.api import at_least, positive, probability
 from harness.api.quantizer import SUPPORTED
 from harness.api.synthesis import (PatchSimilarityOptions, PixelSynthesis, SynthesisOptions, attn_v_probes,
                                    clamp_pixels, field_order, gaussian_noise, tv_target)
-from harness.api import at_least, positive, probability
 from methods.psaq_v2.losses import prior_terms
 
 

@@ -1,5 +1,5 @@
 """PSAQ-ViT V2's label-free sample loss L_x = L_PSE - λ_adv·D + λ_tv·L_TV (docs/methods.md, PSAQ-ViT V2); the
-teacher-student discrepancy D is the core's (harness.distillation), shared with the fine-tuning tuners.
+teacher-student discrepancy D is the core's (harness.quant.distillation), shared with the fine-tuning tuners.
 
 No class labels appear anywhere ("no auxiliary category guidance"): the prior is PSAQ-ViT's
 patch-similarity entropy of the FP teacher plus its total-variation term, the rest is D.

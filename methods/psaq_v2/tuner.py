@@ -21,13 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from harness.api import ATTENTION, TUNERS, HarnessError, ImagePrior, Tuner, TuningContext, progress_bar, show_losses
+from harness.api import Range, at_least, positive, probability, ranged
 from harness.api.quantizer import (SUPPORTED, act_quantizers, fix_scales, keep_scales_positive, learnable_scales,
                                    weight_quantized_layers)
 from harness.api.synthesis import (PatchSimilarityOptions, PixelSynthesis, Probe, attn_v_probes, field_order,
                                    random_roll_flip, tv_target)
 from harness.api.training import DISCREPANCIES
 from harness.api.training import discrepancy, mean_discrepancy, resolve_discrepancy
-from harness.api import Range, at_least, positive, probability, ranged
 from methods.psaq_v2.losses import prior_terms
 
 

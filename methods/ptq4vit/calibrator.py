@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, HarnessError
+from harness.api import at_least, positive
 from harness.api.quantizer import (ActQuantizer, QuantConv2d, act_quantizers, attach_point, best_candidate,
                                    fake_quant_symmetric_signed, fake_quant_twin_signed, fake_quant_twin_uniform,
                                    fraction_candidates, get_point, is_instrumented_attention, output_similarity,
                                    remove_point, unquantized_weights, weight_quantized_layers)
-from harness.api import at_least, positive
 
 GELU_MINIMUM = 0.16997124254703522  # -min GELU(x), the negative range of post-GELU activations
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from harness.api import ATTENTION, CALIBRATORS, CalibrationContext, Calibrator, progress_bar
-from harness.api.quantizer import MinMaxObserver, act_quantizers, observe_and_freeze, weight_quantized_layers
 from harness.api import Range, at_least, ranged
+from harness.api.quantizer import MinMaxObserver, act_quantizers, observe_and_freeze, weight_quantized_layers
 from methods.ranking.mixed_precision import allocate_bits, average_bits, layer_sensitivity
 from methods.ranking.objective import element_pairs
 from methods.ranking.search import alternating_search, bias_correction, candidate_grid

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from harness.api import CALIBRATORS, CalibrationContext, Calibrator, HarnessError
+from harness.api import Range, ranged
 from harness.api.quantizer import (ActQuantizer, act_quantizers, fold_channel_params, get_point,
                                    is_instrumented_attention, norm_linear_pairs, percentile_mse_log_sqrt2_scale,
                                    percentile_mse_params, weight_quantized_layers)
-from harness.api import Range, ranged
 
 
 @dataclass

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import ATTENTION, CLASSES, GENERATORS, CalibrationSet, GenerationContext, Generator, HarnessError
+from harness.api import at_least, positive
 from harness.api.quantizer import SUPPORTED, is_window_attention
 from harness.api.synthesis import (PixelSynthesis, Probe, SynthesisOptions, aligned_blocks, attention_alignment_loss,
                                    attention_probes, field_order, gaussian_mixture_priors, gaussian_noise,
                                    patch_attention, synthesis_lr, tv_loss, tv_target)
-from harness.api import at_least, positive
 from methods.spdfq.semantics import cells_per_side, crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 
 APA_WEIGHT_RANGE = (1.0, 1e5)  # docs/methods.md, SPDFQ: α1 is per model, 1 to 1e5

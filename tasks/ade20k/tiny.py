@@ -1,4 +1,4 @@
-"""A tiny offline ADE20K instance (see :mod:`harness.mm.tiny`): UperNet with a one-block-per-stage Swin or a 2-layer ViT."""
+"""A tiny offline ADE20K instance (see :mod:`harness.data.mm.tiny`): UperNet with a one-block-per-stage Swin or a 2-layer ViT."""
 from __future__ import annotations
 
 from pathlib import Path

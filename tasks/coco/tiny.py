@@ -1,4 +1,4 @@
-"""A tiny offline COCO instance (see :mod:`harness.mm.tiny`): Mask R-CNN with a one-block-per-stage Swin."""
+"""A tiny offline COCO instance (see :mod:`harness.data.mm.tiny`): Mask R-CNN with a one-block-per-stage Swin."""
 from __future__ import annotations
 
 import json

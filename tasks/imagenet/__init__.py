@@ -1,9 +1,9 @@
 """Task ``imagenet``: ImageNet-1k val top-1/top-5 of timm's DeiT, ViT and Swin models (README, Tasks).
 
 Weights come from ``--checkpoint``, the local Hugging Face hub cache or the hub
-(:mod:`harness.timm_weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard
+(:mod:`harness.data.timm_weights`), data from ``--data-root`` (or ``$IMAGENET_ROOT``) in the standard
 folder layout. Val images are decoded once per eval transform into a shared cache
-(:mod:`harness.image_folder.cache`); ``--task-opt eval_cache=false`` decodes in every evaluation instead.
+(:mod:`harness.data.image_folder.cache`); ``--task-opt eval_cache=false`` decodes in every evaluation instead.
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.options import Range, checked_value
-from harness.records import ResultStore
-from harness.registry import CALIBRATORS, GENERATORS, TUNERS
+from harness.entry.cli import main
+from harness.plugin.options import Range, checked_value
+from harness.plugin.registry import CALIBRATORS, GENERATORS, TUNERS
+from harness.store.records import ResultStore
 from reports.render import markdown_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -264,7 +264,7 @@ def test_export_never_writes_over_a_record(results, capsys):
      "error: output path {out} is a directory; name the ONNX file to write, e.g. {out}/model.onnx"),
 ])
 def test_export_refuses_an_existing_path_before_recalibrating(results, tmp_path, capsys, monkeypatch, make, message):
-    from harness.worker import CellWorker
+    from harness.run.worker import CellWorker
 
     out = tmp_path / "model.onnx"
     make(out)

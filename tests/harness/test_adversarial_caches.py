@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.grid import GridSpec
-from harness.records import ResultStore, load_calibration, tensor_digest
-from harness.runner import GridRunner
+from harness.entry.cli import main
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
+from harness.store.records import ResultStore, load_calibration, tensor_digest
 from tiny_imagenet import IMAGENET_MODEL, tiny_imagenet
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",

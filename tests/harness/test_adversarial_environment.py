@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import harness.io
-from harness import discovery
-from harness.cli import main
+import harness.store.io
+from harness.entry.cli import main
+from harness.plugin import discovery
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",
         "--bits", "fp", "--no-progress", "--no-report"]
@@ -75,7 +75,7 @@ def test_a_full_disk_on_the_lock_file_is_one_line(tmp_path, monkeypatch, capsys)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(harness.io, "open", full, raising=False)  # file_lock opens its lock file with open()
+    monkeypatch.setattr(harness.store.io, "open", full, raising=False)  # file_lock opens its lock file with open()
     assert main(["run", *CELL, "--results", str(tmp_path)]) == 2
     line = _one_error(capsys)
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'locks'))}/\S+\.lock: No space left on device; accepted: "

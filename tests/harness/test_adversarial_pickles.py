@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cli import main
-from harness.grid import GridSpec
-from harness.records import ResultStore
-from harness.runner import GridRunner
+from harness.entry.cli import main
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
+from harness.store.records import ResultStore
 from tiny_imagenet import IMAGENET_MODEL, tiny_imagenet
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",
@@ -160,8 +160,8 @@ def _timm_checkpoint(results: Path, tmp_path: Path, marker: Path, capsys) -> Non
 def _openmmlab_checkpoint(results: Path, tmp_path: Path, marker: Path, capsys) -> None:
     """OpenMMLab checkpoints are read with a short allowlist (numpy scalars, HistoryBuffer): no more."""
     pytest.importorskip("mmengine", reason="the detseg extra (mmengine) is not installed")
+    from harness.data.mm.checkpoint import load_weights
     from harness.errors import HarnessError
-    from harness.mm.checkpoint import load_weights
 
     path = tmp_path / "mm.pth"
     torch.save({"state_dict": {"weight": torch.zeros(2, 2)}, "meta": {"hook": _Marker(marker)}}, path)

@@ -40,13 +40,13 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from calibration import calibrate
-from harness.instrument import get_point
+from harness.model.instrument import get_point
+from harness.quant.bits import parse_bits
 from harness.quant.capture import LAYER_INPUT, Target, capture, floating_point
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.reconstruction import (FisherDPLR, LogitKL, OutputMSE, PerturbationHessian, ReconstructionContext,
                                           ReconstructionSettings, positive_percentile, reconstruct, reconstruct_mlps,
                                           relu_mlps)
-from harness.bits import parse_bits
 from methods.aphq_vit.calibrator import APHQCalibrator, APHQOptions
 from methods.fima_q.calibrator import FIMAQCalibrator, FIMAQOptions
 from parity_fixtures import load_fixture

@@ -79,7 +79,7 @@ def test_plugins_leave_the_conformance_kit_to_their_tests():
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_the_api_names_the_objects_of_their_home_modules(namespace):
-    """Re-exports, not copies: the digest follows each name to its home module (harness.code_version)."""
+    """Re-exports, not copies: the digest follows each name to its home module (harness.store.code_version)."""
     module = importlib.import_module(namespace)
     for node in ast.parse(Path(module.__file__).read_text()).body:
         if isinstance(node, ast.ImportFrom) and node.module != "__future__":
@@ -100,7 +100,7 @@ def test_docs_list_every_name_under_its_namespace():
 
 
 def test_importing_the_api_loads_no_scheduler():
-    code = ("import sys, harness.api; print(sorted(m for m in ('harness.runner', 'harness.grid', 'harness.conformance', "
-            "'harness.worker', 'harness.plan') if m in sys.modules))")
+    code = ("import sys, harness.api; print(sorted(m for m in ('harness.run.runner', 'harness.run.grid', 'harness.plugin.conformance', "
+            "'harness.run.worker', 'harness.run.plan') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert loaded.strip() == "[]"

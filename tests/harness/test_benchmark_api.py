@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.cli import main
+from harness.entry.cli import main
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[2]

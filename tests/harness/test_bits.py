@@ -1,7 +1,7 @@
 import pytest
 
-from harness.bits import BitSpec, parse_bits
 from harness.errors import HarnessError
+from harness.quant.bits import BitSpec, parse_bits
 
 
 @pytest.mark.parametrize("text, expected", [

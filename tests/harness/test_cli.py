@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
     (["run", "--models", "deit_giant"], "unknown model 'deit_giant'"),
     (["run", "--bits", "w4x"], "malformed bit spec 'w4x'; accepted: wXaY"),
     (["run", "--seeds", "one"], "seeds must be integers"),
-    (["run", "--profile", "fancy"], "unknown quantizer profile 'fancy'; accepted: standard, psaq"),
+    (["run", "--profile", "fancy"], "unknown quantizer profile 'fancy'; known quantizer profiles: psaq, standard"),
     (["run", "--gen-opt", "num_images"], "malformed generator option 'num_images'; expected KEY=VALUE"),
     (["run", "--methods", "real", "--gen-opt", "iterations=5"], "generator 'real' has no option 'iterations'; accepted: num_images"),
     (["run", "--calib", "magic"], "unknown calibrator 'magic'"),

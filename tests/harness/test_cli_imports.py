@@ -1,5 +1,5 @@
 """``--help`` answers without loading the heavy libraries (issue 34, item 2): the parser is built from light
-modules only; so does ``list`` when the listing cache matches the checkout (item 1, harness/listing.py), and
+modules only; so does ``list`` when the listing cache matches the checkout (item 1, harness/entry/listing.py), and
 prints what the plugins themselves give. Checked in fresh processes, since this test session has torch
 loaded already; how long it takes is measured by benchmarks/cli_latency.py, not asserted here (timings vary
 by machine)."""
@@ -44,7 +44,7 @@ def test_help_loads_no_heavy_library(argv):
     assert probe == {"code": 0, "loaded": []}
 
 
-# ``list`` answers from the listing cache (harness/listing.py) when it was made from this checkout's source
+# ``list`` answers from the listing cache (harness/entry/listing.py) when it was made from this checkout's source
 
 
 def _list(cache: Path, argv: list[str] = ["list"]) -> tuple[str, str, dict]:
@@ -120,17 +120,17 @@ def test_a_corrupted_cache_is_named_once_and_ignored(cold_listing, tmp_path):
 def test_the_digest_covers_every_file_a_listing_could_come_from(tmp_path, monkeypatch):
     """An edit to any plugin or core file, a new plugin folder or a data file beside a plugin changes the
     digest; compiled bytecode does not (it follows the source)."""
-    from harness import listing
+    from harness.entry import listing
 
-    for name in ("harness/registry.py", "methods/noise/__init__.py", "tasks/digits/manifest.json", "pyproject.toml"):
+    for name in ("harness/plugin/registry.py", "methods/noise/__init__.py", "tasks/digits/manifest.json", "pyproject.toml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("original\n")
-    monkeypatch.setattr(listing, "ROOT", tmp_path)
+    monkeypatch.setattr(listing, "PROJECT_ROOT", tmp_path)
     digests = [listing.source_digest()]
     (tmp_path / "methods/noise/__pycache__").mkdir()
     (tmp_path / "methods/noise/__pycache__/x.cpython-311.pyc").write_bytes(b"\0")
     assert listing.source_digest() == digests[0]
-    for change in ("methods/noise/__init__.py", "harness/registry.py", "tasks/digits/manifest.json", "pyproject.toml",
+    for change in ("methods/noise/__init__.py", "harness/plugin/registry.py", "tasks/digits/manifest.json", "pyproject.toml",
                    "methods/fima_q/__init__.py"):
         (tmp_path / change).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / change).write_text("edited\n")
@@ -142,9 +142,9 @@ def test_the_digest_covers_every_file_a_listing_could_come_from(tmp_path, monkey
 
 def test_a_process_holding_plugins_lists_them_not_the_cache(tmp_path, monkeypatch, capsys):
     """In a process that has loaded plugins (a test's stand-ins, a notebook's own), ``list`` shows what it holds."""
-    from harness import listing
-    from harness.cli import main
-    from harness.registry import METHODS
+    from harness.entry import listing
+    from harness.entry.cli import main
+    from harness.plugin.registry import METHODS
 
     METHODS.names()  # plugins loaded here
     monkeypatch.setenv("DFQ_HARNESS_CACHE", str(tmp_path))

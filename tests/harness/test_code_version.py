@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.code_version import _normalized_source, _project_closure, describe_difference, module_digest
-from harness.grid import GridSpec
-from harness.records import ResultStore
-from harness.runner import GridRunner
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
+from harness.store.code_version import _normalized_source, _project_closure, describe_difference, module_digest
+from harness.store.records import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 NOISE_RUN = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--bits", "w4a8", "--limit", "20",
@@ -19,12 +19,12 @@ NOISE_RUN = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--bit
 
 def test_the_digest_follows_project_imports_and_ignores_docstrings():
     closure = _project_closure("methods.psaq.generator")
-    assert {"methods.psaq.generator", "harness.priors.patch_similarity", "harness.fused"} <= closure
+    assert {"methods.psaq.generator", "harness.priors.patch_similarity", "harness.model.fused"} <= closure
     assert not any(name.split(".")[0] in ("torch", "timm") for name in closure)
     # the registry's plugin discovery imports the core calibrators inside a function: not a dependency,
     # so a quantizer change does not mark every generator's calibration sets as made by other code
-    assert "harness.quant.calibrate" not in closure and "harness.quant.calibrate" in _project_closure("harness.calibrators")
-    assert "docstrings" not in _normalized_source("harness.code_version")  # the module docstring is gone
+    assert "harness.quant.calibrate" not in closure and "harness.quant.calibrate" in _project_closure("harness.plugin.calibrators")
+    assert "docstrings" not in _normalized_source("harness.store.code_version")  # the module docstring is gone
     assert module_digest("methods.noise") != module_digest("methods.psaq.generator")
 
 
@@ -33,7 +33,7 @@ def test_an_import_from_the_plugin_api_counts_as_one_from_the_defining_module():
     """methods.noise imports harness.api, which re-exports the priors and the quantizer too: its digest
     must cover the modules it takes names from, not everything the API lists."""
     closure = _project_closure("methods.noise")
-    assert {"harness.method", "harness.registry"} <= closure
+    assert {"harness.plugin.method", "harness.plugin.registry"} <= closure
     assert not {"harness.api", "harness.priors.patch_similarity", "harness.quant.search"} & closure
 
 def test_differences_name_the_component_and_what_changed():
@@ -103,7 +103,7 @@ def test_an_edited_plugin_is_named_then_recomputed_and_a_version_bump_recomputes
 
 def module_digest_in(repo: Path, module: str) -> str:
     """The digest as the copy's own harness computes it."""
-    program = f"from harness.code_version import module_digest; print(module_digest({module!r}))"
+    program = f"from harness.store.code_version import module_digest; print(module_digest({module!r}))"
     return subprocess.run([sys.executable, "-c", program], cwd=repo, capture_output=True, text=True, check=True,
                           timeout=300).stdout.strip()
 

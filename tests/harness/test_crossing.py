@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 from harness.errors import HarnessError
-from harness.grid import GridSpec, expand
-from harness.gridfile import spec_from_settings
-from harness.runner import GridRunner
-from harness.labels import row_label
+from harness.run.grid import GridSpec, expand
+from harness.run.gridfile import spec_from_settings
+from harness.run.runner import GridRunner
+from harness.store.labels import row_label
 
 
 def _rows(cells) -> set[tuple[str, str, str]]:

@@ -1,9 +1,9 @@
 """Data-free means data-free: only a generator that declares real data use gets the task (and its images)."""
 import json
 
-from harness.grid import GridSpec
-from harness.registry import GENERATORS
-from harness.runner import GridRunner
+from harness.plugin.registry import GENERATORS
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from reports.render import write_report
 
 

@@ -4,9 +4,9 @@ import os
 import pytest
 
 from harness.errors import HarnessError
-from harness.executors import map_cells
-from harness.grid import GridSpec
-from harness.runner import GridRunner
+from harness.run.executors import map_cells
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 
 SPEC = GridSpec(methods=("real", "noise"), bits=("w8a8", "w4a4"), models=("digits_vit_seed0",), limit=60)
 

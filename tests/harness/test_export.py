@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
+from harness.deploy.export import deploy_model, deployability
 from harness.errors import HarnessError
-from harness.export import deploy_model, deployability
-from harness.method import CalibrationContext, CalibrationSet
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 
 
@@ -38,7 +38,7 @@ def test_deployed_model_computes_the_fake_quantized_values_in_torch(tiny_vit, bi
 def test_onnx_runtime_round_trip_matches_fake_quant(tiny_vit, bits, tmp_path):
     pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
     onnx = pytest.importorskip("onnx", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
-    from harness.export import OnnxRuntimeModel, export_onnx
+    from harness.deploy.export import OnnxRuntimeModel, export_onnx
 
     qmodel = _calibrated(tiny_vit, bits)
     images = torch.randn(6, 3, 32, 32)
@@ -71,7 +71,7 @@ def _one_quantized_linear(weight_bits: int) -> nn.Module:
     """A Linear whose first two weights of every output are the channel's largest (q = 2^(b-1) - 1 both),
     behind an 8-bit input quantizer on [0, 1] (zero point 0): inputs of 1 there give 255 x (2^(b-1) - 1)
     twice in one pair of products, above int16 for 8-bit weights."""
-    from harness.instrument import attach_point
+    from harness.model.instrument import attach_point
     from harness.quant.modules import ActQuantizer, QuantLinear
 
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def _one_quantized_linear(weight_bits: int) -> nn.Module:
 def _integer_results(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer in float64 from its integers: exact int32 sums, and sums whose adjacent pairs of products
     are first clamped to int16 (the u8 x s8 kernel of x86 CPUs without VNNI, vpmaddubsw)."""
-    from harness.instrument import get_point
+    from harness.model.instrument import get_point
 
     layer = model[0]
     quantizer = get_point(layer, "in")
@@ -113,8 +113,8 @@ def test_runtime_integer_products_are_exact_on_every_cpu_in_the_exported_form(tm
     or AMX. The bound is the float32 rescaling only (int32 -> float, the two scales, the bias): a few roundings
     of the output's magnitude, taken as 16 units of float32 rounding; a step of the integers is 10^4 times more."""
     pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
-    from harness.export import OnnxRuntimeModel, export_onnx
-    from harness.machine import cpu_description, u8s8_pairs_saturate
+    from harness.deploy.export import OnnxRuntimeModel, export_onnx
+    from harness.store.machine import cpu_description, u8s8_pairs_saturate
 
     model = _one_quantized_linear(weight_bits)
     x = torch.rand(2, 8, 64, generator=torch.Generator().manual_seed(1))
@@ -174,7 +174,7 @@ def test_uncalibrated_model_is_refused(tiny_vit):
     ("0123456789abcdef", "error: no valid record for cell 0123456789abcdef in {records}"),
 ])
 def test_export_of_a_bad_or_missing_cell_is_one_line_exit_2(tmp_path, capsys, cell, message):
-    from harness.cli import main
+    from harness.entry.cli import main
 
     code = main(["export", "--cell", cell, "--results", str(tmp_path / "results"), str(tmp_path / "model.onnx")])
     err = capsys.readouterr().err
@@ -183,8 +183,8 @@ def test_export_of_a_bad_or_missing_cell_is_one_line_exit_2(tmp_path, capsys, ce
 
 
 def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
-    from harness.cli import main
-    from harness.records import RECORD_SCHEMA
+    from harness.entry.cli import main
+    from harness.store.records import RECORD_SCHEMA
 
     records = tmp_path / "results" / "records"
     records.mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_export_names_what_is_wrong_with_an_invalid_record(tmp_path, capsys):
 
 
 def test_a_cell_is_rebuilt_from_its_record_with_the_same_id():
-    from harness.grid import GridSpec, cell_from_record, expand
+    from harness.run.grid import GridSpec, cell_from_record, expand
 
     spec = GridSpec(methods=("psaq",), tasks=("digits",), bits=("w4a8", "mp4a8"), seeds=(3,), calib=("ranking",),
                     generator_options={"iterations": 200}, quant=QuantConfig(keep_first_last_fp=True), limit=50)
@@ -210,9 +210,9 @@ def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtim
     """run, then export the cell: the file evaluated by the task in ONNX Runtime gives the record's top-1."""
     pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
     pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
-    from harness.cli import main
-    from harness.export import OnnxRuntimeModel
-    from harness.registry import TASKS
+    from harness.deploy.export import OnnxRuntimeModel
+    from harness.entry.cli import main
+    from harness.plugin.registry import TASKS
 
     common = ["--results", str(tmp_path / "results"), "--threads", "1"]
     assert main(["run", "--methods", "real", "--tasks", "digits", "--models", "digits_vit_seed0", "--bits", "w8a8",
@@ -229,8 +229,8 @@ def test_export_of_a_finished_digits_cell_reproduces_its_accuracy_in_onnx_runtim
 def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path):
     pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
     pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxruntime, onnxscript) is not installed")
-    from harness.grid import GridSpec
-    from harness.runner import GridRunner
+    from harness.run.grid import GridSpec
+    from harness.run.runner import GridRunner
     from reports.render import write_report
 
     spec = GridSpec(methods=("real",), tasks=("digits",), models=("digits_vit_seed0",), bits=("w8a8", "w4a4"),
@@ -245,7 +245,7 @@ def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path)
     w8a8, w4a4 = records["w8a8"]["deployment"], records["w4a4"]["deployment"]
     assert w8a8["deployable"] and w8a8["metrics"]["top1"] == pytest.approx(records["w8a8"]["metrics"]["top1"], abs=2.0)
     # what decides the figures (docs/deploy.md, What decides a deployment figure)
-    from harness.machine import cpu_description
+    from harness.store.machine import cpu_description
 
     assert (w8a8["cpu"], w8a8["execution_provider"], w8a8["threads"], w8a8["weight_types"]) == (
         cpu_description(), "CPUExecutionProvider", torch.get_num_threads(), ["u8"])
@@ -268,7 +268,7 @@ def test_deploy_grid_option_records_runtime_accuracy_or_the_reason_not(tmp_path)
 
 
 def test_deploy_names_an_unknown_runtime():
-    from harness.gridfile import spec_from_settings
+    from harness.run.gridfile import spec_from_settings
 
     assert spec_from_settings({"deploy": "onnxruntime"}).deploy == "onnxruntime"
     with pytest.raises(HarnessError, match="^deploy accepts onnxruntime, got 'tensorrt'$"):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.fused import ENVIRONMENT_SWITCH
+from harness.model.fused import ENVIRONMENT_SWITCH
 from harness.quant import fake_quant
 from harness.quant.fake_quant import (
     asymmetric_params,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import fused
-from harness.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error, fused_kernel_states
+from harness.model import fused
+from harness.model.fused import ENVIRONMENT_SWITCH, FusedKernels, compiler_error, fused_kernel_states
 
 REPO = Path(__file__).resolve().parents[2]
 

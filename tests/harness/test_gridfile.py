@@ -2,9 +2,9 @@ import pickle
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 from harness.errors import HarnessError
-from harness.gridfile import GRID_FILE, GRID_KEYS, MAX_GRID_BYTES, load_grid_file, spec_from_settings
+from harness.run.gridfile import GRID_FILE, GRID_KEYS, MAX_GRID_BYTES, load_grid_file, spec_from_settings
 
 ACCEPTED_KEYS = ", ".join(GRID_KEYS)
 PLAIN_YAML = "accepted: plain YAML (mappings, lists, strings, numbers, true/false; no tags that build objects)"

@@ -13,15 +13,15 @@ import timm
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
-from harness.fused import ENVIRONMENT_SWITCH
-from harness.method import CalibrationContext, CalibrationSet, GenerationContext
+from harness.model.fused import ENVIRONMENT_SWITCH
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet, GenerationContext
+from harness.plugin.task import ImagePrior
 from harness.priors import patch_similarity
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import fake_quant_asymmetric
 from harness.quant.modules import in_place_evaluation
-from harness.task import ImagePrior
 from methods.psaq.generator import PSAQOptions, PatchSimilarityGenerator
 
 # ops that hand a value (or a shape that depends on values) to the host

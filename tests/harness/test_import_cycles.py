@@ -5,7 +5,7 @@ module-level ones can make a load-time cycle, but an import moved into a functio
 TYPE_CHECKING to dodge one keeps the two modules depending on each other (at run time, or in their
 types), the tangle this test prevents. Imports by name
 at run time (``importlib``, registry lookups) are not statements and do not count either: that is
-how plugins are found (harness/discovery.py names no plugin in its imports).
+how plugins are found (harness/plugin/discovery.py names no plugin in its imports).
 """
 from __future__ import annotations
 
@@ -100,11 +100,11 @@ def _closed_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 
 def test_the_graph_sees_the_imports_that_matter():
     graph = import_graph()
-    assert "harness.method" in graph["harness.calibrators"]  # from X import Y, Y not a module
+    assert "harness.plugin.method" in graph["harness.plugin.calibrators"]  # from X import Y, Y not a module
     assert "harness.priors.loop" in graph["harness.api.synthesis"]  # from X.Y import Z, X.Y a module
     assert "methods.psaq_v2.generator" in graph["methods.psaq_v2"]  # an __init__ importing its modules
-    assert "harness.gridfile" in graph["harness.cli"]  # inside a function
-    assert "harness.grid" in graph["harness.support"]  # under TYPE_CHECKING
+    assert "harness.run.gridfile" in graph["harness.entry.cli"]  # inside a function
+    assert "harness.run.grid" in graph["harness.plugin.support"]  # under TYPE_CHECKING
 
 
 def test_cycles_are_found_and_printed_as_paths():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.io import ABANDONED_AFTER_S, atomic_save, interrupted_writes, remove_interrupted_writes, write_json
+from harness.entry.cli import main
+from harness.store.io import ABANDONED_AFTER_S, atomic_save, interrupted_writes, remove_interrupted_writes, write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -30,7 +30,7 @@ CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0
 WRITER = """
 import os, sys, time
 from pathlib import Path
-from harness.io import atomic_save, atomic_write
+from harness.store.io import atomic_save, atomic_write
 
 def write(handle):
     handle.write(b"half a record")

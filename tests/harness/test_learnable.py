@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
-from harness.method import CalibrationContext, CalibrationSet
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import MIN_SCALE
 from harness.quant.learnable import fix_scales, keep_scales_positive, learnable_scales

@@ -1,10 +1,11 @@
-"""harness.machine: the CPU, its vector extensions and the kernels a result names (docs/results.md, Kernels)."""
+"""harness.store.machine: the CPU, its vector extensions and the kernels a result names (docs/results.md, Kernels)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness import fused, machine
+from harness.model import fused
+from harness.store import machine
 
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -1,4 +1,4 @@
-"""Freed heap memory is reused inside a cell and handed back after it (harness.memory)."""
+"""Freed heap memory is reused inside a cell and handed back after it (harness.run.memory)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness.memory import heap_reuse_available
+from harness.run.memory import heap_reuse_available
 
 pytestmark = pytest.mark.skipif(not heap_reuse_available(), reason="glibc's allocator is not in use here")
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not heap_reuse_available(), reason="glibc's allo
 # In a fresh process, so the settings meet glibc's defaults.
 _SCRIPT = """
 import json, resource, torch
-from harness.memory import reused_heap
+from harness.run.memory import reused_heap
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from harness.errors import HarnessError
-from harness.io import file_sha256
-from harness.mm.class_source import (ClassSource, build_classifier, classifier_architecture, classifier_head,
+from harness.data.mm.class_source import (ClassSource, build_classifier, classifier_architecture, classifier_head,
                                      fold_input_normalization, resolve)
-from harness.task import ImagePrior
+from harness.errors import HarnessError
+from harness.plugin.task import ImagePrior
+from harness.store.io import file_sha256
 
 IMAGENET = ImagePrior(input_size=(3, 32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the normalization of timm's original ViT-B (mmseg's ViT-B starts from it)

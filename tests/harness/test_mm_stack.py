@@ -1,9 +1,9 @@
 """The optional OpenMMLab stack: a missing library is a one-line error that says how to install it."""
 import pytest
 
+from harness.data.mm import stack
 from harness.errors import HarnessError
-from harness.mm import stack
-from harness.registry import TASKS
+from harness.plugin.registry import TASKS
 
 
 def test_a_missing_library_names_the_install_script(monkeypatch):

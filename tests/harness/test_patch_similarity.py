@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from harness.fused import ENVIRONMENT_SWITCH
-from harness.instrument import POINTS
+from harness.model.fused import ENVIRONMENT_SWITCH
+from harness.model.instrument import POINTS
+from harness.plugin.task import ImagePrior
 from harness.priors import patch_similarity, synthesis
 from harness.priors.patch_similarity import (
     attn_v_probes, block_entropies, differential_entropy, gaussian_kde, patch_similarities,
@@ -15,7 +16,6 @@ from harness.priors.patch_similarity import (
 from harness.priors.synthesis import (
     clamp_pixels, pixel_optimizer, random_roll_flip, total_variation, tv_target, warmup_cosine_lr,
 )
-from harness.task import ImagePrior
 
 H = 0.01  # docs/methods.md, PSAQ-ViT, step 5: bandwidth, 10 points, offset 1e-4
 
@@ -290,7 +290,7 @@ def test_probes_capture_attn_v_and_leave_the_model_as_it_was(fixture, expected_s
 
 
 def test_probes_keep_points_already_attached(tiny_vit):
-    from harness.instrument import attach_point
+    from harness.model.instrument import attach_point
 
     attention = tiny_vit.blocks[0].attn
     marker = torch.nn.Identity()

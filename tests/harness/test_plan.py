@@ -6,10 +6,10 @@ import json
 import huggingface_hub
 import pytest
 
-from harness.cli import main
-from harness.grid import GridSpec
-from harness.plan import format_plan, plan_grid
-from harness.runner import GridRunner
+from harness.entry.cli import main
+from harness.run.grid import GridSpec
+from harness.run.plan import format_plan, plan_grid
+from harness.run.runner import GridRunner
 
 MODEL = "digits_vit_seed0"
 TIMING = {"generate": 10.0, "calibrate": 20.0, "evaluate": 30.0}

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.calibrators import MinMaxCalibrator
+from harness.plugin.calibrators import MinMaxCalibrator
 from harness.quant.convert import QuantConfig
 from harness.quant.modules import act_quantizers
 from parity_fixtures import calibrated_on_fixture, load_fixture

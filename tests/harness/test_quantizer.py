@@ -4,13 +4,15 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.arch import instrumented
-from harness.priors.patch_similarity import attn_v_probes
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCalibrator
 from harness.errors import HarnessError
-from harness.method import CalibrationContext, CalibrationSet
-from harness.quant.convert import QuantConfig, quantize_model
+from harness.model.arch import instrumented
+from harness.plugin.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.priors.patch_similarity import attn_v_probes
+from harness.quant.bits import parse_bits
+from harness.model.arch import is_window_attention
+from harness.model.instrument import attach_point
+from harness.quant.convert import PROFILES, QuantConfig, QuantProfile, quantize_model
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, in_place_evaluation
 
 
@@ -197,8 +199,41 @@ def test_calibration_rejects_non_finite_images(tiny_vit):
 
 
 def test_unknown_profile_is_a_clear_error():
-    with pytest.raises(HarnessError, match="accepted: standard, psaq"):
+    with pytest.raises(HarnessError, match="known quantizer profiles: psaq, standard"):
         QuantConfig(profile="fancy")
+
+
+@pytest.fixture
+def linear_inputs_profile():
+    """A profile registered from outside the quantizer: Linear inputs only, ranges observed on FP weights,
+    refusing Swin's attention."""
+    def place(model, act_bits, config, first, last, keep_ends):
+        for module in list(model.modules()):
+            if isinstance(module, QuantLinear):
+                attach_point(module, "in", ActQuantizer(act_bits))
+
+    PROFILES.add("linear_inputs", QuantProfile(place=place, observe_in_fp=True,
+                                               covers=lambda attention: not is_window_attention(attention),
+                                               coverage="non-windowed attention"))
+    yield "linear_inputs"
+    PROFILES._entries.pop("linear_inputs")
+
+
+def test_a_registered_profile_places_its_quantizers(tiny_vit, tiny_swin, linear_inputs_profile):
+    config = QuantConfig(profile=linear_inputs_profile)
+    qmodel = quantize_model(tiny_vit, parse_bits("w4a4"), config)
+    linears = [name for name, m in qmodel.named_modules() if isinstance(m, QuantLinear)]
+    assert sorted(name for name, _ in act_quantizers(qmodel)) == sorted(f"{name}.dfq_points.in" for name in linears)
+    assert config.observe_in_fp and all(m.observe_in_fp for m in qmodel.modules() if isinstance(m, QuantLinear))
+    with pytest.raises(HarnessError, match="^profile 'linear_inputs' covers non-windowed attention only; use "
+                                           "--profile standard for SwinTransformer$"):
+        quantize_model(tiny_swin, parse_bits("w4a4"), config)
+
+
+def test_a_profile_must_be_a_quant_profile():
+    with pytest.raises(HarnessError, match="^quantizer profile 'bare' cannot be registered: dict {'observe_in_fp': "
+                                           "True} is not a QuantProfile"):
+        PROFILES.add("bare", {"observe_in_fp": True})
 
 
 def _calibrate_plain(model, data, calibrator):
@@ -214,7 +249,7 @@ def test_instrumented_context_keeps_an_already_quantized_model_instrumented(tiny
 
 
 def test_points_can_be_removed_and_reattached_without_double_hooks(tiny_vit):
-    from harness.instrument import attach_point, get_point, remove_point
+    from harness.model.instrument import attach_point, get_point, remove_point
 
     layer = tiny_vit.blocks[0].mlp.fc1
     calls = []

@@ -3,9 +3,10 @@ import textwrap
 
 import pytest
 
-from harness import discovery
 from harness.errors import HarnessError
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
+from harness.plugin import discovery
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, Registry
+from harness.store.paths import PROJECT_ROOT
 
 
 def test_plugin_folders_are_discovered():
@@ -31,16 +32,56 @@ def test_unknown_name_without_close_match_has_no_guess():
 
 
 def test_duplicate_registration_is_refused():
-    local = Registry("widget")
+    local = Registry("widget", object, of_classes=False)
     local.add("a", object())
     with pytest.raises(HarnessError, match="registered twice"):
         local.add("a", object())
 
 
+class _NotACalibrator:
+    pass
+
+
+@pytest.mark.parametrize("registry, entry, message", [
+    (CALIBRATORS, _NotACalibrator, "calibrator 'wrong' cannot be registered: class test_registry._NotACalibrator is "
+                                   "not a subclass of Calibrator (docs/plugins.md)"),
+    (GENERATORS, CALIBRATORS.get("minmax"), "generator 'wrong' cannot be registered: class "
+                                            "harness.plugin.calibrators.MinMaxCalibrator is not a subclass of Generator"),
+    (TASKS, TASKS.get("digits")(), "task 'wrong' cannot be registered: an instance of tasks.digits.DigitsTask is not a "
+                                   "subclass of Task"),
+    (METHODS, {"generator": "noise", "calibrator": "minmax"}, "method 'wrong' cannot be registered: dict "
+                                                              "{'generator': 'noise', 'calibrator': 'minmax'} is not a MethodSpec"),
+    (MODELS, "digits", "model 'wrong' cannot be registered: str 'digits' is not a ModelEntry"),
+])
+def test_a_wrong_plugin_type_is_refused_at_registration(registry, entry, message):
+    """An instance where a class is expected, another base's class, a dict for a spec: refused before it is kept."""
+    with pytest.raises(HarnessError) as error:
+        registry.add("wrong", entry)
+    assert str(error.value).startswith(message)
+    assert "wrong" not in registry
+
+
+def test_a_plugin_registering_a_wrong_type_names_itself(tmp_path, monkeypatch):
+    (tmp_path / "mistyped_dfq_plugin.py").write_text(
+        "from harness.api import TUNERS\n@TUNERS.register('mistyped')\ndef tune(model):\n    return model\n")
+    dist = tmp_path / "mistyped_dfq_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mistyped-dfq-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dfq_harness.methods]\nmistyped = mistyped_dfq_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(discovery, "_discovered", False)
+    try:
+        with pytest.raises(HarnessError, match=r"^tuner 'mistyped' cannot be registered: function "
+                                               r"mistyped_dfq_plugin\.tune is not a subclass of Tuner"):
+            discovery.discover_plugins()
+    finally:
+        sys.modules.pop("mistyped_dfq_plugin", None)
+
+
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (tmp_path / "outside_dfq_plugin.py").write_text(textwrap.dedent("""
-        from harness.method import MethodSpec
-        from harness.registry import METHODS
+        from harness.plugin.method import MethodSpec
+        from harness.plugin.registry import METHODS
         METHODS.add("outside_method", MethodSpec(generator="noise", calibrator="omse"))
     """))
     dist = tmp_path / "outside_dfq_plugin-0.1.dist-info"
@@ -74,7 +115,7 @@ def test_a_foreign_package_named_tasks_is_one_clear_error(tmp_path):
     import subprocess
     from pathlib import Path
 
-    repository = Path(discovery.__file__).resolve().parents[1]
+    repository = PROJECT_ROOT
     (tmp_path / "elsewhere" / "tasks").mkdir(parents=True)
     (tmp_path / "elsewhere" / "tasks" / "__init__.py").write_text("")
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "elsewhere"), str(repository)])}

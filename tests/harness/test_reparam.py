@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.bits import parse_bits
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.fake_quant import fake_quant_log_sqrt2, fake_quant_offset_after_round
 from harness.quant.modules import ActQuantizer

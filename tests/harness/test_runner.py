@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.code_version import plugin_code
-from harness.grid import GridSpec
-from harness.method import CalibrationSet, Generator, MethodSpec
-from harness.registry import GENERATORS, METHODS
-from harness.records import ResultStore, read_calibration
-from harness.runner import GridRunner
+from harness.plugin.method import CalibrationSet, Generator, MethodSpec
+from harness.plugin.registry import GENERATORS, METHODS
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
+from harness.store.code_version import plugin_code
+from harness.store.records import ResultStore, read_calibration
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_FIELDS = {"cell_id", "method", "generator", "calibrator", "task", "model", "bits", "seed", "options",
@@ -203,7 +203,8 @@ def test_corrupt_cache_entry_is_regenerated(tmp_path):
 
 
 def test_disk_full_is_one_line_and_keeps_finished_records(tmp_path, monkeypatch, capsys):
-    from harness import cli, io
+    from harness.entry import cli
+    from harness.store import io
 
     out = tmp_path / "r"
     base = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--limit", "20", "--results", str(out),
@@ -240,7 +241,7 @@ def test_a_failed_recompute_keeps_the_finished_record_and_files_the_failure_besi
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr("harness.worker.quantize_model", broken)
+    monkeypatch.setattr("harness.run.worker.quantize_model", broken)
     forced = GridRunner(tmp_path, force=True).run(spec)
     assert forced.failed == 1 and forced.records[0]["error"] == "RuntimeError: simulated failure"
     assert (tmp_path / "records" / f"{finished['cell_id']}.json").read_text() == before

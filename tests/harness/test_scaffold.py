@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import scaffold
-from harness.cli import main
-from harness.paths import cache_dir
+from harness.entry import scaffold
+from harness.entry.cli import main
+from harness.store.paths import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "dfq_example_plugin"

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 from harness.errors import HarnessError
-from harness.grid import GridSpec
-from harness.method import MethodSpec
-from harness.registry import GENERATORS, METHODS, TASKS
-from harness.runner import GridRunner
-from harness.capabilities import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
-from harness.support import declared_verdict, requirements, support_lines
+from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASSES, REAL_IMAGES
+from harness.plugin.method import MethodSpec
+from harness.plugin.registry import GENERATORS, METHODS, TASKS
+from harness.plugin.support import declared_verdict, requirements, support_lines
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from methods.noise import GaussianNoise
 from tasks.digits import DigitsTask
 

@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
+from harness.plugin.task import ImagePrior
 from harness.priors.loop import PixelSynthesis, SynthesisOptions, field_order
-from harness.task import ImagePrior
 
 PRIOR = ImagePrior(input_size=(1, 4, 4), mean=(0.5,), std=(0.25,))  # pixel range [-2, 2]
 

@@ -1,4 +1,4 @@
-"""The fine-tuning stage (harness.tuner; docs/methods.md, Fine-tuning; docs/results.md, Protocols): identity,
+"""The fine-tuning stage (harness.plugin.tuner; docs/methods.md, Fine-tuning; docs/results.md, Protocols): identity,
 records, labels, the calibration-set cache, fresh images for tuners, and the report's protocol and gain."""
 import json
 from pathlib import Path
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.grid import GridSpec, expand, record_configuration
-from harness.records import ResultStore
-from harness.registry import TUNERS
-from harness.runner import GridRunner
-from harness.tuner import Tuner, TuningContext
+from harness.plugin.registry import TUNERS
+from harness.plugin.tuner import Tuner, TuningContext
+from harness.run.grid import GridSpec, expand, record_configuration
+from harness.run.runner import GridRunner
+from harness.store.records import ResultStore
 from reports.content import build_report
 
 SMOKE = {"epochs": 3, "warmup_epochs": 1}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import GridSpec, expand
-from harness.io import file_lock
-from harness.runner import GridRunner
+from harness.run.grid import GridSpec, expand
+from harness.run.runner import GridRunner
+from harness.store.io import file_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_the_runner_says_which_cell_it_waits_for(tmp_path, capsys):
 
 
 def test_run_out_still_works_and_says_it_is_now_results(tmp_path, capsys):
-    from harness.cli import main
+    from harness.entry.cli import main
 
     argv = ["run", "--methods", "noise", "--models", "digits_vit_seed0", "--bits", "w4a8", "--limit", "20",
             "--no-progress", "--no-report"]

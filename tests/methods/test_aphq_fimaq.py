@@ -8,7 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from calibration import calibrate
-from harness.instrument import get_point
+from harness.model.instrument import get_point
 from harness.quant.modules import act_quantizers
 from harness.quant.reconstruction import AdaRound, FisherDPLR, rounding_exponent
 from methods.aphq_vit.calibrator import APHQCalibrator, APHQOptions

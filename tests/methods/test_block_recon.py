@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from harness.bits import parse_bits
 from harness.errors import HarnessError
-from harness.method import CalibrationContext, CalibrationSet
-from harness.options import build_options
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.plugin.options import build_options
+from harness.plugin.registry import CALIBRATORS
+from harness.quant.bits import parse_bits
 from harness.quant.capture import LAYER_OUTPUT, Target, capture
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.registry import CALIBRATORS
 from methods.block_recon.calibrator import BlockReconOptions, BlockReconstruction
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from torch import nn
 from harness.api import CalibrationSet, TuningContext
 from harness.api.quantizer import learnable_scales, lsq_gradient_scale
 from harness.api.training import mean_discrepancy
-from harness.bits import parse_bits
+from harness.quant.bits import parse_bits
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import ActQuantizer, QuantLinear

@@ -24,14 +24,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import methods.maskaq  # noqa: F401  (registers the plugins)
-from harness.bits import parse_bits
-from harness.instrument import attach_point
+from harness.model.instrument import attach_point
+from harness.plugin.task import ImagePrior
+from harness.plugin.tuner import epoch_cosine
+from harness.quant.bits import parse_bits
 from harness.quant.calibrate import observe_and_freeze
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.learned_offset import LearnedOffsetQuantizer, MinMaxWeightSTE, learned_offset_quantizers, minmax_weights_ste
 from harness.quant.observers import MinMaxObserver
-from harness.task import ImagePrior
-from harness.tuner import epoch_cosine
 from methods.maskaq.generator import MaskAqOptions, StepDraws, loss_terms, pixel_adamw, synthesis_step
 from methods.maskaq.losses import drop_tokens, informative_mask
 from methods.maskaq.tuner import MaskAqTunerOptions, tuning_losses

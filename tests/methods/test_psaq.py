@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.grid import GridSpec
-from harness.method import GenerationContext
-from harness.options import build_options
-from harness.registry import GENERATORS, METHODS
-from harness.runner import GridRunner
-from harness.task import ImagePrior
+from harness.plugin.method import GenerationContext
+from harness.plugin.options import build_options
+from harness.plugin.registry import GENERATORS, METHODS
+from harness.plugin.task import ImagePrior
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from methods.psaq.export import main as export_main
 from methods.psaq.generator import PSAQOptions, PatchSimilarityGenerator
 

@@ -5,18 +5,18 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
-from harness.distillation import discrepancy, has_classifier, resolve_discrepancy
 from harness.errors import HarnessError
-from harness.method import CalibrationContext, GenerationContext
-from harness.options import build_options, options_dict
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, GenerationContext
+from harness.plugin.options import build_options, options_dict
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
+from harness.plugin.task import ImagePrior
+from harness.plugin.tuner import TuningContext
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.distillation import discrepancy, has_classifier, resolve_discrepancy
 from harness.quant.fake_quant import MIN_SCALE
 from harness.quant.modules import act_quantizers
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS
-from harness.task import ImagePrior
-from harness.tuner import TuningContext
 from methods.psaq_v2 import InitOptions, PSAQV2InitGenerator, PSAQV2Options, PSAQV2Tuner
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from calibration import calibrate
-from harness.grid import GridSpec
-from harness.instrument import get_point
+from harness.model.instrument import get_point
+from harness.plugin.registry import CALIBRATORS, METHODS, discover_plugins
 from harness.quant.fake_quant import (
     fake_quant_symmetric_signed,
     fake_quant_twin_signed,
@@ -14,8 +14,8 @@ from harness.quant.fake_quant import (
 )
 from harness.quant.modules import ActQuantizer, act_quantizers, weight_quantized_layers
 from harness.quant.search import best_candidate, fraction_candidates, output_similarity
-from harness.registry import CALIBRATORS, METHODS, discover_plugins
-from harness.runner import GridRunner
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from methods.ptq4vit.calibrator import PTQ4ViTCalibrator, PTQ4ViTOptions
 
 

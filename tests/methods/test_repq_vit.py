@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from calibration import calibrate
-from harness.mm.stack import available
+from harness.data.mm.stack import available
+from harness.plugin.registry import CALIBRATORS, METHODS, discover_plugins
 from harness.quant.modules import act_quantizers, weight_quantized_layers
-from harness.registry import CALIBRATORS, METHODS, discover_plugins
 from methods.repq_vit.calibrator import RepQCalibrator, RepQOptions
 
 

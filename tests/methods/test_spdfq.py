@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.grid import GridSpec
-from harness.method import GenerationContext
-from harness.options import build_options
-from harness.registry import GENERATORS, METHODS, TASKS
-from harness.runner import GridRunner
-from harness.task import ImagePrior
+from harness.plugin.method import GenerationContext
+from harness.plugin.options import build_options
+from harness.plugin.registry import GENERATORS, METHODS, TASKS
+from harness.plugin.task import ImagePrior
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from methods.spdfq.generator import SPDFQGenerator, SPDFQOptions
 from methods.spdfq.semantics import crop_and_resize, msr_regions, soft_cross_entropy, soft_targets
 

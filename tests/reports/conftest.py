@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from harness.errors import HarnessError
-from harness.grid import component_code
+from harness.run.grid import component_code
 
 FP_TOP1 = 72.30  # deit_tiny's published FP is 72.21, so the FP gap is +0.09
 

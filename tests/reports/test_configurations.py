@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 from reports.aggregate import records_frame, seed_stats
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.bits import parse_bits
-from harness.grid import component_code
+from harness.quant.bits import parse_bits
+from harness.run.grid import component_code
 from reports.content import build_report
 from reports.published import CALIBRATION_ONLY, FINE_TUNED, KEY, PROTOCOL_FORMS, load_published
 from reports.render import write_report

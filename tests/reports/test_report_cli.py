@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.entry.cli import main
 
 
 def test_report_writes_the_formats_asked_for(grid_results: Path, capsys):

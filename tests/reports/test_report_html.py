@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.method import CalibrationSet
-from harness.records import ResultStore, write_calibration
-from harness.task import ImagePrior
+from harness.plugin.method import CalibrationSet
+from harness.plugin.task import ImagePrior
+from harness.store.records import ResultStore, write_calibration
 from reports.gallery import cached_galleries
 from reports.render import write_report
 
@@ -21,7 +21,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def write_cache_entry(results: Path, generator: str, model: str, seed: int) -> Path:
-    """A generator cache entry as ``harness.runner`` writes it."""
+    """A generator cache entry as ``harness.run.runner`` writes it."""
     prior = ImagePrior(input_size=(3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=10)
     images = torch.linspace(-2, 2, 10 * 3 * 8 * 8).reshape(10, 3, 8, 8)
     path = ResultStore(results).calibration_path(generator, f"{model}-{seed}")

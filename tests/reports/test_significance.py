@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import component_code
+from harness.run.grid import component_code
 from reports.content import build_report
 from reports.published import PublishedTable
 from reports.significance import compare

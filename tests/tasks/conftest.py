@@ -10,11 +10,11 @@ from typing import Any, Callable
 
 import pytest
 
-from harness.cli import main
-from harness.conformance import TaskSetup
-from harness.mm.stack import available
-from harness.records import ResultStore
-from harness.registry import METHODS
+from harness.data.mm.stack import available
+from harness.entry.cli import main
+from harness.plugin.conformance import TaskSetup
+from harness.plugin.registry import METHODS
+from harness.store.records import ResultStore
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -34,8 +34,8 @@ def detseg() -> None:
 @pytest.fixture(scope="session")
 def instrumented_blocks(detseg) -> Callable[[Any, str], int]:
     """Builds a registered model from its config; returns how many attention modules of its backbone the quantizer instruments."""
-    from harness.arch import instrumented, is_instrumented_attention
-    from harness.mm.registry import build_model
+    from harness.data.mm.registry import build_model
+    from harness.model.arch import instrumented, is_instrumented_attention
 
     def count(task: Any, name: str) -> int:
         with instrumented(build_model(task.scope, task.config(name).model).backbone) as backbone:

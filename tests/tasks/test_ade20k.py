@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from harness.arch import instrumented, is_instrumented_attention
 from harness.errors import HarnessError
+from harness.model.arch import instrumented, is_instrumented_attention
 from tasks.ade20k import ADE20KTask
 
 

@@ -12,12 +12,12 @@ import pytest
 import timm
 import torch
 
-from harness.arch import instrumented
+from harness.entry.cli import main
 from harness.errors import HarnessError
-from harness.bits import parse_bits
-from harness.cli import main
-from harness.io import file_sha256
+from harness.model.arch import instrumented
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.store.io import file_sha256
 from tasks.coco import CocoTask
 
 MODEL = "mask_rcnn_swin_t"
@@ -175,7 +175,7 @@ def test_every_registered_config_builds_and_its_backbone_is_instrumented(instrum
 
 
 def test_a_run_prints_no_library_warnings(tiny_coco, warnings_printed, tmp_path):
-    """mmengine's pkg_resources notice printed twice on every run before harness.mm.stack silenced it."""
+    """mmengine's pkg_resources notice printed twice on every run before harness.data.mm.stack silenced it."""
     status, warnings = warnings_printed(tiny_coco, tmp_path, "--methods", "noise", "--tasks", "coco", "--bits", "w8a8")
     assert status == 0 and warnings == []
 
@@ -241,7 +241,7 @@ def test_without_a_class_source_spdfq_is_refused_before_the_grid(tiny_coco, tmp_
 
 
 def test_backbone_head_puts_the_classifier_s_head_on_the_detector_s_own_backbone(tiny_coco, tiny_classifier):
-    from harness.mm.class_source import BackboneHead
+    from harness.data.mm.class_source import BackboneHead
 
     task = _task(tiny_coco, prior_classifier=tiny_classifier(tiny_coco), class_source="backbone_head")
     model = task.load_model(MODEL)
@@ -275,7 +275,7 @@ def test_psaq_keeps_its_one_hot_term_through_the_class_source_on_request(tiny_co
 def test_every_registered_backbone_maps_to_its_named_timm_classifier(detseg, name):
     """The classifier built from the backbone's config has the parameter shapes of the named timm model,
     so timm's ImageNet weights for it load (checked on the meta device: nothing is allocated)."""
-    from harness.mm.class_source import classifier_architecture
+    from harness.data.mm.class_source import classifier_architecture
 
     task, classifier = CocoTask(), CocoTask.models[name].classifier
     with torch.device("meta"):

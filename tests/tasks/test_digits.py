@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.bits import parse_bits
-from harness.calibrators import MinMaxCalibrator
 from harness.errors import HarnessError
-from harness.method import CalibrationContext, CalibrationSet
+from harness.plugin.calibrators import MinMaxCalibrator
+from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from tasks.digits import DigitsTask, shipped
 from tasks.digits.data import load_splits, normalize
@@ -66,7 +66,7 @@ def test_evaluate_is_batch_size_invariant_and_limit_counts_images():
 
 
 def test_the_task_loads_the_shipped_weights_and_trains_nothing():
-    program = ("import sys; from harness.registry import TASKS; task = TASKS.get('digits')(); "
+    program = ("import sys; from harness.plugin.registry import TASKS; task = TASKS.get('digits')(); "
                "[task.load_model(m) for m in task.model_names]; print(sorted(m for m in sys.modules if 'train' in m))")
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=300,
                             check=True)

@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torchvision import transforms
 
+from harness.data import timm_weights as weights
+from harness.data.image_folder import cache
+from harness.data.image_folder.data import eval_transform
 from harness.errors import HarnessError
-from harness import timm_weights as weights
-from harness.image_folder import cache
-from harness.image_folder.data import eval_transform
 from tasks.imagenet import ImageNetOptions, ImageNetTask
 
 MODEL = "deit_tiny_patch16_224"

@@ -11,12 +11,12 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from harness.conformance import TaskSetup, smoke_options
 from harness.errors import HarnessError
-from harness.grid import GridSpec
-from harness.registry import CALIBRATORS, GENERATORS, METHODS, TASKS, TUNERS
-from harness.runner import GridRunner
-from harness.support import declared_verdict, requirements
+from harness.plugin.conformance import TaskSetup, smoke_options
+from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, TASKS, TUNERS
+from harness.plugin.support import declared_verdict, requirements
+from harness.run.grid import GridSpec
+from harness.run.runner import GridRunner
 from tiny_imagenet import tiny_imagenet
 
 def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str], methods: list[str]) -> GridSpec:
