@@ -34,10 +34,10 @@ import torch
 from harness.deploy.export import EXECUTION_PROVIDER, OnnxRuntimeModel, export_onnx, median_seconds, stored_weight_type
 from harness.plugin.calibrators import MinMaxCalibrator
 from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.progress import set_progress
 from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.run.grid import GridSpec, expand
-from harness.run.progress import set_progress
 from harness.run.worker import CellWorker
 from harness.store.machine import cpu_class, cpu_description
 from parity_kit import smooth_images  # noqa: E402

@@ -124,12 +124,14 @@ from harness.plugin.method import CalibrationContext, CalibrationSet, Generation
 from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, TUNERS  # noqa: E402
 from harness.plugin.tuner import NO_TUNING  # noqa: E402
 from harness.priors.patch_similarity import attn_v_probes, patch_similarity_loss  # noqa: E402
+from harness.progress import set_progress  # noqa: E402
 from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from harness.quant.modules import in_place_evaluation  # noqa: E402
 from harness.run.memory import reused_heap  # noqa: E402
-from harness.run.progress import set_progress  # noqa: E402
-from harness.store.records import PeakMemory, ResultStore, harness_commit, library_versions  # noqa: E402
+from harness.run.peak_memory import PeakMemory  # noqa: E402
+from harness.store.provenance import harness_commit, library_versions  # noqa: E402
+from harness.store.records import ResultStore  # noqa: E402
 from imagenet_throughput import write_synthetic_imagenet  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
 from tasks.imagenet import ImageNetTask  # noqa: E402

@@ -33,11 +33,11 @@ from harness.data.image_folder import cache
 from harness.data.image_folder.data import LabelledImages, eval_transform
 from harness.plugin.calibrators import MinMaxCalibrator
 from harness.plugin.method import CalibrationContext, CalibrationSet
+from harness.progress import set_progress
 from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import in_place_evaluation
 from harness.run.memory import reused_heap
-from harness.run.progress import set_progress
 from tasks.imagenet import ImageNetOptions, ImageNetTask
 
 MODELS = ("deit_small_patch16_224", "swin_tiny_patch4_window7_224")

@@ -34,3 +34,9 @@ def os_error_message(error: OSError, subject: str | None = None) -> str:
     if subject and error.filename is not None and str(error.filename) not in subject:
         what = f"{what} ({error.filename})"
     return f"{where}: {what}; accepted: {_ACCEPTED.get(error.errno, 'a path this user may read and write')}"
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line: a HarnessError's message as it is, any other prefixed with its type."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if isinstance(error, HarnessError) else f"{type(error).__name__}: {text}"

@@ -8,9 +8,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.run.grid import Cell, cell_from_record, code_differences, record_configuration
+from harness.run.grid import Cell, cell_from_record, code_differences
+from harness.run.labels import row_label
 from harness.store.io import config_hash
-from harness.store.labels import row_label
+from harness.store.keys import record_configuration
 from harness.store.machine import cpu_class, kernel_class
 
 STALE_MARK = "†"
@@ -59,7 +60,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def recorded_cell(record: dict[str, Any]) -> Cell | None:
     """The cell a record was made for, rebuilt from its fields: what its row label and the published figures
-    that apply to it are read from (harness.store.labels); None where a plugin is gone or an option no longer fits."""
+    that apply to it are read from (harness.run.labels); None where a plugin is gone or an option no longer fits."""
     try:
         return cell_from_record(record)
     except (HarnessError, KeyError, TypeError, ValueError):
@@ -75,7 +76,7 @@ def protocol(record: dict[str, Any]) -> str:
 
 def published_as(record: dict[str, Any]) -> str:
     """The method whose published figures apply to the record's configuration (its own pair, tuner and options),
-    read from the record's fields (harness.store.labels); empty when none does or a plugin is gone."""
+    read from the record's fields (harness.run.labels); empty when none does or a plugin is gone."""
     return published_method(recorded_cell(record))
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.store.records import CachedCalibration, ResultStore
+from harness.store.calibration_cache import CachedCalibration
+from harness.store.records import ResultStore
 
 IMAGES_PER_ROW = 8
 

@@ -1,5 +1,7 @@
 import os
-from typing import Iterator
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -43,3 +45,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def outside_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str, str], None]]:
+    """``install(module, source, group)``: ``source`` as an installed outside package's plugin module (a distribution
+    whose entry point in ``dfq_harness.<group>`` names it), found by the next discovery; gone after the test."""
+    from harness.plugin import discovery
+
+    installed = []
+
+    def install(module: str, source: str, group: str = "methods") -> None:
+        (tmp_path / f"{module}.py").write_text(source)
+        dist = tmp_path / f"{module}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[dfq_harness.{group}]\n{module} = {module}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setattr(discovery, "_discovered", False)
+        installed.append(module)
+
+    yield install
+    for module in installed:
+        sys.modules.pop(module, None)
+

@@ -155,3 +155,41 @@ def test_gpu_check_quick_rehearsal_of_every_check(tmp_path):
                             "methods", "calibrators", "tuners", "imagenet", "total"}
     assert figures["agreement"]["fp_argmax_agreement"] == 1.0 and figures["synthesis"]["s_per_iteration"] > 0
     assert figures["total"]["failures"] == []
+
+
+TINY_CALIBRATOR_OPTIONS = ("adalog.eq_n=32", "adalog.search_rounds=1", "adalog.steps=2", "aphq.search_candidates=16",
+                           "aphq.search_rounds=1", "fimaq.search_candidates=16", "fimaq.search_rounds=1",
+                           "ptq4vit.candidates=8", "ptq4vit.rounds=1")
+
+
+def test_calibration_cost_measures_every_calibrator_and_extrapolates_only_the_step_counts(tmp_path, capsys, monkeypatch,
+                                                                                           one_thread):
+    import harness.progress
+    monkeypatch.setattr(harness.progress, "_enabled", harness.progress.progress_enabled())  # main() turns bars off
+    monkeypatch.setenv("DFQ_HARNESS_FUSED", "0")  # compiling the kernels would take most of this test's time
+    cost = load_benchmark("calibration_cost")
+    options = [argument for option in TINY_CALIBRATOR_OPTIONS for argument in ("--calib-opt", option)]
+    figures = cost.main(["--model", "toy_vit", "--images", "2", "--calib", "repq,ptq4vit,adalog,aphq,fimaq",
+                         "--steps", "3", "--threads", "1", "--json", str(tmp_path / "cost.json"),
+                         *options])
+    assert json.loads((tmp_path / "cost.json").read_text()) == json.loads(json.dumps(figures))
+    rows = {row["calibrator"]: row for row in figures["calibrators"]}
+    assert list(rows) == ["minmax", "repq", "ptq4vit", "adalog", "aphq", "fimaq"]  # the reference first
+    assert rows["minmax"]["measured"]["ratio_to_minmax"] == 1.0 and rows["adalog"]["options"]["eq_n"] == 32
+    for row in rows.values():
+        measured = row["measured"]
+        assert measured["seconds"] > 0 and measured["peak_rss_gib"] > 0 and 0 <= measured["agreement_percent"] <= 100
+    for name, steps in {"aphq": {"iterations": 20000, "mlp_iterations": 20000}, "fimaq": {"iterations": 20000}}.items():
+        estimate, low, high = rows[name]["estimate"], rows[name]["measured_at_1_step"], rows[name]["measured"]
+        assert (low["steps"], high["steps"]) == (1, 3) and estimate["at_steps"] == steps
+        assert estimate["seconds"] == pytest.approx(low["seconds"] + (high["seconds"] - low["seconds"]) / 2 * 19999)
+    assert not any("estimate" in rows[name] for name in ("minmax", "repq", "ptq4vit", "adalog"))
+    printed = capsys.readouterr().out
+    assert printed.count("ESTIMATED from 1 and 3 steps") == 2 and "iterations=20000, mlp_iterations=20000" in printed
+
+
+def test_calibration_cost_refuses_unequal_step_counts_it_cannot_extrapolate_together():
+    from harness.errors import HarnessError
+    cost = load_benchmark("calibration_cost")
+    with pytest.raises(HarnessError, match="aphq: extrapolation needs its nonzero step options equal"):
+        cost.main(["--model", "toy_vit", "--calib", "aphq", "--calib-opt", "aphq.iterations=100"])

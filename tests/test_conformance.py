@@ -10,7 +10,7 @@ import torch
 
 from harness.plugin.calibrators import MinMaxCalibrator
 from harness.plugin.conformance import (REGISTRIES, ConformanceError, ConformanceSkip, Hooks, cases, check, check_task,
-                                 run_case, smoke_options)
+                                        run_case, smoke_options)
 from harness.plugin.method import CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator
 from harness.plugin.method import ImageCountOptions, MethodSpec
 from harness.plugin.registry import GENERATORS, METHODS

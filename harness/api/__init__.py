@@ -13,17 +13,18 @@ from harness.data.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.errors import HarnessError
 from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
 from harness.plugin.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
-                            ImageCountOptions, MethodSpec, NoOptions)
+                                   ImageCountOptions, MethodSpec, NoOptions)
 from harness.plugin.options import Range, at_least, percent, positive, probability, ranged
 from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS, register_models
 from harness.plugin.task import ImagePrior, SynthesisTarget, Task, TaskOptions, calibration_indices
 from harness.plugin.task_setup import TaskSetup
 from harness.plugin.tuner import NO_TUNING, Tuner, TuningContext
-from harness.run.progress import progress_bar, show_losses
+from harness.progress import progress_bar, show_losses
+from harness.quant.bits import BitSpec
 
 __all__ = [
     "ATTENTION", "BLOCKS", "CALIBRATORS", "CLASS_TOKEN", "CLASSES", "GENERATORS", "LOGITS", "METHODS", "MODELS", "NO_TUNING",
-    "REAL_IMAGES", "TASKS", "TUNERS", "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext",
+    "REAL_IMAGES", "TASKS", "TUNERS", "BitSpec", "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext",
     "Generator", "HarnessError", "ImageCountOptions", "ImageFolderOptions", "ImageFolderTask", "ImagePrior",
     "MethodSpec", "NoOptions", "OpenMMLabModel", "OpenMMLabTask", "Range", "SynthesisTarget", "Task", "TaskOptions",
     "TaskSetup", "Tuner", "TuningContext", "at_least", "calibration_indices", "percent", "positive", "probability",

@@ -8,9 +8,9 @@ from harness.data.mm.data import predictions as mm_predictions
 from harness.data.mm.tiny import save_random_init, write_images
 from harness.data.timm_weights import hub_checkpoint, load_weights
 from harness.data.weights import read_state_dict, write_state_dict
+from harness.store.calibration_cache import read_calibration
 from harness.store.io import IMAGE_SUFFIXES, config_hash, current_umask, file_lock, file_sha256, write_json
 from harness.store.paths import cache_dir
-from harness.store.records import read_calibration
 
 __all__ = [
     "IMAGE_SUFFIXES", "cache_dir", "config_hash", "current_umask", "file_lock", "file_sha256", "hub_checkpoint",

@@ -10,8 +10,8 @@ from harness.quant.adalog import (GELU_SHIFT, adalog_search_values, candidate_ba
                                   fake_quant_adalog, positive_percentiles, progressive_search, search_table,
                                   set_adalog_params, tensor_percentiles, uniform_candidates, weight_candidates)
 from harness.quant.calibrate import mse_weight_scales, observe_and_freeze
-from harness.quant.convert import PROFILES, QuantProfile
 from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture, floating_point
+from harness.quant.convert import PROFILES, QuantProfile
 from harness.quant.fake_quant import (asymmetric_params, fake_quant_asymmetric, fake_quant_log2,
                                       fake_quant_offset_after_round, fake_quant_symmetric, fake_quant_symmetric_signed,
                                       fake_quant_twin_signed, fake_quant_twin_uniform, symmetric_weight_scale)

@@ -5,7 +5,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from harness.run.progress import progress_bar
+from harness.progress import progress_bar
 
 
 @torch.no_grad()

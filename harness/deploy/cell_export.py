@@ -38,7 +38,7 @@ def export_cell(results: Path, cell_id: str, path: Path, device: str = "cpu", ov
         raise HarnessError(f"cell {cell_id} is an FP cell: there is no quantized model to export")
     cell = cell_from_record(record)
     worker = CellWorker(results, device=device)
-    if worker.cell_id(cell) != cell_id:
+    if worker.keys(cell).cell_id != cell_id:
         raise HarnessError(f"cell {cell_id} was computed with other weights or component versions than this "
                            "checkout's; rerun its grid to export it")
     qmodel, task = worker.calibrated_model(cell)

@@ -1,12 +1,13 @@
 """Export a calibrated quantized model to ONNX with QuantizeLinear / DequantizeLinear pairs (docs/deploy.md).
 
-Each activation quantizer of the `standard` placement at 8 bits becomes a QuantizeLinear →
-DequantizeLinear pair with the calibrated scale and zero point; each quantized weight is stored as
-integers (holding values of its own bit width) with a per-output-channel DequantizeLinear, the
-scales exactly those the fake quantizer uses. ONNX Runtime then fuses the pairs into integer
-kernels. What has no integer form is refused with its reasons (:func:`deployability`), never
-approximated. The weights' integer type decides whether every CPU computes the same integers
-(:data:`WEIGHT_TYPES`, docs/deploy.md, Same integers on every CPU).
+Each per-tensor uniform activation quantizer of the `standard` placement at 8 bits becomes a
+QuantizeLinear → DequantizeLinear pair with the calibrated (or searched, integer) scale and zero
+point; each quantized weight is stored as integers (holding values of its own bit width) with a
+per-output-channel DequantizeLinear, the scales exactly those the fake quantizer uses. ONNX Runtime
+then fuses the pairs into integer kernels. What has no integer form is refused with its reasons
+(:func:`deployability`), never approximated; which quantizers of each calibrator lower is a table
+(docs/deploy.md, What lowers). The weights' integer type decides whether every CPU computes the same
+integers (:data:`WEIGHT_TYPES`, docs/deploy.md, Same integers on every CPU).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from harness.errors import HarnessError
 from harness.model.arch import is_instrumented_attention
 from harness.model.instrument import POINTS
 from harness.plugin.task import Task
-from harness.quant.fake_quant import fake_quant_asymmetric
+from harness.quant.fake_quant import fake_quant_asymmetric, fake_quant_offset_after_round
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, weight_quantized_layers
 from harness.store.io import atomic_save
 from harness.store.machine import cpu_description
@@ -78,23 +79,43 @@ def deployability(model: nn.Module) -> Deployability:
     Reasons are grouped: one line per kind of obstacle, with a count and an example point.
     """
     found: dict[str, list[str]] = defaultdict(list)
-    for module_name, module in model.named_modules():
-        points = module._modules.get(POINTS)
-        for point, quantizer in (points._modules.items() if points is not None else ()):
-            where = f"{module_name or 'model'}.{point}"
-            reason = _point_obstacle(module, point, quantizer)
-            if reason:
-                found[reason].append(where)
-    for name, layer in weight_quantized_layers(model):
-        if layer.weight_bits and layer.weight_bits > MAX_WEIGHT_BITS:
-            found[f"{layer.weight_bits}-bit weights do not fit the int8 storage of a DequantizeLinear weight"].append(name)
-        if layer.weight_bits and layer.weight_zero_point is not None:
-            found["asymmetric weights (a zero point per channel, e.g. searched by repq): the exporter writes "
-                  "symmetric int8 weights only"].append(name)
+    for where, reason in simulated_quantizers(model).items():
+        found[reason].append(where)
     return Deployability(tuple(f"{reason} ({len(where)} quantizer(s), e.g. {where[0]})" for reason, where in found.items()))
 
 
-def _point_obstacle(module: nn.Module, point: str, quantizer: nn.Module) -> str | None:
+def simulated_quantizers(model: nn.Module) -> dict[str, str]:
+    """Every quantizer of ``model`` without an exact Q/DQ form, by where it is (``blocks.0.mlp.fc2.in``, a
+    weight by its layer's name), with the reason; the others lower (docs/deploy.md, What lowers)."""
+    sites = _activation_sites(model)
+    found: dict[str, str] = {}
+    for module_name, module in model.named_modules():
+        points = module._modules.get(POINTS)
+        for point, quantizer in (points._modules.items() if points is not None else ()):
+            site = "post-softmax" if point == "attn" else sites.get(id(module), f"{point}-point")
+            reason = _point_obstacle(module, point, quantizer, site)
+            if reason:
+                found[f"{module_name or 'model'}.{point}"] = reason
+    for name, layer in weight_quantized_layers(model):
+        if layer.weight_bits and layer.weight_bits > MAX_WEIGHT_BITS:
+            found[name] = f"{layer.weight_bits}-bit weights do not fit the int8 storage of a DequantizeLinear weight"
+        elif layer.weight_bits and layer.weight_zero_point is not None:
+            found[name] = ("asymmetric weights (a zero point per output channel, from a calibrator's search): "
+                           "the exporter writes symmetric weights only")
+    return found
+
+
+def _activation_sites(model: nn.Module) -> dict[int, str]:
+    """The layers whose input is an MLP's activation output (timm's ``act`` then ``fc2``), named by that
+    activation: ``post-GELU``, or ``post-ReLU`` where a calibrator replaced it."""
+    return {id(module.fc2): f"post-{type(module.act).__name__}" for module in model.modules()
+            if isinstance(getattr(module, "act", None), nn.Module)
+            and isinstance(getattr(module, "fc2", None), nn.Module)}
+
+
+def _point_obstacle(module: nn.Module, point: str, quantizer: nn.Module, site: str) -> str | None:
+    """Why the quantizer at ``point`` of ``module`` (``site``: post-softmax, post-GELU, ...) has no exact Q/DQ form,
+    or None (docs/deploy.md, What lowers)."""
     if not isinstance(quantizer, ActQuantizer):
         return f"{type(quantizer).__name__} at a quantizer point is not a quantizer the exporter knows"
     if not quantizer.frozen:
@@ -105,15 +126,36 @@ def _point_obstacle(module: nn.Module, point: str, quantizer: nn.Module) -> str 
         return ("quantizer outside the standard placement (residual stream, norm or layer output, embeddings): "
                 "no integer kernel consumes it")
     if quantizer.kind != "uniform":
-        if quantizer.kind.startswith("twin"):
-            return f"{quantizer.kind} activation quantizer: ONNX has no operator for two-range levels"
-        return f"{quantizer.kind} post-softmax quantizer: ONNX has no operator for logarithmic levels"
-    if quantizer.offset_after_round or quantizer.scale.numel() > 1:
-        return ("searched or per-channel activation parameters (e.g. repq's): the exporter writes the "
-                "core's per-tensor round(x/s + z) only")
+        levels = "two-range" if quantizer.kind.startswith("twin") else "logarithmic"
+        return f"{quantizer.kind} {site} quantizer: ONNX has no operator for {levels} levels"
+    if quantizer.scale.numel() > 1 or quantizer.zero_point.numel() > 1:
+        granularity = _granularity(point, quantizer.scale if quantizer.scale.numel() > 1 else quantizer.zero_point)
+        return (f"{granularity} activation scales: ONNX Runtime's integer MatMul takes one scale and zero point "
+                "per activation tensor")
+    if quantizer.offset_after_round and not _integer_zero_point(quantizer):
+        return ("fractional zero point (e.g. a per-channel range folded into one tensor): QuantizeLinear takes an "
+                "integer zero point")
     if quantizer.bits != ACT_BITS:
         return f"{quantizer.bits}-bit activations: ONNX Runtime has integer kernels for 8-bit activations only"
     return None
+
+
+def _granularity(point: str, parameter: torch.Tensor) -> str:
+    """``per-head``, ``per-token``, ``per-head-and-token``, ...: the axes along which a searched activation
+    parameter varies, aligned from the right on (heads, tokens, channels) for an attention operand and (tokens,
+    channels) for a layer's input."""
+    axes = ("head", "token", "channel") if point in ATTENTION_POINTS else ("token", "channel")
+    shape = tuple(parameter.shape)[-len(axes):]
+    varying = [axis for axis, size in zip(axes[len(axes) - len(shape):], shape) if size > 1]
+    return "per-" + "-and-".join(varying) if varying else "per-tensor"
+
+
+def _integer_zero_point(quantizer: ActQuantizer) -> bool:
+    """A zero point QuantizeLinear can hold: an integer in [0, 2^b - 1]. With it, a searched quantizer's
+    clamp(round(x / s) + z) is exactly QuantizeLinear's saturate(round(x / s) + z) (docs/quantizer.md, Searched
+    quantizers)."""
+    z = quantizer.zero_point
+    return bool(torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 2 ** quantizer.bits - 1)
 
 
 @torch.library.custom_op("dfq_deploy::quantize_dequantize", mutates_args=())
@@ -123,6 +165,18 @@ def _quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
 
 
 @_quantize_dequantize.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("dfq_deploy::quantize_dequantize_after_round", mutates_args=())
+def _quantize_dequantize_after_round(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """A searched quantizer's arithmetic, zero point added after rounding, in torch; in ONNX the same
+    QuantizeLinear → DequantizeLinear pair, whose arithmetic this is."""
+    return fake_quant_offset_after_round(x, scale, zero_point.float(), ACT_BITS)
+
+
+@_quantize_dequantize_after_round.register_fake
 def _(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
@@ -151,18 +205,23 @@ def _translations() -> dict:
         return op.DequantizeLinear(q, scale, zero_point, axis=axis)
 
     return {torch.ops.dfq_deploy.quantize_dequantize.default: quantize_dequantize,
+            torch.ops.dfq_deploy.quantize_dequantize_after_round.default: quantize_dequantize,
             torch.ops.dfq_deploy.dequantize_weight.default: dequantize_weight}
 
 
 class _QuantizeDequantize(nn.Module):
-    """A frozen 8-bit activation quantizer: calibrated scale (float32) and zero point (uint8)."""
+    """A frozen 8-bit activation quantizer: calibrated or searched scale (float32) and zero point (uint8); in
+    torch, the arithmetic of the quantizer it replaces (zero point added before or after rounding)."""
 
     def __init__(self, quantizer: ActQuantizer) -> None:
         super().__init__()
         self.register_buffer("scale", quantizer.scale.detach().float().clone())
         self.register_buffer("zero_point", quantizer.zero_point.detach().round().to(torch.uint8))
+        self.after_round = quantizer.offset_after_round
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.after_round:
+            return _quantize_dequantize_after_round(x, self.scale, self.zero_point)
         return _quantize_dequantize(x, self.scale, self.zero_point)
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError, os_error_message
+from harness.errors import HarnessError, error_line, os_error_message
 from harness.run.executor_names import EXECUTORS
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def run_grid(spec: GridSpec, results: Path, *, device: str = "cpu", executor: st
              skip_unsupported: bool = False, progress: bool = True) -> RunSummary:
     """Run a grid into ``results`` as ``run`` does (``harness.benchmark`` too): the device checked, what
     interrupted writes left removed, then every cell settled; the :class:`harness.run.runner.RunSummary`."""
-    from harness.run.progress import set_progress
+    from harness.progress import set_progress
     from harness.run.runner import GridRunner
     from harness.store.io import clean_interrupted_writes
 
@@ -296,8 +296,6 @@ def _warn_invalid(invalid: list) -> None:
 
 def report_after_run(results: Path) -> None:
     """The records are already on disk: a report that fails to render costs one line, never the run."""
-    from harness.run.worker import error_line
-
     try:
         from reports.render import write_report
 

@@ -54,10 +54,12 @@ def build_listing() -> dict[str, list]:
 
 
 def _registered_outside_discovery() -> bool:
-    """Whether a registry holds an entry discovery did not bring (a test's stand-in, a notebook's plugin)."""
-    from harness.plugin.registry import CALIBRATORS, GENERATORS, METHODS, MODELS, TASKS, TUNERS
-
-    registries = (METHODS, GENERATORS, CALIBRATORS, TUNERS, TASKS, MODELS)
+    """Whether a registry holds an entry discovery did not bring (a test's stand-in, a notebook's plugin).
+    A process that has not imported the registries (they load torch) has registered nothing."""
+    module = sys.modules.get("harness.plugin.registry")
+    if module is None:
+        return False
+    registries = (module.METHODS, module.GENERATORS, module.CALIBRATORS, module.TUNERS, module.TASKS, module.MODELS)
     return any(registry.added_outside_discovery for registry in registries)
 
 

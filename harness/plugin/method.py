@@ -112,6 +112,11 @@ class Calibrator(Stage):
 
     supports_mixed_precision: ClassVar[bool] = False
 
+    def unmet_bits(self, bits: BitSpec) -> str | None:
+        """Why these options cannot calibrate at ``bits`` (None: they can). Asked for every cell before a grid's
+        first one runs, so a search too coarse for a bit width is one line, not a failed cell."""
+        return None
+
     @abstractmethod
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any] | None:
         """Calibrate ``qmodel`` in place and freeze its ranges; what it returns goes into the record."""

@@ -17,7 +17,7 @@ from harness.plugin.method import ImageCountOptions
 from harness.plugin.options import Range, at_least, positive, ranged
 from harness.plugin.task import ImagePrior
 from harness.priors.synthesis import clamp_pixels, pixel_bounds, pixel_optimizer, random_roll_flip, warmup_cosine_lr
-from harness.run.progress import progress_bar, show_losses
+from harness.progress import progress_bar, show_losses
 
 # (images the loss sees, iteration) -> (the loss to minimize, its named terms for the progress bar).
 # An objective that accumulates the images' gradient itself (over batches, jittering each on its own)

@@ -5,9 +5,9 @@ from typing import Callable
 
 import torch
 from torch import nn
-from harness.run.progress import progress_bar
 
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 from harness.quant.fake_quant import fake_quant_symmetric, symmetric_weight_scale
 from harness.quant.modules import (
     ActQuantizer,

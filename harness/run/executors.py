@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import HarnessError
+from harness.progress import progress_enabled, set_progress
 from harness.run.executor_names import EXECUTORS
 from harness.run.grid import Cell
-from harness.run.progress import progress_enabled, set_progress
 from harness.run.worker import CellWorker, Outcome
 from harness.store.paths import cache_dir
 from harness.store.records import load_record
@@ -131,7 +131,7 @@ def submitit_folder() -> Path:
 def _record_stamp(worker: CellWorker, cell: Cell) -> int | None:
     """When the cell's record file last changed (None: no file), to tell a job's record from an older one."""
     try:
-        return worker.store.path(worker.cell_id(cell)).stat().st_mtime_ns
+        return worker.store.path(worker.keys(cell).cell_id).stat().st_mtime_ns
     except OSError:
         return None
 
@@ -139,7 +139,7 @@ def _record_stamp(worker: CellWorker, cell: Cell) -> int | None:
 def _written_record(worker: CellWorker, cell: Cell, before: int | None, job: str) -> Outcome:
     """The record the job wrote for ``cell``, read as any record is (validated JSON); a job that wrote none
     (killed, out of memory, failed to start) becomes an error record naming the job."""
-    path = worker.store.path(worker.cell_id(cell))
+    path = worker.store.path(worker.keys(cell).cell_id)
     record, problem = load_record(path)
     if record is None or problem is not None or _record_stamp(worker, cell) == before:
         return worker.record_failure(cell, f"{job} wrote no valid record at {path}")

@@ -1,7 +1,7 @@
 """A grid: the Cartesian product of methods x tasks x models x bits x seeds (x tuners), resolved into cells.
 
-A cell's identity is the hash of its resolved config (docs/results.md, Cell identity); settings that cannot
-change a result (data location, batch size, worker count) are kept out of it.
+A cell's identity is the hash of its resolved config (harness/store/keys.py; docs/results.md, Cell identity);
+settings that cannot change a result (data location, batch size, worker count) are kept out of it.
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from harness.quant.bits import BitSpec, parse_bits
 from harness.quant.convert import QuantConfig
 from harness.store.code_version import describe_difference, plugin_code, quantizer_code
 from harness.store.io import config_hash
-from harness.store.records import RECORD_SCHEMA
+from harness.store.keys import CellKeys
 
 DEPLOY_RUNTIMES = ("onnxruntime",)  # --deploy: where a calibrated cell is also measured (docs/deploy.md)
-EXECUTION_ONLY_TASK_OPTIONS = ("data_root", "batch_size", "num_workers", "checkpoint", "eval_cache")
 
 OWN = "own"  # in --data / --calib: each method's own generator / calibrator, beside the others given
 
@@ -100,23 +99,9 @@ class Cell:
         """Version and source digest of each component the result depends on (harness.store.code_version)."""
         return component_code(self.task, *(() if self.bits.is_fp else (self.generator, self.calibrator, self.tuner)))
 
-    def identity(self, weights_id: str) -> dict[str, Any]:
-        """What makes two cells the same computation: the config, the weights and the code versions.
-
-        Source digests stay out: an edit without a version bump keeps the cell's id, and the runner
-        names the records such code made instead of silently recomputing or reusing them.
-        """
-        config = self.config()
-        for key in EXECUTION_ONLY_TASK_OPTIONS:
-            config["options"]["task"].pop(key, None)
-        if self.bits.is_fp:  # an FP cell does not depend on how a quantizer would be set up
-            config["generator"] = config["calibrator"] = None
-            config["options"] = {"task": config["options"]["task"], "limit": self.limit}
-        versions = {component: code["version"] for component, code in self.code().items()}
-        return {"schema": RECORD_SCHEMA, "weights_id": weights_id, "versions": versions, **config}
-
-    def cell_id(self, weights_id: str) -> str:
-        return config_hash(self.identity(weights_id))
+    def keys(self, weights_id: str) -> CellKeys:
+        """The cell resolved once against the checkout's code and its task's weights: every store key comes from it."""
+        return CellKeys(self.config(), self.code(), weights_id)
 
 
 def cell_from_record(record: dict[str, Any]) -> Cell:
@@ -138,21 +123,6 @@ def cell_from_record(record: dict[str, Any]) -> Cell:
         cell.tuner = tuner
         cell.tuner_options = build_options(TUNERS.get(tuner).Options, options.get("tuner") or {}, tuner, f"tuner {tuner!r}")
     return cell
-
-
-def record_configuration(record: dict[str, Any]) -> str:
-    """A hash of what a record's result depends on except its seed: records sharing it are seeds of one
-    configuration, the only records a leaderboard may average (docs/results.md, Leaderboard rows)."""
-    options = dict(record.get("options") or {})
-    options["task"] = {key: value for key, value in (options.get("task") or {}).items()
-                       if key not in EXECUTION_ONLY_TASK_OPTIONS}
-    if record.get("bits") == "fp":
-        options = {"task": options["task"], "limit": options.get("limit")}
-    versions = {name: (code or {}).get("version") for name, code in (record.get("code") or {}).items()}
-    tuned = {"tuner": record["tuner"]} if record.get("tuner") else {}  # calibration-only hashes as before tuners
-    return config_hash({**{key: record.get(key) for key in ("method", "task", "model", "bits", "weights_id")},
-                        "pair": None if record.get("bits") == "fp" else [record.get("generator"), record.get("calibrator")],
-                        "options": options, "versions": versions, **tuned})
 
 
 def component_code(task: str, generator: str | None = None, calibrator: str | None = None,
@@ -260,6 +230,8 @@ def _pair_cells(spec: GridSpec, method: str, generator: str, calibrator: str, ta
     generator_options = build_options(generator_cls.Options, spec.generator_options, generator, f"generator {generator!r}")
     calibrator_options = build_options(calibrator_cls.Options, spec.calibrator_options, calibrator,
                                        f"calibrator {calibrator!r}")
+    if not bits.is_fp and (why := calibrator_cls(calibrator_options).unmet_bits(bits)) is not None:
+        raise HarnessError(f"calibrator {calibrator!r} at {bits}: {why}")
     task_options = build_options(TASKS.get(task).Options, spec.task_options, task, f"task {task!r}")
     tuner_options = (build_options(TUNERS.get(tuner).Options, spec.tuner_options, tuner, f"tuner {tuner!r}")
                      if tuner is not None else None)

@@ -22,7 +22,6 @@ from harness.errors import HarnessError
 from harness.plugin.capabilities import CLASSES
 from harness.plugin.registry import GENERATORS, TASKS
 from harness.run.grid import Cell, GridSpec, code_differences, expand
-from harness.run.worker import calibration_key, fp_metric_path
 from harness.store.io import config_hash
 from harness.store.records import ResultStore, read_fp_metric
 
@@ -113,22 +112,22 @@ def _cell_plan(cell: Cell, store: ResultStore, tasks: dict[tuple, Any], force: b
     key = (cell.task, repr(cell.task_options))
     task = tasks.get(key) or tasks.setdefault(key, TASKS.get(cell.task)(cell.task_options))
     try:
-        weights_id = task.weights_id(cell.model)
+        keys = cell.keys(task.weights_id(cell.model))
     except HarnessError as error:
         return CellPlan(cell, "unknown", note=str(error), calibration_cached=False if _cached_sets(cell) else None,
                         fp_cached=False)
-    record = None if force else store.finished(cell.cell_id(weights_id))
+    record = None if force else store.finished(keys.cell_id)
     if record is not None:
         stale = bool(code_differences(record))
         if not (stale and recompute_stale):
             return CellPlan(cell, "stale" if stale else "finished")
-    fp_cached = not force and read_fp_metric(fp_metric_path(store, cell, weights_id), task.metric_names)[0] is not None
+    fp_cached = not force and read_fp_metric(store.fp_metric_path(keys), task.metric_names)[0] is not None
     plan = CellPlan(cell, "to run", fp_cached=fp_cached)
     if _cached_sets(cell):
         # the target's model is loaded only to make images; its prior and class source are the cache key's
         needs_classes = CLASSES in GENERATORS.get(cell.generator)(cell.generator_options).required()
         target = task.synthesis_target(cell.model, None, needs_classes)
-        path = store.calibration_path(cell.generator, calibration_key(cell, target.prior, weights_id, target.class_source))
+        path = store.calibration_path(cell.generator, keys.calibration_key(target.prior, target.class_source))
         plan.calibration_cached = not force and path.exists()
     return plan
 

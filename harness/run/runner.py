@@ -16,9 +16,9 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.plugin.support import supported_cells
+from harness.progress import progress_bar
 from harness.run.executors import check_executor, map_cells
 from harness.run.grid import Cell, GridSpec, expand
-from harness.run.progress import progress_bar
 from harness.run.worker import CellWorker, Outcome, StaleEntry
 from harness.store.paths import check_cache_dir
 from harness.store.records import InvalidRecord
@@ -75,7 +75,7 @@ class GridRunner:
         else:
             pending = []
             for cell in cells:
-                existing = self.worker.reusable(cell, self.worker.cell_id(cell))
+                existing = self.worker.reusable(cell)
                 if existing is None:
                     pending.append(cell)
                 else:
@@ -85,7 +85,7 @@ class GridRunner:
                 summary.add(outcome)
                 bar.update()
         bar.close()
-        by_id = {self.worker.cell_id(cell): cell for cell in cells}
+        by_id = {self.worker.keys(cell).cell_id: cell for cell in cells}
         for record in summary.records:  # also those computed by other processes (executors) from stale sets
             self.worker.check_record(by_id[record["cell_id"]], record)
         summary.stale = list(self.worker.stale.values())
@@ -115,7 +115,7 @@ class GridRunner:
                  if cell.limit and sizes[cell.task, cell.model] is not None and cell.limit >= sizes[cell.task, cell.model]
                  else cell for cell in cells]
         for cell in cells:
-            path = self.store.path(self.worker.cell_id(cell))
+            path = self.store.path(self.worker.keys(cell).cell_id)
             if path.exists() and not path.is_file():
                 raise HarnessError(f"{path} should be a record file but is a {_kind(path)}; move it away and rerun")
         return cells

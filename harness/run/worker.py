@@ -10,6 +10,7 @@ where and in what order is the scheduler's (harness.run.runner) and the executor
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import socket
@@ -24,22 +25,26 @@ import torch
 from torch import nn
 
 from harness.deploy.export import measure_deployment
-from harness.errors import HarnessError
+from harness.errors import HarnessError, error_line
 from harness.plugin.capabilities import CLASSES
 from harness.plugin.method import CalibrationContext, CalibrationSet, GenerationContext, Generator
+from harness.plugin.options import options_dict
 from harness.plugin.registry import CALIBRATORS, GENERATORS, TASKS, TUNERS
 from harness.plugin.task import ImagePrior, SynthesisTarget, Task
 from harness.plugin.tuner import TuningContext
 from harness.quant.convert import quantize_model
 from harness.quant.modules import act_quantizers, in_place_evaluation, weight_quantized_layers
 from harness.run.grid import Cell
+from harness.run.labels import row_label
 from harness.run.memory import reused_heap
+from harness.run.peak_memory import PeakMemory
+from harness.store.calibration_cache import CachedCalibration, load_calibration, write_calibration
 from harness.store.code_version import describe_difference
 from harness.store.io import config_hash, file_lock, write_json
-from harness.store.labels import row_label
+from harness.store.keys import RECORD_SCHEMA, CellKeys
 from harness.store.machine import simulation_kernels
-from harness.store.records import (RECORD_SCHEMA, CachedCalibration, PeakMemory, ResultStore, harness_commit,
-                             library_versions, load_calibration, provenance, read_fp_metric, write_calibration)
+from harness.store.provenance import harness_commit, library_versions, provenance
+from harness.store.records import ResultStore, read_fp_metric
 
 RESYNTHESIS_SEED_STRIDE = 1_000_003  # round r of a tuner's fresh images is seeded seed + r * stride (docs/methods.md, Fine-tuning)
 
@@ -66,6 +71,7 @@ class CellWorker:
         self.recompute_stale = recompute_stale  # redo those made by other code than the checkout's
         self.stale: dict[Path, StaleEntry] = {}
         self._tasks: dict[tuple, Task] = {}
+        self._keys: dict[int, tuple[Cell, CellKeys]] = {}
         self._fp_model: tuple[tuple, nn.Module] | None = None
         self._commit = harness_commit()
         self._started = time.time()
@@ -73,17 +79,16 @@ class CellWorker:
 
     def settle(self, cell: Cell, blocking: bool = True) -> Outcome | None:
         """Reuse the cell's finished record or compute it under its lock; None if held elsewhere."""
-        weights_id = self.weights_id(cell)
-        cell_id = cell.cell_id(weights_id)
-        if (existing := self.reusable(cell, cell_id)) is not None:
+        cell_id = self.keys(cell).cell_id
+        if (existing := self.reusable(cell)) is not None:
             return existing, False
         with file_lock(self.store.lock_path(cell_id), blocking=blocking, holder=self._holder,
                        on_wait=_announce_wait(f"cell {cell_id} ({cell.method} {cell.model} {cell.bits} seed {cell.seed})")) as acquired:
             if not acquired:
                 return None
-            if (existing := self.reusable(cell, cell_id)) is not None:  # finished while we were not looking
+            if (existing := self.reusable(cell)) is not None:  # finished while we were not looking
                 return existing, False
-            record = self.run_cell(cell, cell_id, weights_id)
+            record = self.run_cell(cell)
             self.store.write(record)
         return record, True
 
@@ -91,25 +96,25 @@ class CellWorker:
         """Name a finished record as stale if other code than the checkout's made it (also one another process computed)."""
         path = self.store.path(record["cell_id"])
         if record.get("status") == "ok" and path not in self.stale:
-            self._current(path, "record", _what(cell, record), record.get("code"), cell.code())
+            self._current(path, "record", _what(cell, record), record.get("code"), self.keys(cell).code)
 
     def record_failure(self, cell: Cell, message: str) -> Outcome:
         """An error record for a cell whose worker died (out of memory, killed, lost node)."""
-        weights_id = self.weights_id(cell)
-        cell_id = cell.cell_id(weights_id)
+        cell_id = self.keys(cell).cell_id
         with file_lock(self.store.lock_path(cell_id), holder=self._holder, on_wait=_announce_wait(f"cell {cell_id}")):
-            if (existing := self.reusable(cell, cell_id)) is not None:
+            if (existing := self.reusable(cell)) is not None:
                 return existing, False
-            record = {**self._base_record(cell, cell_id, weights_id), "status": "error", "error": message}
+            record = {**self._base_record(cell), "status": "error", "error": message}
             self.store.write(record)
         return record, True
 
-    def reusable(self, cell: Cell, cell_id: str) -> dict[str, Any] | None:
+    def reusable(self, cell: Cell) -> dict[str, Any] | None:
         """A finished record, unless --force asks to redo records older than this run (or it is stale)."""
-        path, record = self.store.path(cell_id), self.store.finished(cell_id)
+        keys = self.keys(cell)
+        path, record = self.store.path(keys.cell_id), self.store.finished(keys.cell_id)
         if record is None or self._forced(path) or (cell.deploy and "deployment" not in record):
             return None
-        return record if self._current(path, "record", _what(cell, record), record.get("code"), cell.code()) else None
+        return record if self._current(path, "record", _what(cell, record), record.get("code"), keys.code) else None
 
     def _forced(self, path: Path) -> bool:
         """Whether --force asks to redo ``path`` (made before this run started)."""
@@ -126,16 +131,21 @@ class CellWorker:
         return True
 
     def task(self, cell: Cell) -> Task:
-        key = (cell.task, config_hash(cell.config()["options"]["task"]))
+        key = (cell.task, config_hash(options_dict(cell.task_options)))
         if key not in self._tasks:
             self._tasks[key] = TASKS.get(cell.task)(cell.task_options)
         return self._tasks[key]
 
-    def weights_id(self, cell: Cell) -> str:
-        return self.task(cell).weights_id(cell.model)
+    def keys(self, cell: Cell) -> CellKeys:
+        """The cell resolved once (config, code, its task's weights) and kept: its record, its cache entries and
+        every key they are filed under read this one resolution (harness.store.keys)."""
+        kept = self._keys.get(id(cell))
+        if kept is None or kept[0] is not cell:
+            kept = self._keys[id(cell)] = (cell, cell.keys(self.task(cell).weights_id(cell.model)))
+        return kept[1]
 
-    def _load_fp_model(self, cell: Cell, weights_id: str) -> nn.Module:
-        key = (cell.task, cell.model, weights_id)
+    def _load_fp_model(self, cell: Cell) -> nn.Module:
+        key = (cell.task, cell.model, self.keys(cell).weights_id)
         if self._fp_model is None or self._fp_model[0] != key:
             self._fp_model = None  # free the previous model before loading the next
             model = self.task(cell).load_model(cell.model).to(self.device).eval()
@@ -144,20 +154,21 @@ class CellWorker:
             self._fp_model = (key, model)
         return self._fp_model[1]
 
-    def _base_record(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
+    def _base_record(self, cell: Cell) -> dict[str, Any]:
+        keys = self.keys(cell)
         return {
-            "schema": RECORD_SCHEMA, "cell_id": cell_id, "weights_id": weights_id, **cell.config(),
-            "label": str(row_label(cell)), "code": cell.code(), "harness_commit": self._commit, "versions": library_versions(),
+            "schema": RECORD_SCHEMA, "cell_id": keys.cell_id, "weights_id": keys.weights_id, **copy.deepcopy(keys.config),
+            "label": str(row_label(cell)), "code": keys.code, "harness_commit": self._commit, "versions": library_versions(),
             **provenance(),
         }
 
-    def run_cell(self, cell: Cell, cell_id: str, weights_id: str) -> dict[str, Any]:
-        record = self._base_record(cell, cell_id, weights_id)
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        record = self._base_record(cell)
         timing: dict[str, float] = {}
         memory = PeakMemory()
         try:
             with memory, reused_heap():
-                record.update(self._execute(cell, weights_id, timing))
+                record.update(self._execute(cell, timing))
             record["status"] = "ok"
         except Exception as error:  # one bad cell must not stop the grid: it becomes an error record
             record["status"] = "error"
@@ -168,13 +179,13 @@ class CellWorker:
         record["kernels"] = simulation_kernels(self.device)
         return record
 
-    def _execute(self, cell: Cell, weights_id: str, timing: dict[str, float]) -> dict[str, Any]:
-        task = self.task(cell)
-        fp_model = self._load_fp_model(cell, weights_id)
-        fp_metrics = self._fp_metrics(cell, task, fp_model, weights_id)
+    def _execute(self, cell: Cell, timing: dict[str, float]) -> dict[str, Any]:
+        task, keys = self.task(cell), self.keys(cell)
+        fp_model = self._load_fp_model(cell)
+        fp_metrics = self._fp_metrics(cell, task, fp_model)
         if cell.bits.is_fp:
             return {"metrics": fp_metrics, "fp_metrics": fp_metrics, "num_calibration_images": 0}
-        calibration, cache_hit, generator_code = self._calibration_set(cell, task, fp_model, weights_id, timing)
+        calibration, cache_hit, generator_code = self._calibration_set(cell, task, fp_model, timing)
         start = time.perf_counter()
         qmodel, calibrator_info = self._calibrate(cell, task, fp_model, calibration)
         timing["calibrate"] = time.perf_counter() - start
@@ -193,13 +204,13 @@ class CellWorker:
             deployment["deployment"] = measure_deployment(task, cell.model, qmodel, fp_model, metrics, cell.limit)
             timing["deploy"] = time.perf_counter() - start
         return {**deployment, **tuned,
-            "metrics": metrics, "fp_metrics": fp_metrics, "code": {**cell.code(), "generator": generator_code},
+            "metrics": metrics, "fp_metrics": fp_metrics, "code": {**keys.code, "generator": generator_code},
             "num_calibration_images": int(calibration.images.shape[0]),
             "calibration_data": "real" if GENERATORS.get(cell.generator).uses_real_data else "data-free",
             "generator_cache_hit": cache_hit, "calibration_info": calibration.info,
             "calibrator_info": calibrator_info or {},
             "quantizer": {
-                **cell.config()["options"]["quant"],
+                **keys.config["options"]["quant"],
                 "scope": task.quantization_scope(),
                 "activation_quantizers": len(act_quantizers(qmodel)),
                 "weight_quantized_layers": sum(1 for _, m in weight_quantized_layers(qmodel) if m.weight_bits),
@@ -238,26 +249,22 @@ class CellWorker:
         return dict(fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
                     device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model))
 
-    def cell_id(self, cell: Cell) -> str:
-        """The id the cell's record has in this store (it depends on the task's weights)."""
-        return cell.cell_id(self.weights_id(cell))
-
     def calibrated_model(self, cell: Cell) -> tuple[nn.Module, Task]:
         """The cell's calibrated quantized model, rebuilt as the grid computes it (the calibration set from
         the cache when the generator's sets are cached), and its task. For export (docs/deploy.md)."""
-        weights_id = self.weights_id(cell)
         task = self.task(cell)
-        fp_model = self._load_fp_model(cell, weights_id)
-        calibration = self._calibration_set(cell, task, fp_model, weights_id, {})[0]
+        fp_model = self._load_fp_model(cell)
+        calibration = self._calibration_set(cell, task, fp_model, {})[0]
         qmodel = self._calibrate(cell, task, fp_model, calibration)[0]
         if cell.tuner is not None:
             self._tune(cell, task, fp_model, qmodel, calibration)
         return qmodel, task
 
-    def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str) -> dict[str, float]:
+    def _fp_metrics(self, cell: Cell, task: Task, fp_model: nn.Module) -> dict[str, float]:
         """Computed once per (task, model, weights, task options, limit, task version), cached beside the records."""
-        task_code = {"task": cell.code()["task"]}
-        path = fp_metric_path(self.store, cell, weights_id)
+        keys = self.keys(cell)
+        task_code = {"task": keys.code["task"]}
+        path = self.store.fp_metric_path(keys)
         with file_lock(path.with_suffix(".lock"), holder=self._holder, on_wait=_announce_wait(f"FP metric {path.name}")):
             cached, problem = read_fp_metric(path, task.metric_names)
             if problem is not None:  # rebuilt now, so the next run finds it usable
@@ -270,7 +277,7 @@ class CellWorker:
             write_json(path, {"cell_id": path.stem, "metrics": metrics, "code": task_code})
         return metrics
 
-    def _calibration_set(self, cell: Cell, task: Task, fp_model: nn.Module, weights_id: str,
+    def _calibration_set(self, cell: Cell, task: Task, fp_model: nn.Module,
                          timing: dict[str, float]) -> tuple[CalibrationSet, bool, dict[str, str]]:
         """Bit-independent generator outputs are cached on disk, keyed by (generator, options, weights, seed, versions).
 
@@ -278,11 +285,11 @@ class CellWorker:
         """
         generator = GENERATORS.get(cell.generator)(cell.generator_options)
         target = task.synthesis_target(cell.model, fp_model, CLASSES in generator.required())
-        prior = target.prior
-        code = {component: cell.code()[component] for component in ("generator", "task")}
+        prior, keys = target.prior, self.keys(cell)
+        code = {component: keys.code[component] for component in ("generator", "task")}
         if not generator.bit_independent:
             return self._generate(cell, generator, task, target, timing), False, code["generator"]
-        path = self.store.calibration_path(cell.generator, calibration_key(cell, prior, weights_id, target.class_source))
+        path = self.store.calibration_path(cell.generator, keys.calibration_key(prior, target.class_source))
         with file_lock(path.with_suffix(".lock"), holder=self._holder,  # one worker generates a set
                        on_wait=_announce_wait(f"calibration set {path.name}")):
             entry = self._cached_calibration(path, prior)
@@ -293,8 +300,8 @@ class CellWorker:
             calibration = self._generate(cell, generator, task, target, timing)
             write_calibration(path, calibration, {
                 "generator": cell.generator, "model": cell.model, "seed": cell.seed, "task": cell.task,
-                "options": cell.config()["options"]["generator"], "prior": dataclasses.asdict(prior),
-                "code": code, "generate_seconds": timing["generate"], "weights_id": weights_id,
+                "options": keys.config["options"]["generator"], "prior": dataclasses.asdict(prior),
+                "code": code, "generate_seconds": timing["generate"], "weights_id": keys.weights_id,
             })
         return calibration, False, code["generator"]
 
@@ -341,27 +348,5 @@ def _announce_wait(what: str) -> Callable[[str], None]:
     return announce
 
 
-def calibration_key(cell: Cell, prior: ImagePrior, weights_id: str, class_source: str | None = None) -> str:
-    """The cache key of a cell's calibration set: (generator, options, model, weights, seed, prior, versions,
-    and the class source where a task's backbone borrows classes: docs/methods.md, Class sources)."""
-    code = cell.code()
-    versions = {name: code[name]["version"] for name in ("generator", "task")}
-    return config_hash({"generator": cell.generator, "options": cell.config()["options"]["generator"],
-                        "task": cell.task, "model": cell.model, "weights_id": weights_id, "seed": cell.seed,
-                        "prior": str(prior), "versions": versions, **({"class_source": class_source} if class_source else {})})
-
-
-def fp_metric_path(store: ResultStore, cell: Cell, weights_id: str) -> Path:
-    """Where a cell's FP metric is cached: one per (task, model, weights, task options, limit, task version)."""
-    task_options = config_hash(cell.config()["options"]["task"])[:8]  # data root, config, ...
-    version = cell.code()["task"]["version"]
-    return store.root / "fp" / f"{cell.task}-{cell.model}-{weights_id}-{task_options}-{cell.limit}-v{version}.json"
-
-
 def _what(cell: Cell, record: dict[str, Any]) -> str:
     return f"{record.get('label', cell.method)} {cell.model} {cell.bits} seed {cell.seed}"
-
-
-def error_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text if isinstance(error, HarnessError) else f"{type(error).__name__}: {text}"

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from harness.api import CALIBRATORS, CalibrationContext, Calibrator, HarnessError, Range, ranged
+from harness.api import CALIBRATORS, BitSpec, CalibrationContext, Calibrator, HarnessError, Range, ranged
 from harness.api.quantizer import (LAYER_INPUT, LAYER_OUTPUT, Target, act_quantizers, capture, floating_point,
                                    fold_channel_params, get_point, is_instrumented_attention, norm_linear_pairs,
                                    remove_point, set_adalog_params, weight_quantized_layers)
@@ -77,6 +77,15 @@ class AdaLogCalibrator(Calibrator):
     Options = AdaLogOptions
     version = "1"
     smoke_options: ClassVar[dict[str, Any]] = {"eq_n": 32, "search_rounds": 1, "steps": 2}  # the conformance kit's
+
+    def unmet_bits(self, bits: BitSpec) -> str | None:
+        """The patch embedding's weight search spreads eq_n candidates over all 2^(b-1) zero points (docs/methods.md,
+        AdaLog): fewer than one scale each leaves it nothing to search."""
+        zero_points = 2 ** (bits.weight_bits - 1)
+        if bits.weight_bits and self.options.eq_n < zero_points:
+            return (f"eq_n {self.options.eq_n} gives the patch embedding's {bits.weight_bits}-bit weight search no "
+                    f"candidate scale for each of its {zero_points} zero points; use eq_n >= {zero_points}")
+        return None
 
     @torch.no_grad()
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:

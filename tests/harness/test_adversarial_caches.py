@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from harness.entry.cli import main
 from harness.run.grid import GridSpec
 from harness.run.runner import GridRunner
-from harness.store.records import ResultStore, load_calibration, tensor_digest
+from harness.store.calibration_cache import load_calibration, tensor_digest
+from harness.store.records import ResultStore
 from tiny_imagenet import IMAGENET_MODEL, tiny_imagenet
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",

@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 
 import harness.store.io
 from harness.entry.cli import main
-from harness.plugin import discovery
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",
         "--bits", "fp", "--no-progress", "--no-report"]
@@ -275,14 +274,8 @@ def test_a_timm_checkpoint_with_non_finite_weights_is_refused_before_the_grid(tm
 
 # --- a broken third-party plugin: report refuses it by name, as list and run do ---
 
-def test_report_refuses_a_broken_plugin_by_name(results, tmp_path, monkeypatch, capsys):
-    (tmp_path / "broken_dfq_plugin.py").write_text("raise RuntimeError('boom')\n")
-    dist = tmp_path / "broken_dfq_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dfq-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dfq_harness.methods]\nbroken = broken_dfq_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(discovery, "_discovered", False)
+def test_report_refuses_a_broken_plugin_by_name(results, outside_plugin, capsys):
+    outside_plugin("broken_dfq_plugin", "raise RuntimeError('boom')\n")
     assert main(["report", "--results", str(results)]) == 2
     assert _one_error(capsys) == "plugin 'broken_dfq_plugin' failed to load: RuntimeError: boom"
     assert not (results / "report").exists()

@@ -7,8 +7,8 @@ from harness.entry.cli import main
 from harness.errors import HarnessError
 from harness.run.grid import GridSpec, expand
 from harness.run.gridfile import spec_from_settings
+from harness.run.labels import row_label
 from harness.run.runner import GridRunner
-from harness.store.labels import row_label
 
 
 def _rows(cells) -> set[tuple[str, str, str]]:

@@ -1,9 +1,9 @@
-"""Row labels as fields: the string a record stores, and whether a paper's figure applies (harness.store.labels)."""
+"""Row labels as fields: the string a record stores, and whether a paper's figure applies (harness.run.labels)."""
 import pytest
 
 from harness.quant.convert import QuantConfig
 from harness.run.grid import GridSpec, expand
-from harness.store.labels import row_label
+from harness.run.labels import row_label
 from reports.aggregate import published_as
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from harness.data.mm.class_source import (ClassSource, build_classifier, classifier_architecture, classifier_head,
-                                     fold_input_normalization, resolve)
+                                          fold_input_normalization, resolve)
 from harness.errors import HarnessError
 from harness.plugin.task import ImagePrior
 from harness.store.io import file_sha256

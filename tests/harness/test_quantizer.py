@@ -6,12 +6,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from harness.errors import HarnessError
 from harness.model.arch import instrumented
+from harness.model.arch import is_window_attention
+from harness.model.instrument import attach_point
 from harness.plugin.calibrators import MinMaxCalibrator, OMSECalibrator, PercentileCalibrator
 from harness.plugin.method import CalibrationContext, CalibrationSet
 from harness.priors.patch_similarity import attn_v_probes
 from harness.quant.bits import parse_bits
-from harness.model.arch import is_window_attention
-from harness.model.instrument import attach_point
 from harness.quant.convert import PROFILES, QuantConfig, QuantProfile, quantize_model
 from harness.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, in_place_evaluation
 

@@ -5,7 +5,8 @@ from markupsafe import escape  # what the HTML template applies
 import pytest
 
 from harness.entry.cli import main
-from harness.store.records import RECORD_SCHEMA, ResultStore, record_problem
+from harness.store.keys import RECORD_SCHEMA
+from harness.store.records import ResultStore, record_problem
 
 CELL = ["--methods", "noise", "--tasks", "digits", "--models", "digits_vit_seed0", "--seeds", "0", "--limit", "20",
         "--bits", "w4a8", "--no-progress", "--no-report"]

@@ -61,50 +61,28 @@ def test_a_wrong_plugin_type_is_refused_at_registration(registry, entry, message
     assert "wrong" not in registry
 
 
-def test_a_plugin_registering_a_wrong_type_names_itself(tmp_path, monkeypatch):
-    (tmp_path / "mistyped_dfq_plugin.py").write_text(
-        "from harness.api import TUNERS\n@TUNERS.register('mistyped')\ndef tune(model):\n    return model\n")
-    dist = tmp_path / "mistyped_dfq_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mistyped-dfq-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dfq_harness.methods]\nmistyped = mistyped_dfq_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(discovery, "_discovered", False)
-    try:
-        with pytest.raises(HarnessError, match=r"^tuner 'mistyped' cannot be registered: function "
-                                               r"mistyped_dfq_plugin\.tune is not a subclass of Tuner"):
-            discovery.discover_plugins()
-    finally:
-        sys.modules.pop("mistyped_dfq_plugin", None)
+def test_a_plugin_registering_a_wrong_type_names_itself(outside_plugin):
+    outside_plugin("mistyped_dfq_plugin",
+                   "from harness.api import TUNERS\n@TUNERS.register('mistyped')\ndef tune(model):\n    return model\n")
+    with pytest.raises(HarnessError, match=r"^tuner 'mistyped' cannot be registered: function "
+                                           r"mistyped_dfq_plugin\.tune is not a subclass of Tuner"):
+        discovery.discover_plugins()
 
 
-def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
-    (tmp_path / "outside_dfq_plugin.py").write_text(textwrap.dedent("""
+def test_entry_point_plugins_are_discovered(outside_plugin):
+    outside_plugin("outside_dfq_plugin", textwrap.dedent("""
         from harness.plugin.method import MethodSpec
         from harness.plugin.registry import METHODS
         METHODS.add("outside_method", MethodSpec(generator="noise", calibrator="omse"))
     """))
-    dist = tmp_path / "outside_dfq_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-dfq-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dfq_harness.methods]\noutside = outside_dfq_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(discovery, "_discovered", False)
     try:
         assert METHODS.get("outside_method").calibrator == "omse"
     finally:
         METHODS._entries.pop("outside_method", None)
-        sys.modules.pop("outside_dfq_plugin", None)
 
 
-def test_broken_plugin_names_itself(tmp_path, monkeypatch):
-    (tmp_path / "broken_dfq_plugin.py").write_text("raise RuntimeError('boom')\n")
-    dist = tmp_path / "broken_dfq_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dfq-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dfq_harness.tasks]\nbroken = broken_dfq_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(discovery, "_discovered", False)
+def test_broken_plugin_names_itself(outside_plugin):
+    outside_plugin("broken_dfq_plugin", "raise RuntimeError('boom')\n", "tasks")
     with pytest.raises(HarnessError, match="plugin 'broken_dfq_plugin' failed to load: RuntimeError: boom"):
         discovery.discover_plugins()
 
@@ -113,7 +91,6 @@ def test_a_foreign_package_named_tasks_is_one_clear_error(tmp_path):
     """Another installed ``tasks`` package first on sys.path would replace the harness's task folder."""
     import os
     import subprocess
-    from pathlib import Path
 
     repository = PROJECT_ROOT
     (tmp_path / "elsewhere" / "tasks").mkdir(parents=True)

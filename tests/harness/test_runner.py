@@ -13,8 +13,9 @@ from harness.plugin.method import CalibrationSet, Generator, MethodSpec
 from harness.plugin.registry import GENERATORS, METHODS
 from harness.run.grid import GridSpec
 from harness.run.runner import GridRunner
+from harness.store.calibration_cache import read_calibration
 from harness.store.code_version import plugin_code
-from harness.store.records import ResultStore, read_calibration
+from harness.store.records import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_FIELDS = {"cell_id", "method", "generator", "calibrator", "task", "model", "bits", "seed", "options",
@@ -108,7 +109,7 @@ def test_torn_record_is_recomputed(tmp_path):
 
 def _run_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "harness", "run", "--methods", "real,noise", "--bits", "w8a8,w4a4,w4a3",
-            "--seeds", "0,1", "--limit", "200", "--results", str(out), "--no-progress"]
+            "--seeds", "0", "--limit", "100", "--results", str(out), "--no-progress"]
 
 
 def test_sigkill_mid_grid_then_resume_loses_and_redoes_nothing(tmp_path):
@@ -119,7 +120,7 @@ def test_sigkill_mid_grid_then_resume_loses_and_redoes_nothing(tmp_path):
     subprocess.run(_run_command(reference), check=True, capture_output=True, env=env, cwd=REPO, timeout=1500)
     interrupted = tmp_path / "interrupted"
     finished_before: dict[str, str] = {}
-    for kill_after in (3, 9):  # two kills at different points of the grid
+    for kill_after in (3, 7):  # two kills at different points of the grid (12 cells)
         process = subprocess.Popen(_run_command(interrupted), env=env, cwd=REPO,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
@@ -137,7 +138,7 @@ def test_sigkill_mid_grid_then_resume_loses_and_redoes_nothing(tmp_path):
     assert all(json.dumps(final[k], sort_keys=True) == json.dumps(json.loads(v), sort_keys=True)
                for k, v in finished_before.items())
     expected = _records(reference)
-    assert set(final) == set(expected) and len(final) == 24
+    assert set(final) == set(expected) and len(final) == 12
     assert {k: r["metrics"] for k, r in final.items()} == {k: r["metrics"] for k, r in expected.items()}
     assert not list((interrupted / "records").glob(".*.tmp"))
 

@@ -9,8 +9,9 @@ import torch
 from harness.errors import HarnessError
 from harness.plugin.registry import TUNERS
 from harness.plugin.tuner import Tuner, TuningContext
-from harness.run.grid import GridSpec, expand, record_configuration
+from harness.run.grid import GridSpec, expand
 from harness.run.runner import GridRunner
+from harness.store.keys import record_configuration
 from harness.store.records import ResultStore
 from reports.content import build_report
 
@@ -22,11 +23,11 @@ def test_calibration_only_cells_keep_the_identity_they_had_before_tuners():
     plain, = expand(GridSpec(methods=("psaq",), bits=("w4a4",), **ONE_MODEL))
     explicit, tuned = expand(GridSpec(methods=("psaq",), bits=("w4a4",), tune=("none", "lsq_kd"), **ONE_MODEL))
     assert plain.tuner is None and explicit.tuner is None and tuned.tuner == "lsq_kd"
-    assert explicit.cell_id("w") == plain.cell_id("w")
-    assert "tuner" not in plain.identity("w") and "tuner" not in plain.identity("w")["options"]
+    assert explicit.keys("w").cell_id == plain.keys("w").cell_id
+    assert "tuner" not in plain.keys("w").identity and "tuner" not in plain.keys("w").identity["options"]
     assert set(plain.code()) == {"task", "generator", "calibrator", "quantizer"}
-    assert tuned.identity("w")["tuner"] == "lsq_kd" and "epochs" in tuned.identity("w")["options"]["tuner"]
-    assert "tuner" in tuned.code() and tuned.cell_id("w") != plain.cell_id("w")
+    assert tuned.keys("w").identity["tuner"] == "lsq_kd" and "epochs" in tuned.keys("w").identity["options"]["tuner"]
+    assert "tuner" in tuned.code() and tuned.keys("w").cell_id != plain.keys("w").cell_id
     configurations = {record_configuration({**cell.config(), "weights_id": "w", "code": cell.code()})
                       for cell in (plain, tuned)}
     assert len(configurations) == 2  # never seeds of one leaderboard entry

@@ -84,7 +84,7 @@ def _take(path, told, order):
 def test_the_runner_says_which_cell_it_waits_for(tmp_path, capsys):
     runner = GridRunner(tmp_path)
     (cell,) = expand(GridSpec(methods=("noise",), models=("digits_vit_seed0",), bits=("w4a8",), limit=20))
-    cell_id = runner.worker.cell_id(cell)
+    cell_id = runner.worker.keys(cell).cell_id
     with file_lock(runner.store.lock_path(cell_id), holder="otherhost pid 42"):
         worker = threading.Thread(target=runner.worker.settle, args=(cell,))
         worker.start()

@@ -8,11 +8,11 @@ from harness.errors import HarnessError
 from harness.plugin.calibrators import MinMaxCalibrator
 from harness.plugin.method import CalibrationContext, CalibrationSet
 from harness.plugin.registry import CALIBRATORS, METHODS
+from harness.progress import set_progress
 from harness.quant.bits import parse_bits
 from harness.quant.convert import QuantConfig, quantize_model
 from harness.quant.modules import ActQuantizer, QuantLinear, act_quantizers
 from harness.run.grid import GridSpec, expand
-from harness.run.progress import set_progress
 from methods.ranking import RankingCalibrator, RankingOptions
 from methods.ranking.mixed_precision import allocate_bits, average_bits
 from methods.ranking.objective import element_pairs, pearson, ranking_loss

@@ -12,7 +12,8 @@ import torch
 
 from harness.plugin.method import CalibrationSet
 from harness.plugin.task import ImagePrior
-from harness.store.records import ResultStore, write_calibration
+from harness.store.calibration_cache import write_calibration
+from harness.store.records import ResultStore
 from reports.gallery import cached_galleries
 from reports.render import write_report
 

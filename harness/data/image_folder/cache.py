@@ -29,7 +29,7 @@ from torchvision import transforms
 from timm.data.transforms import MaybeToTensor
 
 from harness.errors import HarnessError
-from harness.run.progress import progress_bar
+from harness.progress import progress_bar
 from harness.store.io import config_hash, current_umask, file_lock, write_json
 from harness.store.paths import cache_dir
 from harness.store.schema import fields, integer, list_of, read_json

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from harness.data.mm.stack import quiet
 from harness.errors import HarnessError
 from harness.plugin.task import ImagePrior, calibration_indices
-from harness.run.progress import progress_bar
+from harness.progress import progress_bar
 from harness.store.io import IMAGE_SUFFIXES
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.plugin.registry import METHODS
-from harness.run.grid import EXECUTION_ONLY_TASK_OPTIONS, Cell
+from harness.run.grid import Cell
+from harness.store.keys import EXECUTION_ONLY_TASK_OPTIONS
 
 NOT_TUNED = "calibration only"  # the label of a cell without the tuner its method's protocol has
 
