@@ -4,8 +4,8 @@
 
 A refactoring of the shared synthesis loop (:mod:`harness.priors.loop`) must leave these bitwise
 unchanged: run it before and after on the same machine (one thread) and compare. Small budgets,
-several batches and rounds, fixed seeds. The V2 calibrator returns no images: its hash covers the
-calibrated model's state and the per-round discrepancies, which every sample step moves.
+several batches and rounds, fixed seeds. PSAQ-ViT V2's loop is a tuner (after min-max calibration) and returns
+no images: its hash covers the tuned model's state and the per-round discrepancies, which every sample step moves.
 """
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.plugin.calibrators import MinMaxCalibrator  # noqa: E402
 from harness.plugin.method import CalibrationContext, GenerationContext  # noqa: E402
 from harness.plugin.registry import TASKS  # noqa: E402
+from harness.plugin.tuner import TuningContext  # noqa: E402
 from harness.quant.bits import parse_bits  # noqa: E402
 from harness.quant.convert import QuantConfig, quantize_model  # noqa: E402
 from methods.psaq.generator import PatchSimilarityGenerator, PSAQOptions  # noqa: E402
-from methods.psaq_v2 import InitOptions, PSAQV2Calibrator, PSAQV2InitGenerator, PSAQV2Options  # noqa: E402
+from methods.psaq_v2 import InitOptions, PSAQV2InitGenerator, PSAQV2Options, PSAQV2Tuner  # noqa: E402
 from methods.spdfq.generator import SPDFQGenerator, SPDFQOptions  # noqa: E402
 
 MODEL, SEED, CPU = "digits_vit_seed0", 3, torch.device("cpu")
@@ -62,9 +64,9 @@ def hashes() -> dict[str, str]:
     bits = parse_bits("w4a4")
     for name in ("psaq_v2_init", "spdfq_plain"):  # its own first samples, and another generator's
         qmodel = quantize_model(model, bits, QuantConfig())
-        calibrator = PSAQV2Calibrator(PSAQV2Options(iterations=8, rounds=2, batch_size=3))
-        info = calibrator.calibrate(qmodel, CalibrationContext(fp_model=model, calibration=sets[name], bits=bits,
-                                                               seed=SEED, device=CPU, prior=prior))
+        context = dict(fp_model=model, calibration=sets[name], bits=bits, seed=SEED, device=CPU, prior=prior)
+        MinMaxCalibrator().calibrate(qmodel, CalibrationContext(**context))
+        info = PSAQV2Tuner(PSAQV2Options(iterations=8, rounds=2, batch_size=3)).tune(qmodel, TuningContext(**context))
         found[f"psaq_v2 on {name}.student"] = tensor_digest(*qmodel.state_dict().values())
         found[f"psaq_v2 on {name}.rounds"] = hashlib.sha256(json.dumps(info["rounds"]).encode()).hexdigest()
     return found

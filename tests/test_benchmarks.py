@@ -193,3 +193,14 @@ def test_calibration_cost_refuses_unequal_step_counts_it_cannot_extrapolate_toge
     cost = load_benchmark("calibration_cost")
     with pytest.raises(HarnessError, match="aphq: extrapolation needs its nonzero step options equal"):
         cost.main(["--model", "toy_vit", "--calib", "aphq", "--calib-opt", "aphq.iterations=100"])
+
+
+def test_synthesis_hashes_cover_every_generator_and_the_v2_tuner(one_thread):
+    """The refactoring guard of the synthesis loop runs as the plugins are today (it rotted once when PSAQ-ViT V2's
+    loop became a tuner): one digest per set, labels where a generator makes them, the tuned student and rounds."""
+    found = load_benchmark("synthesis_hashes").hashes()
+    sets = {"psaq", "psaq_v2_init", "spdfq", "spdfq_plain"}
+    tuned = {f"psaq_v2 on {name}.{part}" for name in ("psaq_v2_init", "spdfq_plain") for part in ("student", "rounds")}
+    assert sets | tuned <= set(found) and set(found) - sets - tuned <= {f"{name}.labels" for name in sets}
+    assert all(len(value) == 64 and int(value, 16) >= 0 for value in found.values())
+    assert found["psaq_v2 on psaq_v2_init.student"] != found["psaq_v2 on spdfq_plain.student"]

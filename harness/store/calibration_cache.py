@@ -1,4 +1,4 @@
-"""Cached calibration sets of bit-independent generators (docs/results.md, Calibration-set cache): safetensors
+"""Cached calibration sets of bit-independent generators (docs/results.md, Caches are validated on read): safetensors
 files (tensors) with their metadata as JSON inside, so reading a cache never unpickles anything and a shared
 results folder cannot run code; each is checked against the digest and shapes written with it.
 """

@@ -110,7 +110,7 @@ def test_run_out_still_works_and_says_it_is_now_results(tmp_path, capsys):
 
 def test_isolated_workers_follow_no_progress(tmp_path):
     command = [sys.executable, "-m", "harness", "run", "--methods", "noise", "--models", "digits_vit_seed0",
-               "--bits", "w4a8", "--executor", "isolated", "--results", str(tmp_path), "--no-report"]
+               "--bits", "w4a8", "--limit", "64", "--executor", "isolated", "--results", str(tmp_path), "--no-report"]
     shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     hidden = subprocess.run([*command, "--no-progress", "--force"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)

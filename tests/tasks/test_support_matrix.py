@@ -2,7 +2,10 @@
 
 One grid per instance with every method at W4A8 and each part's smoke options (the conformance kit's
 fast budgets). A pair the declarations call conditional runs with the condition met (a class source
-for the detection/segmentation tasks) and is refused, before anything runs, without it.
+for the detection/segmentation tasks) and is refused, before anything runs, without it. On ImageNet's
+DeiT-Ti at 224 px the default run gives every method's generator and tuner the min-max calibrator: three
+calibrators' searches (adalog, aphq, fimaq) take 15-32 s each there even at smoke budgets, and every
+calibrator runs on the digits instance and in its own tests; the full ImageNet matrix is marked slow.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from harness.run.grid import GridSpec
 from harness.run.runner import GridRunner
 from tiny_imagenet import tiny_imagenet
 
-def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str], methods: list[str]) -> GridSpec:
+def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str], methods: list[str],
+                calib: tuple[str, ...] = ()) -> GridSpec:
+    """Every method of ``methods`` with its own parts, or with the calibrators ``calib`` in place of its own."""
     specs = [METHODS.get(name) for name in methods]
 
     def options(registry, names) -> dict:
@@ -27,15 +32,17 @@ def _smoke_grid(task: str, setup: TaskSetup, task_options: dict[str, str], metho
 
     return GridSpec(methods=tuple(methods), tasks=(task,), models=(setup.model_name,), bits=("w4a8",),
                     generator_options=options(GENERATORS, [spec.generator for spec in specs]),
-                    calibrator_options=options(CALIBRATORS, [spec.calibrator for spec in specs]),
+                    calib=calib, calibrator_options=options(CALIBRATORS, calib or [spec.calibrator for spec in specs]),
                     tuner_options=options(TUNERS, [spec.tuner for spec in specs if spec.tuner]),
                     task_options={**setup.options, **task_options}, limit=setup.limit)
 
 
-@pytest.mark.parametrize("task", ["digits", "imagenet"])
-def test_every_method_runs_on_the_classification_tasks(task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task, calib", [("digits", ()), ("imagenet", ("minmax",)),
+                                         pytest.param("imagenet", (), marks=pytest.mark.slow)],
+                         ids=["digits", "imagenet-minmax", "imagenet-every-calibrator"])
+def test_every_method_runs_on_the_classification_tasks(task, calib, tmp_path, monkeypatch):
     setup = TaskSetup(model_name="digits_vit_seed0", limit=64) if task == "digits" else tiny_imagenet(tmp_path / "data")
-    _runs_or_is_refused_as_declared(task, setup, {}, tmp_path, monkeypatch)
+    _runs_or_is_refused_as_declared(task, setup, {}, tmp_path, monkeypatch, calib)
 
 
 def test_every_method_runs_on_coco_with_a_class_source_and_is_refused_as_declared_without(
@@ -51,7 +58,7 @@ def test_every_method_runs_on_ade20k_with_a_class_source_and_is_refused_as_decla
 
 
 def _runs_or_is_refused_as_declared(task: str, setup: TaskSetup, condition: dict[str, str], tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                    monkeypatch: pytest.MonkeyPatch, calib: tuple[str, ...] = ()) -> None:
     """Every method the declarations do not refuse runs with ``condition`` (the options meeting the task's
     conditional offers); without it, exactly the pairs whose condition this instance leaves unmet are refused, for
     the reasons the task instance gives; a declared refusal is refused before anything runs."""
@@ -64,7 +71,7 @@ def _runs_or_is_refused_as_declared(task: str, setup: TaskSetup, condition: dict
             GridRunner(tmp_path / "refused").run(_smoke_grid(task, setup, condition, refused))
         assert all(f"{name} on {task}" in str(error.value) for name in refused)
     runnable = sorted(set(METHODS.names()) - set(refused))
-    summary = GridRunner(tmp_path / "met").run(_smoke_grid(task, setup, condition, runnable))
+    summary = GridRunner(tmp_path / "met").run(_smoke_grid(task, setup, condition, runnable, calib))
     records = {record["method"]: record for record in summary.records}
     assert set(records) == set(runnable)
     assert {method: record.get("error") for method, record in records.items() if record["status"] != "ok"} == {}
