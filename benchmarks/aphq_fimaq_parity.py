@@ -305,14 +305,18 @@ def objective_values(aphq, fimaq, generator: torch.Generator) -> tuple[dict, dic
     return tensors, values
 
 
-def run_aphq(aphq, weights, images, evaluation, meta: dict, tensors: dict) -> None:
+def calibrate_each_bits(authors, prefix: str, weights, images, evaluation, meta: dict, tensors: dict) -> None:
+    """Their calibration at every bit width of BITS: the quantizers in call order and the logits, under ``prefix``."""
     for bits in BITS:
-        cfg = config(aphq, bits)
-        qmodel = calibrated(aphq, cfg, weights, images)
-        meta["quantizers_in_call_order"][f"aphq_w{bits}a{bits}"] = quantizer_calls(aphq, qmodel, evaluation[:1])
+        qmodel = calibrated(authors, config(authors, bits), weights, images)
+        meta["quantizers_in_call_order"][f"{prefix}_w{bits}a{bits}"] = quantizer_calls(authors, qmodel, evaluation[:1])
         with torch.no_grad():
-            tensors[f"aphq_w{bits}a{bits}_logits"] = qmodel(evaluation)
-        print(f"APHQ-ViT W{bits}A{bits} calibrated")
+            tensors[f"{prefix}_w{bits}a{bits}_logits"] = qmodel(evaluation)
+        print(f"{prefix} W{bits}A{bits} calibrated")
+
+
+def run_aphq(aphq, weights, images, evaluation, meta: dict, tensors: dict) -> None:
+    calibrate_each_bits(aphq, "aphq", weights, images, evaluation, meta, tensors)
     # (c) block reconstruction's first steps, W4A4, after calibration (no MLP reconstruction)
     cfg = config(aphq, 4)
     full_model = build_model(weights)
@@ -363,13 +367,7 @@ def run_aphq(aphq, weights, images, evaluation, meta: dict, tensors: dict) -> No
 
 
 def run_fimaq(fimaq, weights, images, evaluation, meta: dict, tensors: dict) -> None:
-    for bits in BITS:
-        cfg = config(fimaq, bits)
-        qmodel = calibrated(fimaq, cfg, weights, images)
-        meta["quantizers_in_call_order"][f"fimaq_w{bits}a{bits}"] = quantizer_calls(fimaq, qmodel, evaluation[:1])
-        with torch.no_grad():
-            tensors[f"fimaq_w{bits}a{bits}_logits"] = qmodel(evaluation)
-        print(f"FIMA-Q W{bits}A{bits} calibrated")
+    calibrate_each_bits(fimaq, "fimaq", weights, images, evaluation, meta, tensors)
     cfg = config(fimaq, 4)
     qmodel = calibrated(fimaq, cfg, weights, images)
     losses, snapshots = {}, {}

@@ -28,20 +28,21 @@ from harness.quant.reconstruction import (FisherDPLR, LogitKL, OutputMSE, Pertur
 from harness.quant.reparam import fold_channel_params, norm_linear_pairs
 from harness.quant.search import (best_candidate, fraction_candidates, output_similarity,
                                   percentile_mse_log_sqrt2_scale, percentile_mse_params)
+from harness.quant.search_reconstruct import SearchReconstructOptions
 
 __all__ = [
     "GELU_SHIFT", "LAYER_INPUT", "LAYER_OUTPUT", "SUPPORTED", "ActQuantizer", "FisherDPLR", "LearnedOffsetQuantizer",
     "LogitKL", "MinMaxObserver", "MSEObserver", "OutputMSE", "PROFILES", "PercentileObserver", "PerturbationHessian",
-    "QuantConv2d", "QuantLinear", "QuantProfile", "ReconstructionSettings", "Target", "act_quantizers", "adalog_search_values",
-    "asymmetric_params", "attach_point", "best_candidate", "calibrate_by_grid_search", "call_arguments",
-    "candidate_batch", "capture", "dequantization_tables", "fake_quant_adalog", "fake_quant_asymmetric",
-    "fake_quant_log2", "fake_quant_offset_after_round", "fake_quant_symmetric", "fake_quant_symmetric_signed",
-    "fake_quant_twin_signed", "fake_quant_twin_uniform", "fix_scales", "floating_point", "fold_channel_params",
-    "fraction_candidates", "get_point", "is_instrumented_attention", "is_instrumented_block", "is_window_attention",
-    "keep_scales_positive", "learnable_scales", "learned_offset_quantizers", "lsq_gradient_scale",
-    "minmax_weights_ste", "mse_weight_scales", "norm_linear_pairs", "observe_and_freeze", "output_similarity",
-    "percentile_mse_log_sqrt2_scale", "percentile_mse_params", "positive_percentiles", "progressive_search",
-    "reconstruct", "reconstruct_mlps", "relu_mlps", "remove_point", "restore_quantizers", "search_table",
-    "set_adalog_params", "symmetric_weight_scale", "tensor_percentiles", "uniform_candidates", "unquantized_weights",
-    "weight_candidates", "weight_quantized_layers",
+    "QuantConv2d", "QuantLinear", "QuantProfile", "ReconstructionSettings", "SearchReconstructOptions", "Target",
+    "act_quantizers", "adalog_search_values", "asymmetric_params", "attach_point", "best_candidate",
+    "calibrate_by_grid_search", "call_arguments", "candidate_batch", "capture", "dequantization_tables",
+    "fake_quant_adalog", "fake_quant_asymmetric", "fake_quant_log2", "fake_quant_offset_after_round",
+    "fake_quant_symmetric", "fake_quant_symmetric_signed", "fake_quant_twin_signed", "fake_quant_twin_uniform",
+    "fix_scales", "floating_point", "fold_channel_params", "fraction_candidates", "get_point",
+    "is_instrumented_attention", "is_instrumented_block", "is_window_attention", "keep_scales_positive",
+    "learnable_scales", "learned_offset_quantizers", "lsq_gradient_scale", "minmax_weights_ste", "mse_weight_scales",
+    "norm_linear_pairs", "observe_and_freeze", "output_similarity", "percentile_mse_log_sqrt2_scale",
+    "percentile_mse_params", "positive_percentiles", "progressive_search", "reconstruct", "reconstruct_mlps",
+    "relu_mlps", "remove_point", "restore_quantizers", "search_table", "set_adalog_params", "symmetric_weight_scale",
+    "tensor_percentiles", "uniform_candidates", "unquantized_weights", "weight_candidates", "weight_quantized_layers",
 ]

@@ -18,34 +18,19 @@ from torch import nn
 
 from harness.api import BLOCKS, CALIBRATORS, LOGITS, CalibrationContext, Calibrator
 from harness.api import at_least, positive, probability
-from harness.api.quantizer import (LogitKL, PerturbationHessian, ReconstructionSettings, calibrate_by_grid_search,
-                                   floating_point, reconstruct, reconstruct_mlps, relu_mlps)
+from harness.api.quantizer import (LogitKL, PerturbationHessian, SearchReconstructOptions, floating_point, reconstruct,
+                                   reconstruct_mlps, relu_mlps)
 
 
 @dataclass
-class APHQOptions:
-    """The authors' defaults, configs/4bit/best.py and their code (docs/methods.md, APHQ-ViT)."""
+class APHQOptions(SearchReconstructOptions):
+    """The authors' defaults, configs/4bit/best.py and their code (docs/methods.md, APHQ-ViT); the search and
+    reconstruction options are those FIMA-Q shares (harness.quant.search_reconstruct)."""
 
-    calib_size: int = at_least(1, 128)  # images the quantizer search sees (the first of the set)
-    optim_size: int = at_least(1, 1024)  # images reconstruction sees
-    search_candidates: int = at_least(2, 128)  # eq_n
-    search_rounds: int = at_least(0, 3)  # search_round
-    search_batch: int = at_least(1, 32)  # calib_batch_size: images per summed score
-    input_bits: int = at_least(8, 8)  # qconv_a_bit: >= 8, the patch embedding's input stays unquantized
-    per_head: bool = True  # matmul_head_channel_wise
-    reparameterize: bool = True  # LayerNorm-fed Linears: per-channel, folded into the norm (equal W/A bits)
     mlp_reconstruction: bool = True  # --reconstruct-mlp, GELU → ReLU (their README's command)
     mlp_iterations: int = at_least(0, 20000)  # per block
     mlp_lr: float = positive(4e-5)
     mlp_percentile: float = probability(0.98)  # pct: fc2's input clip for the quantized term
-    iterations: int = at_least(0, 20000)  # per unit (their reconstruct_single_block default)
-    batch_size: int = at_least(1, 32)  # optim_batch_size
-    drop_prob: float = probability(0.5)  # QDrop
-    temperature: float = positive(20.0)  # temp: logits / T in the Hessian's KL divergence
-
-    def __post_init__(self) -> None:
-        if min(self.calib_size, self.optim_size, self.batch_size, self.search_batch) < 1 or self.input_bits < 8:
-            raise ValueError("sizes must be >= 1 and input_bits >= 8")
 
 
 @CALIBRATORS.register("aphq")
@@ -70,15 +55,10 @@ class APHQCalibrator(Calibrator):
                     qmodel, context.fp_model, optim_images, device, options.mlp_iterations, options.batch_size,
                     options.mlp_lr, options.mlp_percentile, options.temperature, 2.0,
                     torch.Generator().manual_seed(context.seed), context.batch_size)
-        info.update(calibrate_by_grid_search(
-            qmodel, images[:options.calib_size], device, context.batch_size, count=options.search_candidates,
-            rounds=options.search_rounds, batch_size=options.search_batch, per_head=options.per_head,
-            token_wise=False, input_bits=options.input_bits, reparameterize=options.reparameterize))
-        settings = ReconstructionSettings(iterations=options.iterations, batch_size=options.batch_size,
-                                          drop_prob=options.drop_prob, temperature=options.temperature)
+        info.update(options.search(qmodel, images, device, context.batch_size, token_wise=False))
         if options.iterations:
             info["block_loss"] = reconstruct(
                 qmodel, context.fp_model, optim_images, device,
                 lambda unit: LogitKL(2.0) if unit.is_head else PerturbationHessian(options.temperature),
-                settings, context.seed, context.batch_size)
+                options.reconstruction(), context.seed, context.batch_size)
         return info
