@@ -41,8 +41,11 @@ kernels, the authors' commit, every quantizer's parameters in calibration order)
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -66,7 +69,15 @@ from parity_kit import (FULL_SIZE, SMALL_FIXTURES, authors_commit, parity_parser
 from methods.adalog.calibrator import AdaLogCalibrator, calibration_units  # noqa: E402
 
 FAKE_DEVICE_MEMORY = 8 * 2 ** 30
-WORKDIR = tempfile.mkdtemp(prefix="adalog_parity_")
+
+
+@functools.lru_cache(maxsize=None)
+def workdir() -> Path:
+    """One folder for every run of this process (their module makes its log directory once, on import), removed
+    at exit: importing this file (the tests do) makes none."""
+    folder = Path(tempfile.mkdtemp(prefix="adalog_parity_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @contextlib.contextmanager
@@ -74,7 +85,7 @@ def shims(checkout: Path, model: nn.Module, calib: torch.Tensor, evaluation: tor
           dtype: torch.dtype) -> Iterator[types.ModuleType]:
     """The replacements the module docstring lists; yields the authors' ``test_quant`` module."""
     previous_dir, previous_dtype = os.getcwd(), torch.get_default_dtype()
-    os.chdir(WORKDIR)  # the same for every run: their module makes its log directory once, on import
+    os.chdir(workdir())
     sys.path.insert(0, str(checkout))
     import test_quant as authors
     import utils.datasets as datasets
@@ -200,7 +211,7 @@ def reduced_config(checkout: Path, bits: int, rounds: int, steps: int) -> Path:
     base = checkout / "configs" / f"{bits}bit.py"
     base = base if base.exists() else checkout / "configs" / "4bit.py"
     # a module name of its own: their main() imports the config by name, and Python keeps the first import
-    path = Path(tempfile.mkdtemp(prefix="adalog_config_")) / f"parity_config_w{bits}_r{rounds}_s{steps}.py"
+    path = Path(tempfile.mkdtemp(prefix="config_", dir=workdir())) / f"parity_config_w{bits}_r{rounds}_s{steps}.py"
     path.write_text(f"import importlib.util\nspec = importlib.util.spec_from_file_location('base', "
                     f"{str(base)!r})\nbase = importlib.util.module_from_spec(spec)\n"
                     f"spec.loader.exec_module(base)\n\n\nclass Config(base.Config):\n    def __init__(self):\n"

@@ -40,6 +40,7 @@ distribution or another interpreter makes the next ``list`` cold once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 COMMANDS = ("run", "list", "report", "export", "new-method", "new-tuner", "new-task")
 HEAVY = ("torch", "timm", "pandas", "numpy", "sklearn", "scipy", "torchvision", "mmengine", "mmdet", "mmseg")
@@ -67,21 +69,31 @@ print("\\nHEAVY " + json.dumps(loaded), file=sys.stderr)
 """
 
 
+@contextlib.contextmanager
+def listing_cache(cache: Path | None) -> Iterator[Path]:
+    """``cache``, or an empty folder removed afterwards."""
+    if cache is not None:
+        yield cache
+        return
+    with tempfile.TemporaryDirectory(prefix="cli_latency_") as folder:
+        yield Path(folder)
+
+
 def wall_seconds(args: list[str], cache: Path | None = None) -> float:
     """One fresh ``python -m harness ARGS``; ``cache``: the listing cache folder it uses, else an empty one."""
-    cache = cache or Path(tempfile.mkdtemp(prefix="cli_latency_"))
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "harness", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, "DFQ_HARNESS_CACHE": str(cache)})
-    return time.perf_counter() - start
+    with listing_cache(cache) as folder:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "harness", *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={**os.environ, "DFQ_HARNESS_CACHE": str(folder)})
+        return time.perf_counter() - start
 
 
 def heavy_modules(args: list[str], cache: Path | None = None) -> list[str]:
     """The heavy libraries ``python -m harness ARGS`` loads."""
-    cache = cache or Path(tempfile.mkdtemp(prefix="cli_latency_"))
-    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), json.dumps(HEAVY)], check=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "DFQ_HARNESS_CACHE": str(cache)})
+    with listing_cache(cache) as folder:
+        result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), json.dumps(HEAVY)], check=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "DFQ_HARNESS_CACHE": str(folder)})
     line = [line for line in result.stderr.splitlines() if line.startswith("HEAVY ")][-1]
     return json.loads(line.removeprefix("HEAVY "))
 
@@ -100,9 +112,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     figures = [measure(["--help"], options.runs)]
     figures += [measure([command, "--help"], options.runs) for command in COMMANDS]
     figures.append(measure(["list"], options.list_runs, label=" (cold: no listing cache)"))
-    warm = Path(tempfile.mkdtemp(prefix="cli_latency_"))
-    wall_seconds(["list"], warm)  # writes the listing cache
-    figures.append(measure(["list"], options.runs, warm, label=" (warm: cache of this checkout)"))
+    with listing_cache(None) as warm:
+        wall_seconds(["list"], warm)  # writes the listing cache
+        figures.append(measure(["list"], options.runs, warm, label=" (warm: cache of this checkout)"))
     width = max(len(row["command"]) for row in figures)
     for row in figures:
         target = 2.0 if row["command"].startswith("list") else 1.0

@@ -423,14 +423,14 @@ def main() -> None:
     commit = args.commit or authors_commit(authors)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
-    workdir = Path(tempfile.mkdtemp(prefix="maskaq_parity_"))
     home = os.getcwd()
-    os.chdir(workdir)
-    try:
-        with cpu_shims():
-            write(authors, commit, args.seed, out, workdir)
-    finally:
-        os.chdir(home)
+    with tempfile.TemporaryDirectory(prefix="maskaq_parity_") as folder:
+        os.chdir(folder)
+        try:
+            with cpu_shims():
+                write(authors, commit, args.seed, out, Path(folder))
+        finally:
+            os.chdir(home)
 
 
 def write(authors: Path, commit: str, seed: int, out: Path, workdir: Path) -> None:

@@ -204,3 +204,17 @@ def test_synthesis_hashes_cover_every_generator_and_the_v2_tuner(one_thread):
     assert sets | tuned <= set(found) and set(found) - sets - tuned <= {f"{name}.labels" for name in sets}
     assert all(len(value) == 64 and int(value, 16) >= 0 for value in found.values())
     assert found["psaq_v2 on psaq_v2_init.student"] != found["psaq_v2 on spdfq_plain.student"]
+
+
+def test_benchmarks_leave_no_temporary_folders_behind(tmp_path):
+    """Importing the AdaLog parity script (its tests do), using its work folder, and timing the CLI with and without
+    a listing cache leave the temporary folder as they found it (they once left a folder per test session)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = ("import sys; sys.path[:0] = ['tests']; from benchmark_scripts import load_benchmark; "
+              "parity = load_benchmark('adalog_parity'); assert parity.workdir().is_dir(); "
+              "latency = load_benchmark('cli_latency'); latency.wall_seconds(['--help']); "
+              "assert latency.heavy_modules(['--help']) == []")
+    subprocess.run([sys.executable, "-c", script], cwd=BENCHMARKS.parent, check=True,
+                   env={**os.environ, "TMPDIR": str(temporary)})
+    assert list(temporary.iterdir()) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from harness.data.image_folder import ImageFolderOptions, ImageFolderTask
 from harness.data.mm.task import OpenMMLabModel, OpenMMLabTask
 from harness.errors import HarnessError
-from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
+from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, OBJECTIVE, REAL_IMAGES
 from harness.plugin.method import (CalibrationContext, CalibrationSet, Calibrator, GenerationContext, Generator,
                                    ImageCountOptions, MethodSpec, NoOptions)
 from harness.plugin.options import Range, at_least, percent, positive, probability, ranged
@@ -24,7 +24,7 @@ from harness.quant.bits import BitSpec
 
 __all__ = [
     "ATTENTION", "BLOCKS", "CALIBRATORS", "CLASS_TOKEN", "CLASSES", "GENERATORS", "LOGITS", "METHODS", "MODELS", "NO_TUNING",
-    "REAL_IMAGES", "TASKS", "TUNERS", "BitSpec", "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext",
+    "OBJECTIVE", "REAL_IMAGES", "TASKS", "TUNERS", "BitSpec", "CalibrationContext", "CalibrationSet", "Calibrator", "GenerationContext",
     "Generator", "HarnessError", "ImageCountOptions", "ImageFolderOptions", "ImageFolderTask", "ImagePrior",
     "MethodSpec", "NoOptions", "OpenMMLabModel", "OpenMMLabTask", "Range", "SynthesisTarget", "Task", "TaskOptions",
     "TaskSetup", "Tuner", "TuningContext", "at_least", "calibration_indices", "percent", "positive", "probability",

@@ -22,6 +22,7 @@ from harness.quant.learned_offset import (LearnedOffsetQuantizer, learned_offset
 from harness.quant.lsq import lsq_gradient_scale
 from harness.quant.modules import (ActQuantizer, QuantConv2d, QuantLinear, act_quantizers, unquantized_weights,
                                    weight_quantized_layers)
+from harness.quant.objectives import LogitDivergence, OutputObjective, binary_kl
 from harness.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver
 from harness.quant.reconstruction import (FisherDPLR, LogitKL, OutputMSE, PerturbationHessian, ReconstructionSettings,
                                           reconstruct, reconstruct_mlps, relu_mlps)
@@ -32,9 +33,9 @@ from harness.quant.search_reconstruct import SearchReconstructOptions
 
 __all__ = [
     "GELU_SHIFT", "LAYER_INPUT", "LAYER_OUTPUT", "SUPPORTED", "ActQuantizer", "FisherDPLR", "LearnedOffsetQuantizer",
-    "LogitKL", "MinMaxObserver", "MSEObserver", "OutputMSE", "PROFILES", "PercentileObserver", "PerturbationHessian",
+    "LogitDivergence", "LogitKL", "MinMaxObserver", "MSEObserver", "OutputMSE", "OutputObjective", "PROFILES", "PercentileObserver", "PerturbationHessian",
     "QuantConv2d", "QuantLinear", "QuantProfile", "ReconstructionSettings", "SearchReconstructOptions", "Target",
-    "act_quantizers", "adalog_search_values", "asymmetric_params", "attach_point", "best_candidate",
+    "act_quantizers", "adalog_search_values", "asymmetric_params", "attach_point", "best_candidate", "binary_kl",
     "calibrate_by_grid_search", "call_arguments", "candidate_batch", "capture", "dequantization_tables",
     "fake_quant_adalog", "fake_quant_asymmetric", "fake_quant_log2", "fake_quant_offset_after_round",
     "fake_quant_symmetric", "fake_quant_symmetric_signed", "fake_quant_twin_signed", "fake_quant_twin_uniform",

@@ -9,6 +9,7 @@ ATTENTION = "attention"
 BLOCKS = "blocks"
 CLASS_TOKEN = "class token"
 LOGITS = "logits"
+OBJECTIVE = "objective"
 CAPABILITIES: dict[str, str] = {  # what each one means, for `list` and refusals
     CLASSES: "class logits of the model images are synthesized through",
     REAL_IMAGES: "real training images",
@@ -17,4 +18,6 @@ CAPABILITIES: dict[str, str] = {  # what each one means, for `list` and refusals
     CLASS_TOKEN: "a class token whose attention row over the patches a prior reads (ViT, DeiT; not Swin)",
     LOGITS: "the quantized model's own class logits, on which a calibrator's loss is defined (a classifier; a "
             "detection/segmentation backbone has none)",
+    OBJECTIVE: "a differentiable objective on the quantized part's output, whose gradient a calibrator weighs by "
+               "(a classifier's logits; a two-stage detector's region proposals; none for segmentation)",
 }

@@ -12,6 +12,7 @@ from harness.plugin.capabilities import REAL_IMAGES
 from harness.plugin.options import at_least
 from harness.plugin.task import ImagePrior, Task
 from harness.quant.bits import BitSpec
+from harness.quant.objectives import LogitDivergence, OutputObjective
 
 
 @dataclass
@@ -61,6 +62,9 @@ class CalibrationContext:
     # the task's prior of the images (their pixel range, whatever generator made them); the runner always
     # gives it, a calibrator that needs it (psaq_v2) says so when a hand-built context leaves it out
     prior: ImagePrior | None = None
+    # the task's objective on the part's output at a logit temperature (Task.output_objective, capability
+    # ``objective``): what gradient-weighted calibrators (aphq) weigh by; a classifier's logits by default
+    output_objective: Callable[[float], OutputObjective] = LogitDivergence
 
 
 @dataclass

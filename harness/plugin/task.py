@@ -11,8 +11,9 @@ from torch import nn
 
 from harness.data.weights import check_finite
 from harness.errors import HarnessError
-from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, REAL_IMAGES
+from harness.plugin.capabilities import ATTENTION, BLOCKS, CLASS_TOKEN, CLASSES, LOGITS, OBJECTIVE, REAL_IMAGES
 from harness.plugin.options import at_least
+from harness.quant.objectives import LogitDivergence, OutputObjective
 
 
 # Every task reports its metrics in percent (top-1, box AP, mIoU, ...): conformance checks evaluate()
@@ -84,7 +85,7 @@ class Task(ABC):
     # words, what the user supplies for it (checked by `unmet`); the default fits a classifier on a ViT
     # family the quantizer instruments
     offers: ClassVar[Mapping[str, str | None]] = {CLASSES: None, REAL_IMAGES: None, ATTENTION: None, BLOCKS: None,
-                                                  CLASS_TOKEN: None, LOGITS: None}
+                                                  CLASS_TOKEN: None, LOGITS: None, OBJECTIVE: None}
 
     @classmethod
     def registered_as(cls, name: str) -> None:
@@ -166,6 +167,12 @@ class Task(ABC):
     def quantization_scope(self) -> str:
         """What :meth:`quantized_part` covers, in words, for the result record."""
         return "whole model"
+
+    def output_objective(self, fp_model: nn.Module, temperature: float) -> OutputObjective:
+        """The objective on :meth:`quantized_part`'s output that calibrators weigh by (capability ``objective``,
+        harness.quant.objectives): a classifier's logits at ``temperature``. A task that offers no objective
+        raises HarnessError; ``fp_model`` is the whole FP model, for tasks whose objective lies beyond the part."""
+        return LogitDivergence(temperature)
 
     def synthesis_target(self, model_name: str, fp_model: nn.Module, classes: bool) -> SynthesisTarget:
         """What a generator synthesizes through; ``classes``: it needs class logits (harness.plugin.support.CLASSES).

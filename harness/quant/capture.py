@@ -114,13 +114,18 @@ def call_arguments(model: nn.Module, image: torch.Tensor, module: nn.Module,
     return seen[0]
 
 
+def _first(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A module's output as captured: the first of several (mmcv's patch embedding returns (tensor, size))."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 @contextlib.contextmanager
 def _hooked(target: Target, record: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """Record ``target``'s value during the block; the model is restored exactly afterwards."""
     module, point = target.module, target.point
     if point in (LAYER_INPUT, LAYER_OUTPUT):
         handle = (module.register_forward_pre_hook(lambda m, args: record(args[0]), prepend=True)
-                  if point == LAYER_INPUT else module.register_forward_hook(lambda m, args, out: record(out)))
+                  if point == LAYER_INPUT else module.register_forward_hook(lambda m, args, out: record(_first(out))))
         try:
             yield
         finally:

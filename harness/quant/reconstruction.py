@@ -3,7 +3,10 @@ Reconstruction), with a pluggable objective: MSE (BRECQ/QDrop), APHQ-ViT's avera
 FIMA-Q's Fisher information (diagonal plus low rank).
 
 The units, in forward order: the patch embedding, every transformer block, Swin's patch mergings and the
-classifier head (KL divergence of the logits). For each unit: the FP model's input and output, the quantized
+classifier head (KL divergence of the logits); each called with the further arguments its model passes it (an
+mmdet Swin block's feature-map size), and judged by its first output where it returns more (mmcv's patch
+embedding and merging return the size too). Gradient-weighted objectives take their gradients of the task's
+objective (:mod:`harness.quant.objectives`). For each unit: the FP model's input and output, the quantized
 model's input (earlier units reconstructed); then ``iterations`` steps of Adam on the rounding variables of its
 weights (lr 1e-3) and, with cosine decay, its activation scales (lr 4e-5), on a mini-batch whose input takes
 each element from the quantized input with probability ``drop_prob``, else the FP one, while every activation
@@ -19,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.model.arch import BlockMlp, block_mlp, is_instrumented_block
+from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture
 from harness.quant.fake_quant import MIN_SCALE, round_ste
 from harness.quant.learnable import learnable_scales
 from harness.quant.modules import ActQuantizer, act_quantizers, unquantized_weights, weight_quantized_layers
+from harness.quant.objectives import LogitDivergence, OutputObjective
 
 
 class AdaRound(nn.Module):
@@ -79,6 +85,9 @@ class ReconstructionLoss:
 
     def step(self, index: int, unit: "Unit", context: "ReconstructionContext") -> None: ...
 
+    def batch(self, index: torch.Tensor) -> None:
+        """The images (indices into the reconstruction set) of the next call."""
+
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -114,38 +123,49 @@ class LogitKL(_FirstStepNormalized):
         return self.raw(pred, target) if self.factor is None else super().__call__(pred, target)
 
 
-def kl_to_fp(logits: torch.Tensor, fp_softmax: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(logits / temperature, dim=-1), fp_softmax, reduction="batchmean")
-
-
 class PerturbationHessian(_FirstStepNormalized):
-    """APHQ-ViT: mean((pred - target)² ⊙ H), H = |g(+δ) - g(-δ)| averaged over images, g the gradient of
-    KL(FP logits / T ‖ logits / T) with respect to the unit's output shifted by ±δ (δ = 1e-6) in the FP model."""
+    """APHQ-ViT: mean((pred - target)² ⊙ H), H = |g(+δ) - g(-δ)|, g the gradient of the task's objective with
+    respect to the unit's output shifted by ±δ in the FP model; δ and whether H is averaged over the images or
+    kept per image (normalized to mean 1) are the objective's (harness.quant.objectives)."""
 
-    def __init__(self, temperature: float = 20.0, delta: float = 1e-6) -> None:
+    def __init__(self) -> None:
         super().__init__(2.0)
-        self.temperature, self.delta, self.hessian = temperature, delta, None
+        self.hessian, self.index = None, None
 
     def prepare(self, unit, context):
-        grads = []
-        for sign in (1, -1):
-            grads.append(context.output_gradients(unit.fp_module, context.fp_model,
-                                                  shift=sign * self.delta, temperature=self.temperature))
-        self.hessian = (grads[0] - grads[1]).abs().mean(dim=0, keepdim=True)
+        self.hessian = perturbation_hessian(context, unit.fp_module)
+
+    def batch(self, index):
+        self.index = index
 
     def raw(self, pred, target):
-        return ((pred - target).pow(2) * self.hessian.abs()).mean()
+        hessian = self.hessian if self.hessian.shape[0] == 1 else self.hessian[self.index.to(self.hessian.device)]
+        return ((pred - target).pow(2) * hessian.abs()).mean()
+
+
+def perturbation_hessian(context: "ReconstructionContext", fp_module: nn.Module) -> torch.Tensor:
+    """|g(+δ) - g(-δ)| at ``fp_module``'s output: averaged over the images (1, ...), or for a per-image
+    objective per image (N, ...), each image's scaled to mean 1 (their detection code)."""
+    output = context.output
+    plus, minus = (context.output_gradients(fp_module, context.fp_model, shift=sign * output.perturbation)
+                   for sign in (1, -1))
+    difference = (plus - minus).abs()
+    if not output.per_image:
+        return difference.mean(dim=0, keepdim=True)
+    per_image = difference.flatten(1)
+    total = per_image.sum(dim=1, keepdim=True).clamp_min(torch.finfo(per_image.dtype).tiny)
+    return (per_image * per_image.shape[1] / total).reshape(difference.shape)
 
 
 class FisherDPLR(ReconstructionLoss):
-    """FIMA-Q: with e = |pred - target| flattened per image, G (k × D) the mean |∂KL/∂output| of the quantized
+    """FIMA-Q: with e = |pred - target| flattened per image, G (k × D) the mean |∂L/∂output| (L the task's
+    objective: for a classifier the KL divergence of its logits) of the quantized
     model (this unit quantized, the rest FP) and Δ (k × D) the mean |quantized - FP output| at k refreshes,
     loss = p1 · mean(e Gᵀ (Δ Δᵀ)⁻¹ G eᵀ) / its first value + p2 · mean(e² ⊙ mean_k G) / its first value;
     both normalizers restart at each refresh (every ⌊iterations / k⌋ steps from the first)."""
 
-    def __init__(self, rank: int = 5, low_rank_weight: float = 1.0, diagonal_weight: float = 1.0,
-                 temperature: float = 20.0) -> None:
-        self.rank, self.p1, self.p2, self.temperature = rank, low_rank_weight, diagonal_weight, temperature
+    def __init__(self, rank: int = 5, low_rank_weight: float = 1.0, diagonal_weight: float = 1.0) -> None:
+        self.rank, self.p1, self.p2 = rank, low_rank_weight, diagonal_weight
         self.grads = self.deltas = self.inverse = None
         self.first = None
         self.refreshed = False
@@ -159,7 +179,7 @@ class FisherDPLR(ReconstructionLoss):
         self.refreshed = index % self.every == 0
         if not self.refreshed:
             return
-        grad, delta = context.quantized_fisher(unit, self.temperature)
+        grad, delta = context.quantized_fisher(unit)
         self.grads = grad if self.grads is None else torch.cat([self.grads, grad])
         self.deltas = delta if self.deltas is None else torch.cat([self.deltas, delta])
         self.inverse = torch.linalg.inv(self.deltas @ self.deltas.t())
@@ -186,11 +206,21 @@ class Unit:
     module: nn.Module  # in the quantized model
     fp_module: nn.Module  # the same unit in the FP model
     is_head: bool
+    args: tuple = ()  # what the model passes the unit after its input (an mmdet Swin block's feature-map size)
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The quantized unit's output on ``inputs``: its first output where it returns more."""
+        return first_output(self.module(inputs, *self.args, **self.kwargs))
+
+
+def first_output(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A module's output as reconstruction compares it: mmcv's patch embedding and merging return (tensor, size)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def reconstruction_units(qmodel: nn.Module, fp_model: nn.Module) -> list[Unit]:
     """Patch embedding, transformer blocks, patch mergings and the head, in forward order."""
-    from harness.model.arch import is_instrumented_block
     units = []
     for name, module in qmodel.named_modules():
         kind = type(module).__name__
@@ -247,49 +277,50 @@ def only_unit_quantized(qmodel: nn.Module, unit: nn.Module,
 
 
 class ReconstructionContext:
-    """What objectives may ask of the models: gradients of the KL divergence to the FP logits at a unit's output."""
+    """What objectives may ask of the models: gradients of the task's objective at a unit's output."""
 
     def __init__(self, qmodel: nn.Module, fp_model: nn.Module, images: torch.Tensor, batch_size: int,
-                 iterations: int, device: torch.device, temperature: float) -> None:
-        self.qmodel, self.fp_model, self.images = qmodel, fp_model, images
+                 iterations: int, device: torch.device, output: OutputObjective) -> None:
+        self.qmodel, self.fp_model, self.images, self.output = qmodel, fp_model, images, output
         self.batch_size, self.iterations, self.device = batch_size, iterations, device
         with torch.no_grad():
-            self.fp_softmax = [F.softmax(fp_model(images[s:s + batch_size].to(device)) / temperature, dim=-1)
+            self.references = [output.reference(output.outputs(fp_model, images[s:s + batch_size].to(device)))
                                for s in range(0, len(images), batch_size)]
         self.fp_outputs: torch.Tensor | None = None
         # reconstructed layers' weights before their hard rounding: FIMA-Q's refresh computes the units outside
         # the one it trains in floating point with these (the authors' code rounds all weights at the very end)
         self.unrounded: dict[nn.Module, torch.Tensor] = {}
 
-    def _gradients(self, model: nn.Module, module: nn.Module, shift: float, temperature: float,
+    def _gradients(self, model: nn.Module, module: nn.Module, shift: float,
                    keep_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         grads, outputs = [], []
 
-        def hook(_: nn.Module, __: tuple, out: torch.Tensor) -> torch.Tensor:
-            out = out.detach().requires_grad_()
-            out.register_hook(lambda g: grads.append(g.detach()))
+        def hook(_: nn.Module, __: tuple, out: torch.Tensor | tuple) -> torch.Tensor | tuple:
+            tensor = first_output(out).detach().requires_grad_()
+            tensor.register_hook(lambda g: grads.append(g.detach()))
             if keep_outputs:
-                outputs.append(out.detach())
-            return out + shift if shift else out * 1
+                outputs.append(tensor.detach())
+            shifted = tensor + shift if shift else tensor * 1
+            return (shifted, *out[1:]) if isinstance(out, tuple) else shifted
 
         handle = module.register_forward_hook(hook)
         try:
             with torch.enable_grad():
                 for index, start in enumerate(range(0, len(self.images), self.batch_size)):
-                    logits = model(self.images[start:start + self.batch_size].to(self.device))
-                    kl_to_fp(logits, self.fp_softmax[index], temperature).backward()
+                    outputs_ = self.output.outputs(model, self.images[start:start + self.batch_size].to(self.device))
+                    self.output.loss(outputs_, self.references[index]).backward()
         finally:
             handle.remove()
         return torch.cat(grads), (torch.cat(outputs) if keep_outputs else None)
 
-    def output_gradients(self, module: nn.Module, model: nn.Module, shift: float, temperature: float) -> torch.Tensor:
-        return self._gradients(model, module, shift, temperature)[0]
+    def output_gradients(self, module: nn.Module, model: nn.Module, shift: float) -> torch.Tensor:
+        return self._gradients(model, module, shift)[0]
 
-    def quantized_fisher(self, unit: Unit, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantized_fisher(self, unit: Unit) -> tuple[torch.Tensor, torch.Tensor]:
         """FIMA-Q's refresh: the quantized model with only ``unit`` quantized (as it trains: soft rounding,
-        QDrop), mean |∂KL/∂output| and mean |output - FP output|, each (1, D)."""
+        QDrop), mean |∂L/∂output| and mean |output - FP output|, each (1, D)."""
         with only_unit_quantized(self.qmodel, unit.module, self.unrounded):
-            grads, outputs = self._gradients(self.qmodel, unit.module, 0.0, temperature, keep_outputs=True)
+            grads, outputs = self._gradients(self.qmodel, unit.module, 0.0, keep_outputs=True)
         grad = grads.reshape(len(grads), -1).abs().mean(dim=0, keepdim=True)
         delta = (outputs - self.fp_outputs).abs().mean(dim=0).reshape(1, -1)
         return grad, delta
@@ -309,15 +340,17 @@ class ReconstructionSettings:
 
 def reconstruct(qmodel: nn.Module, fp_model: nn.Module, images: torch.Tensor, device: torch.device,
                 objective: Callable[[Unit], ReconstructionLoss], settings: ReconstructionSettings, seed: int,
-                capture_batch: int, on_step: Callable[[str, int, float], None] | None = None) -> dict[str, float]:
-    """Every unit reconstructed in order (module docstring); returns each unit's last loss."""
-    from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
+                capture_batch: int, on_step: Callable[[str, int, float], None] | None = None,
+                output: OutputObjective | None = None) -> dict[str, float]:
+    """Every unit reconstructed in order (module docstring); returns each unit's last loss. ``output``: the
+    task's objective (default: a classifier's logits at ``settings.temperature``)."""
     for parameter in qmodel.parameters():
         parameter.requires_grad_(False)
     context = ReconstructionContext(qmodel, fp_model, images, settings.batch_size, settings.iterations, device,
-                                    settings.temperature)
+                                    output or LogitDivergence(settings.temperature))
     losses = {}
     for unit in reconstruction_units(qmodel, fp_model):
+        unit.args, unit.kwargs = call_arguments(fp_model, images[:1], unit.fp_module, device)
         fp = capture(fp_model, images, {"in": Target(unit.fp_module, LAYER_INPUT),
                                         "out": Target(unit.fp_module, LAYER_OUTPUT)}, device, capture_batch)
         quantized_inputs = capture(qmodel, images, {"in": Target(unit.module, LAYER_INPUT)}, device, capture_batch)["in"]
@@ -353,10 +386,11 @@ def reconstruct_unit(unit: Unit, fp_inputs: torch.Tensor, quantized_inputs: torc
             mix = torch.rand(quantized.shape, generator=generator, dtype=quantized.dtype) < settings.drop_prob
             inputs = torch.where(mix.to(quantized.device), quantized, fp)
             objective.step(step, unit, context)
+            objective.batch(index)
             weight_optimizer.zero_grad()
             if scale_optimizer:
                 scale_optimizer.zero_grad()
-            loss = objective(unit.module(inputs), targets[index])
+            loss = objective(unit(inputs), targets[index])
             exponent = rounding_exponent(step + 1, settings.iterations, settings.warmup)
             if step + 1 >= settings.warmup * settings.iterations:
                 loss = loss + settings.round_weight * sum(r.regularizer(exponent) for r in roundings)
@@ -391,12 +425,11 @@ def _scales_to_buffers(module: nn.Module) -> None:
 
 # ---- APHQ-ViT's MLP reconstruction -------------------------------------------------------------------------
 
-def relu_mlps(model: nn.Module) -> list[nn.Module]:
+def relu_mlps(model: nn.Module) -> list[BlockMlp]:
     """Every transformer block's MLP gets ReLU in place of its GELU (APHQ-ViT's MLP reconstruction); returns them."""
-    from harness.model.arch import is_instrumented_block
-    mlps = [m.mlp for m in model.modules() if is_instrumented_block(m) and hasattr(getattr(m, "mlp", None), "fc2")]
+    mlps = [mlp for m in model.modules() if is_instrumented_block(m) and (mlp := block_mlp(m)) is not None]
     for mlp in mlps:
-        mlp.act = nn.ReLU()
+        mlp.use_activation(nn.ReLU())
     return mlps
 
 
@@ -410,30 +443,28 @@ def positive_percentile(x: torch.Tensor, fraction: float) -> float:
 
 
 def reconstruct_mlps(model: nn.Module, fp_model: nn.Module, images: torch.Tensor, device: torch.device,
-                     iterations: int, batch_size: int, lr: float, percentile: float, temperature: float,
+                     iterations: int, batch_size: int, lr: float, percentile: float, output: OutputObjective,
                      quantized_weight: float, generator: torch.Generator, capture_batch: int,
                      on_step: Callable[[str, int, float], None] | None = None) -> dict[str, float]:
     """APHQ-ViT's MLP reconstruction (docs/methods.md, APHQ-ViT): ``model``'s MLPs run ReLU instead of GELU;
     each block's norm2, fc1 and fc2 (weights and biases) learn, from the FP (GELU) model's MLP input, to give its
-    MLP output under the perturbation-Hessian weighted error (H normalized to RMS 1), summed over tokens and
-    divided by 10, plus ``quantized_weight`` times that error with fc2's input clipped to [0, u], u the
-    ``percentile`` of the FP model's positive fc2 inputs. Adam, cosine decay to 0. The model is edited in place."""
-    from harness.model.arch import is_instrumented_block
-    from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, capture
-    context = ReconstructionContext(model, fp_model, images, batch_size, iterations, device, temperature)
-    names = [name for name, m in model.named_modules() if is_instrumented_block(m) and hasattr(m, "mlp")]
+    MLP output under the perturbation-Hessian weighted error (of the task's objective ``output``; averaged over
+    the images and normalized to RMS 1, or per image and normalized to mean 1 for a per-image objective),
+    summed over tokens and divided by 10, plus ``quantized_weight`` times that error with fc2's input clipped to
+    [0, u], u the ``percentile`` of the FP model's positive fc2 inputs. Adam, cosine decay to 0. The model is
+    edited in place."""
+    context = ReconstructionContext(model, fp_model, images, batch_size, iterations, device, output)
+    names = [name for name, m in model.named_modules() if is_instrumented_block(m) and block_mlp(m) is not None]
     losses = {}
     for name in names:
         block, fp_block = model.get_submodule(name), fp_model.get_submodule(name)
-        fp = capture(fp_model, images, {"in": Target(fp_block.mlp.fc1, LAYER_INPUT),
-                                        "hidden": Target(fp_block.mlp.fc2, LAYER_INPUT),
-                                        "out": Target(fp_block.mlp, LAYER_OUTPUT)}, device, capture_batch)
-        grads = [context.output_gradients(fp_block.mlp, fp_model, shift=sign * 1e-6, temperature=temperature)
-                 for sign in (1, -1)]
-        hessian = (grads[0] - grads[1]).abs().mean(dim=0, keepdim=True)
-        hessian = hessian * torch.sqrt(hessian.numel() / hessian.pow(2).sum())
+        mlp, fp_mlp = block_mlp(block), block_mlp(fp_block)
+        fp = capture(fp_model, images, {"in": Target(fp_mlp.fc1, LAYER_INPUT), "hidden": Target(fp_mlp.fc2, LAYER_INPUT),
+                                        "out": Target(fp_mlp.module, LAYER_OUTPUT)}, device, capture_batch)
+        hessian = perturbation_hessian(context, fp_mlp.module)
+        if not output.per_image:
+            hessian = hessian * torch.sqrt(hessian.numel() / hessian.pow(2).sum())
         bound = positive_percentile(fp["hidden"], percentile)
-        mlp = block.mlp
         parameters = [p for layer in (block.norm2, mlp.fc1, mlp.fc2) for p in (layer.weight, layer.bias)]
         for parameter in parameters:
             parameter.requires_grad_(True)
@@ -443,8 +474,9 @@ def reconstruct_mlps(model: nn.Module, fp_model: nn.Module, images: torch.Tensor
         for step in range(iterations):
             index = torch.randperm(len(fp["in"]), generator=generator)[:batch_size]
             inputs, target = fp["in"][index], fp["out"][index]
+            weights = hessian[index.to(hessian.device)] if output.per_image else hessian
             optimizer.zero_grad()
-            loss = mlp_reconstruction_loss(mlp, inputs, target, hessian, bound, quantized_weight)
+            loss = mlp_reconstruction_loss(mlp, inputs, target, weights, bound, quantized_weight)
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -457,11 +489,11 @@ def reconstruct_mlps(model: nn.Module, fp_model: nn.Module, images: torch.Tensor
     return losses
 
 
-def mlp_reconstruction_loss(mlp: nn.Module, inputs: torch.Tensor, target: torch.Tensor, hessian: torch.Tensor,
+def mlp_reconstruction_loss(mlp: BlockMlp, inputs: torch.Tensor, target: torch.Tensor, hessian: torch.Tensor,
                             bound: float, quantized_weight: float) -> torch.Tensor:
     """APHQ-ViT's MLP objective (:func:`reconstruct_mlps`) on one mini-batch."""
     def weighted(out: torch.Tensor) -> torch.Tensor:
         return ((out - target).pow(2) * hessian.abs()).sum(1).mean() / 10
-    out = mlp(inputs)
-    clipped = mlp.fc2(torch.clamp(mlp.act(mlp.fc1(inputs)), 0, bound))
+    out = mlp.module(inputs)
+    clipped = mlp.fc2(torch.clamp(mlp.activation(mlp.fc1(inputs)), 0, bound))
     return weighted(out) + weighted(clipped) * quantized_weight

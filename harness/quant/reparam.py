@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.model.arch import is_instrumented_block
+from harness.model.arch import block_mlp, is_instrumented_block
 
 
 def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Linear]]:
@@ -30,12 +30,13 @@ def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Linear]]:
 
 
 def _block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    if hasattr(block, "mlp"):  # timm: attn.qkv, mlp.fc1
-        return [(block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc1)]
-    window = getattr(getattr(block, "attn", None), "w_msa", None)
-    if window is not None and hasattr(block, "ffn"):  # mmdet / mmseg Swin: attn.w_msa.qkv, ffn.layers.0.0
-        return [(block.norm1, window.qkv), (block.norm2, block.ffn.layers[0][0])]
-    return []
+    mlp = block_mlp(block)
+    if mlp is None:
+        return []
+    if hasattr(block, "mlp"):  # timm: attn.qkv
+        return [(block.norm1, block.attn.qkv), (block.norm2, mlp.fc1)]
+    window = getattr(getattr(block, "attn", None), "w_msa", None)  # mmdet / mmseg Swin: attn.w_msa.qkv
+    return [(block.norm1, window.qkv), (block.norm2, mlp.fc1)] if window is not None else []
 
 
 @torch.no_grad()

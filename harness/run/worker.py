@@ -247,7 +247,8 @@ class CellWorker:
     def _stage_context(self, cell: Cell, task: Task, fp_model: nn.Module, calibration: CalibrationSet) -> dict[str, Any]:
         """What calibrator and tuner both see (harness.plugin.method.CalibrationContext)."""
         return dict(fp_model=task.quantized_part(fp_model), calibration=calibration, bits=cell.bits, seed=cell.seed,
-                    device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model))
+                    device=self.device, backbone=task.part_backbone, prior=task.prior(cell.model),
+                    output_objective=lambda temperature: task.output_objective(fp_model, temperature))
 
     def calibrated_model(self, cell: Cell) -> tuple[nn.Module, Task]:
         """The cell's calibrated quantized model, rebuilt as the grid computes it (the calibration set from

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.api import BLOCKS, CALIBRATORS, LOGITS, CalibrationContext, Calibrator
+from harness.api import BLOCKS, CALIBRATORS, OBJECTIVE, CalibrationContext, Calibrator
 from harness.api import at_least, positive, probability
 from harness.api.quantizer import (LogitKL, PerturbationHessian, SearchReconstructOptions, floating_point, reconstruct,
                                    reconstruct_mlps, relu_mlps)
@@ -40,25 +40,26 @@ class APHQCalibrator(Calibrator):
 
     Options = APHQOptions
     version = "1"
-    needs = frozenset({BLOCKS, LOGITS})  # its losses are defined on the model's logits (docs/methods.md)
+    needs = frozenset({BLOCKS, OBJECTIVE})  # its Hessian is the task objective's (docs/methods.md)
     smoke_options: ClassVar[dict[str, Any]] = {"iterations": 2, "mlp_iterations": 2, "search_candidates": 16,
                                                "search_rounds": 1}
 
     def calibrate(self, qmodel: nn.Module, context: CalibrationContext) -> dict[str, Any]:
         options, images, device = self.options, context.calibration.images, context.device
         optim_images = images[:options.optim_size]
+        output = context.output_objective(options.temperature)
         info: dict[str, Any] = {}
         if options.mlp_reconstruction:
             relu_mlps(qmodel)
             with floating_point(qmodel):
                 info["mlp_loss"] = reconstruct_mlps(
                     qmodel, context.fp_model, optim_images, device, options.mlp_iterations, options.batch_size,
-                    options.mlp_lr, options.mlp_percentile, options.temperature, 2.0,
+                    options.mlp_lr, options.mlp_percentile, output, 2.0,
                     torch.Generator().manual_seed(context.seed), context.batch_size)
         info.update(options.search(qmodel, images, device, context.batch_size, token_wise=False))
         if options.iterations:
             info["block_loss"] = reconstruct(
                 qmodel, context.fp_model, optim_images, device,
-                lambda unit: LogitKL(2.0) if unit.is_head else PerturbationHessian(options.temperature),
-                options.reconstruction(), context.seed, context.batch_size)
+                lambda unit: LogitKL(2.0) if unit.is_head else PerturbationHessian(),
+                options.reconstruction(), context.seed, context.batch_size, output=output)
         return info

@@ -51,6 +51,6 @@ class FIMAQCalibrator(Calibrator):
             info["block_loss"] = reconstruct(
                 qmodel, context.fp_model, images[:options.optim_size], device,
                 lambda unit: LogitKL(None) if unit.is_head else FisherDPLR(
-                    options.rank, options.low_rank_weight, options.diagonal_weight, options.temperature),
+                    options.rank, options.low_rank_weight, options.diagonal_weight),
                 options.reconstruction(), context.seed, context.batch_size)
         return info

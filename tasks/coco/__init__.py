@@ -12,7 +12,11 @@ from typing import Any
 
 import torch
 
-from harness.api import TASKS, OpenMMLabModel, OpenMMLabTask, TaskSetup
+from torch import nn
+
+from harness.api import OBJECTIVE, TASKS, OpenMMLabModel, OpenMMLabTask, TaskSetup
+from harness.api.quantizer import OutputObjective
+from tasks.coco.objective import ProposalDivergence, backbone_proposals, inner_proposals
 from tasks.coco.tiny import write_tiny_coco
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -27,6 +31,7 @@ class CocoTask(OpenMMLabTask):
     metric_names = ("box_ap", "mask_ap")
     train_images = "train2017"
     layout_hint = "COCO 2017: ROOT/annotations/instances_val2017.json and ROOT/val2017/*.jpg"
+    offers = {**OpenMMLabTask.offers, OBJECTIVE: None}  # the region proposals (tasks.coco.objective)
     models = {  # the backbones start from Microsoft's ImageNet-1k Swin releases, timm's .ms_in1k weights
         "mask_rcnn_swin_t": OpenMMLabModel("mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py", SWIN_T,
                                            "mmdet Mask R-CNN, Swin-T backbone (ImageNet-1k, 224 px), FPN, 1x"),
@@ -53,6 +58,11 @@ class CocoTask(OpenMMLabTask):
 
     def harness_metrics(self, raw: dict[str, float]) -> dict[str, float]:
         return {"box_ap": 100 * raw["coco/bbox_mAP"], "mask_ap": 100 * raw["coco/segm_mAP"]}
+
+    def output_objective(self, fp_model: nn.Module, temperature: float) -> OutputObjective:
+        """The RPN's objectness and boxes, as APHQ-ViT's detection code compares them (docs/methods.md, APHQ-ViT,
+        Detection); ``temperature`` is a classifier's and plays no part."""
+        return ProposalDivergence(backbone_proposals(fp_model) if self.options.quantize == "backbone" else inner_proposals)
 
     def tensor_samples(self, images: torch.Tensor) -> list:
         """Two-stage heads read each image's shape from its data sample."""

@@ -44,6 +44,7 @@ from harness.model.instrument import get_point
 from harness.quant.bits import parse_bits
 from harness.quant.capture import LAYER_INPUT, Target, capture, floating_point
 from harness.quant.convert import QuantConfig, quantize_model
+from harness.quant.objectives import LogitDivergence
 from harness.quant.reconstruction import (FisherDPLR, LogitKL, OutputMSE, PerturbationHessian, ReconstructionContext,
                                           ReconstructionSettings, positive_percentile, reconstruct, reconstruct_mlps,
                                           relu_mlps)
@@ -242,9 +243,9 @@ def _reconstructed(method: str, monkeypatch) -> tuple[torch.nn.Module, dict, lis
         if unit.is_head:
             loss = LogitKL(2.0 if method == "aphq" else None)
         elif method == "aphq":
-            loss = PerturbationHessian(20.0)
+            loss = PerturbationHessian()
         else:
-            loss = FisherDPLR(5, 1.0, 1.0, 20.0)
+            loss = FisherDPLR(5, 1.0, 1.0)
         objectives.append((unit.name, loss))
         return loss
 
@@ -304,13 +305,13 @@ def test_mlp_reconstruction_steps_match_the_authors(monkeypatch):
 
     own = []
 
-    def authors_gradients(self, module, model_, shift, temperature):
-        own.append(gradients(self, module, model_, shift, temperature))  # the harness's own, kept
+    def authors_gradients(self, module, model_, shift):
+        own.append(gradients(self, module, model_, shift))  # the harness's own, kept
         return next(pairs)
 
     monkeypatch.setattr(ReconstructionContext, "output_gradients", authors_gradients)
     with floating_point(qmodel):
-        reconstruct_mlps(qmodel, model, IMAGES, torch.device("cpu"), META["steps"], META["batch"], 4e-5, 0.98, 20.0,
+        reconstruct_mlps(qmodel, model, IMAGES, torch.device("cpu"), META["steps"], META["batch"], 4e-5, 0.98, LogitDivergence(20.0),
                          2.0, torch.Generator().manual_seed(META["seed"]), 8,
                          on_step=lambda name, step, value: losses.setdefault(name, []).append(value))
         with torch.no_grad():

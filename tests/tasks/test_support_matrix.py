@@ -109,8 +109,14 @@ def test_the_declared_matrix_of_the_registered_plugins():
     refused = {pair for pair, verdict in rows.items() if verdict.status == "refused"}
     assert conditional == {(method, task) for method in ("spdfq", "spdfq_minmax") for task in ("ade20k", "coco")} | {
         ("maskaq", "imagenet")}
-    # APHQ-ViT's and FIMA-Q's reconstruction losses are defined on the model's logits, which a backbone lacks
-    assert refused == {(method, task) for method in ("maskaq", "aphq_vit", "fima_q") for task in ("ade20k", "coco")}
+    # FIMA-Q's reconstruction loss is defined on the model's logits, which a backbone lacks; APHQ-ViT's on the task's
+    # objective, which a detector has (its region proposals) and a segmentor has not
+    assert refused == {(method, task) for method in ("maskaq", "fima_q") for task in ("ade20k", "coco")} | {
+        ("aphq_vit", "ade20k")}
+    assert rows[("aphq_vit", "ade20k")].reasons == (
+        "calibrator 'aphq' needs objective (a differentiable objective on the quantized part's output, whose "
+        "gradient a calibrator weighs by (a classifier's logits; a two-stage detector's region proposals; none for "
+        "segmentation)): the task offers none",)
     assert rows[("maskaq", "coco")].reasons == (
         "generator 'maskaq' needs class token (a class token whose attention row over the patches a prior reads "
         "(ViT, DeiT; not Swin)): the task offers none",)

@@ -28,6 +28,7 @@ from harness.plugin.options import at_least
 from harness.plugin.registry import register_models
 from harness.plugin.task import ImagePrior, SynthesisTarget, Task, TaskOptions
 from harness.plugin.task_setup import TaskSetup
+from harness.quant.objectives import OutputObjective
 from harness.store.io import file_sha256
 
 SCOPES = ("backbone", "all")
@@ -193,6 +194,11 @@ class OpenMMLabTask(Task):
 
     def quantization_scope(self) -> str:
         return "backbone" if self.options.quantize == "backbone" else "backbone, neck and heads"
+
+    def output_objective(self, fp_model: nn.Module, temperature: float) -> OutputObjective:
+        """None by default: a backbone has no classes (a task that offers ``objective`` overrides this)."""
+        raise HarnessError(f"task {self.name} offers no objective on its quantized part's output "
+                           f"(docs/plugins.md, Support)")
 
     def synthesis_target(self, model_name: str, fp_model: nn.Module, classes: bool) -> SynthesisTarget:
         """The backbone; for a generator that needs classes, the class source (docs/methods.md, Class sources)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+from dataclasses import dataclass
 from typing import Iterator
 
 from torch import nn
@@ -103,6 +104,36 @@ def mlp_and_normed_temporaries(block: nn.Module) -> tuple[str, ...]:
     if not isinstance(getattr(block, "norm2", nn.Identity()), nn.Identity):
         points.append("mlp.fc1.in")
     return tuple(points)
+
+
+@dataclass(frozen=True)
+class BlockMlp:
+    """A transformer block's MLP as one sees it who rewrites it: fc1 → activation → fc2, without the residual
+    (timm's ``Mlp``; the ``layers`` of mmcv's ``FFN``, whose forward adds the residual itself)."""
+
+    module: nn.Module
+    fc1: nn.Linear
+    fc2: nn.Linear
+    _owner: nn.Module  # the module holding the activation, under ``_name``
+    _name: str
+
+    @property
+    def activation(self) -> nn.Module:
+        return getattr(self._owner, self._name)
+
+    def use_activation(self, activation: nn.Module) -> None:
+        setattr(self._owner, self._name, activation)
+
+
+def block_mlp(block: nn.Module) -> BlockMlp | None:
+    """The MLP of a timm ViT/DeiT/Swin block or an mmdet/mmseg Swin block; None for other modules."""
+    mlp = getattr(block, "mlp", None)
+    if mlp is not None and hasattr(mlp, "fc2"):
+        return BlockMlp(mlp, mlp.fc1, mlp.fc2, mlp, "act")
+    layers = getattr(getattr(block, "ffn", None), "layers", None)
+    if layers is not None:  # mmcv FFN: ((fc1, activation, dropout), fc2, dropout)
+        return BlockMlp(layers, layers[0][0], layers[1], layers[0], "1")
+    return None
 
 
 def is_window_attention(module: nn.Module) -> bool:
