@@ -19,7 +19,7 @@ def test_shipped_table_uses_harness_names():
     load_published()  # no duplicate keys, no unknown verified status or protocol, every bit spec parses
     with resources.files("reports").joinpath("published.csv").open() as handle:
         table = pd.read_csv(handle)
-    assert len(table) == 280 and set(table["method"]) == METHODS
+    assert len(table) == 288 and set(table["method"]) == METHODS
     assert set(table["task"]) == {"imagenet", "coco", "ade20k"}
     assert set(table.loc[table["task"] == "imagenet", "model"]) == set(ImageNetTask.model_names)
     assert set(table["bits"]) == {"fp", "w4a8", "w8a8", "w3a3", "w4a4", "w5a5", "w6a6", "mp6", "mp8"}
@@ -27,6 +27,8 @@ def test_shipped_table_uses_harness_names():
 
 @pytest.mark.parametrize("key, value, verified, notes, protocol", [
     (("imagenet", "deit_tiny_patch16_224", "psaq", "w4a8", "top1"), 65.57, "verified", "min-max", CALIBRATION_ONLY),
+    (("coco", "mask_rcnn_swin_s", "aphq_vit", "w4a4", "mask_ap"), 41.0, "verified", "RPN's perturbation Hessian",
+     CALIBRATION_ONLY),
     (("imagenet", "swin_small_patch4_window7_224", "psaq_v2", "w8a8", "top1"), 82.13, "verified", "", FINE_TUNED),
     (("imagenet", "deit_base_patch16_224", "ranking", "mp8a8", "top1"),
      81.29, "verified", "mixed precision", CALIBRATION_ONLY),
