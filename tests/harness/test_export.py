@@ -257,7 +257,6 @@ def _lowered_inputs(qmodel: nn.Module, images: torch.Tensor) -> dict[str, tuple[
 
 def _runtime_quantize_dequantize(pairs: list, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """QuantizeLinear → DequantizeLinear in ONNX Runtime, one pair per (scale, zero point) the exporter writes."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

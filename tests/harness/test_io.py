@@ -72,7 +72,7 @@ def test_an_interrupted_writes_leftover_is_removed_at_the_next_run_and_a_live_wr
     _writer(cache / "imagenet_eval" / "key" / "meta.json", "die")
     _writer(tmp_path / "exports" / "model.onnx", "die")  # outside both folders: not the run's to clean
     (leftover_record,) = _hidden(results / "records")
-    assert re.fullmatch(rf"\.0123456789abcdef\.json\.[A-Za-z0-9-]+\.\d+\.[a-z0-9_]{{8}}\.tmp", leftover_record)
+    assert re.fullmatch(r"\.0123456789abcdef\.json\.[A-Za-z0-9-]+\.\d+\.[a-z0-9_]{8}\.tmp", leftover_record)
     assert re.fullmatch(r"\.model\.onnx\.[A-Za-z0-9-]+\.\d+\.[a-z0-9_]{8}\.tmp\.onnx", _hidden(tmp_path / "exports")[0])
     live = _writer(results / "records" / "fedcba9876543210.json", "live")
     try:

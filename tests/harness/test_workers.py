@@ -1,5 +1,4 @@
 """Isolated workers end with their runner; a runner waiting on a lock says what it waits for."""
-import os
 import signal
 import subprocess
 import sys
