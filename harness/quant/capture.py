@@ -18,6 +18,7 @@ from harness.model.instrument import POINTS, attach_point
 from harness.quant.modules import act_quantizers, unquantized_weights, weight_quantized_layers
 
 LAYER_INPUT, LAYER_OUTPUT = "layer input", "layer output"  # hook targets; other targets are named points
+Captured = torch.Tensor | tuple[torch.Tensor, ...]  # what a target holds: a tensor, or an FPN's maps
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ def capture(model: nn.Module, images: torch.Tensor, targets: dict[str, Target], 
     pending: set[str] = set()
 
     def recorder(key: str) -> Callable[[torch.Tensor], None]:
-        def record(value: torch.Tensor) -> None:
-            kept[key].append(reduce(key, value) if reduce else value.detach().clone())
+        def record(value: Captured) -> None:
+            kept[key].append(reduce(key, value) if reduce else _map(lambda t: t.detach().clone(), value))
             pending.discard(key)
             if not pending:
                 raise _Done
@@ -87,7 +88,7 @@ def capture(model: nn.Module, images: torch.Tensor, targets: dict[str, Target], 
                 model(images[start:start + batch_size].to(device))
             except _Done:
                 pass
-    return {key: torch.cat(values) for key, values in kept.items()}
+    return {key: concatenate(values) for key, values in kept.items()}
 
 
 @torch.no_grad()
@@ -114,9 +115,24 @@ def call_arguments(model: nn.Module, image: torch.Tensor, module: nn.Module,
     return seen[0]
 
 
-def _first(output: torch.Tensor | tuple) -> torch.Tensor:
-    """A module's output as captured: the first of several (mmcv's patch embedding returns (tensor, size))."""
-    return output[0] if isinstance(output, tuple) else output
+def tensors_of(value: torch.Tensor | tuple | list) -> Captured:
+    """The tensors of a module's input or output: one tensor as itself, several as a tuple (mmcv's patch embedding
+    returns (tensor, size): its tensor; an FPN takes and gives a tuple of feature maps)."""
+    if not isinstance(value, (tuple, list)):
+        return value
+    found = tuple(t for t in value if isinstance(t, torch.Tensor))
+    return found[0] if len(found) == 1 else found
+
+
+def concatenate(batches: list[Captured]) -> Captured:
+    """Captured batches joined along the images, a tuple element by element."""
+    if isinstance(batches[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*batches))
+    return torch.cat(batches)
+
+
+def _map(function: Callable[[torch.Tensor], torch.Tensor], value: Captured) -> Captured:
+    return tuple(map(function, value)) if isinstance(value, tuple) else function(value)
 
 
 @contextlib.contextmanager
@@ -124,8 +140,8 @@ def _hooked(target: Target, record: Callable[[torch.Tensor], None]) -> Iterator[
     """Record ``target``'s value during the block; the model is restored exactly afterwards."""
     module, point = target.module, target.point
     if point in (LAYER_INPUT, LAYER_OUTPUT):
-        handle = (module.register_forward_pre_hook(lambda m, args: record(args[0]), prepend=True)
-                  if point == LAYER_INPUT else module.register_forward_hook(lambda m, args, out: record(_first(out))))
+        handle = (module.register_forward_pre_hook(lambda m, args: record(tensors_of(args[0])), prepend=True)
+                  if point == LAYER_INPUT else module.register_forward_hook(lambda m, args, out: record(tensors_of(out))))
         try:
             yield
         finally:

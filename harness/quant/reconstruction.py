@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.model.arch import BlockMlp, block_mlp, is_instrumented_block
-from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Target, call_arguments, capture
+from harness.quant.capture import LAYER_INPUT, LAYER_OUTPUT, Captured, Target, call_arguments, capture, tensors_of
 from harness.quant.fake_quant import MIN_SCALE, round_ste
 from harness.quant.learnable import learnable_scales
 from harness.quant.modules import ActQuantizer, act_quantizers, unquantized_weights, weight_quantized_layers
@@ -206,27 +206,45 @@ class Unit:
     module: nn.Module  # in the quantized model
     fp_module: nn.Module  # the same unit in the FP model
     is_head: bool
+    is_neck: bool = False  # a detector's FPN, quantized with ``quantize=all``
     args: tuple = ()  # what the model passes the unit after its input (an mmdet Swin block's feature-map size)
     kwargs: dict = field(default_factory=dict)
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The quantized unit's output on ``inputs``: its first output where it returns more."""
-        return first_output(self.module(inputs, *self.args, **self.kwargs))
+    def __call__(self, inputs: Captured) -> torch.Tensor:
+        """The quantized unit's output on ``inputs`` (:func:`compared_output`)."""
+        return compared_output(self.module(inputs, *self.args, **self.kwargs))
 
 
-def first_output(output: torch.Tensor | tuple) -> torch.Tensor:
-    """A module's output as reconstruction compares it: mmcv's patch embedding and merging return (tensor, size)."""
-    return output[0] if isinstance(output, tuple) else output
+def compared_output(output: torch.Tensor | tuple | list) -> torch.Tensor:
+    """A unit's output as reconstruction compares it: its tensor (mmcv's patch embedding and merging return
+    (tensor, size)), or its tensors flattened per image and joined (an FPN's maps, as the authors' detection code
+    compares them)."""
+    tensors = tensors_of(output)
+    return torch.cat([t.flatten(1) for t in tensors], dim=1) if isinstance(tensors, tuple) else tensors
+
+
+def _pick(value: Captured, index: torch.Tensor) -> Captured:
+    return tuple(t[index] for t in value) if isinstance(value, tuple) else value[index]
+
+
+def _mixed(quantized: Captured, fp: Captured, drop_prob: float, generator: torch.Generator) -> Captured:
+    """Each element from the quantized input with probability ``drop_prob``, else the FP one (QDrop), a tuple's
+    tensors drawn in order."""
+    if isinstance(quantized, tuple):
+        return tuple(_mixed(q, f, drop_prob, generator) for q, f in zip(quantized, fp))
+    mix = torch.rand(quantized.shape, generator=generator, dtype=quantized.dtype) < drop_prob
+    return torch.where(mix.to(quantized.device), quantized, fp)
 
 
 def reconstruction_units(qmodel: nn.Module, fp_model: nn.Module) -> list[Unit]:
-    """Patch embedding, transformer blocks, patch mergings and the head, in forward order."""
+    """Patch embedding, transformer blocks, patch mergings and the head, in forward order; a detector's FPN neck
+    where it is quantized (the authors' detection code's units)."""
     units = []
     for name, module in qmodel.named_modules():
         kind = type(module).__name__
-        if (is_instrumented_block(module) or kind in ("PatchEmbed", "PatchMerging") or name == "head"):
+        if (is_instrumented_block(module) or kind in ("PatchEmbed", "PatchMerging", "FPN") or name == "head"):
             if any(True for _ in weight_quantized_layers(module)):
-                units.append(Unit(name, module, fp_model.get_submodule(name), name == "head"))
+                units.append(Unit(name, module, fp_model.get_submodule(name), name == "head", kind == "FPN"))
     return units
 
 
@@ -296,7 +314,7 @@ class ReconstructionContext:
         grads, outputs = [], []
 
         def hook(_: nn.Module, __: tuple, out: torch.Tensor | tuple) -> torch.Tensor | tuple:
-            tensor = first_output(out).detach().requires_grad_()
+            tensor = compared_output(out).detach().requires_grad_()
             tensor.register_hook(lambda g: grads.append(g.detach()))
             if keep_outputs:
                 outputs.append(tensor.detach())
@@ -354,15 +372,15 @@ def reconstruct(qmodel: nn.Module, fp_model: nn.Module, images: torch.Tensor, de
         fp = capture(fp_model, images, {"in": Target(unit.fp_module, LAYER_INPUT),
                                         "out": Target(unit.fp_module, LAYER_OUTPUT)}, device, capture_batch)
         quantized_inputs = capture(qmodel, images, {"in": Target(unit.module, LAYER_INPUT)}, device, capture_batch)["in"]
-        context.fp_outputs = fp["out"]
+        context.fp_outputs = compared_output(fp["out"])
         loss = objective(unit)
         generator = torch.Generator().manual_seed(seed)
-        losses[unit.name] = reconstruct_unit(unit, fp["in"], quantized_inputs, fp["out"], loss, settings, context,
-                                             generator, on_step)
+        losses[unit.name] = reconstruct_unit(unit, fp["in"], quantized_inputs, context.fp_outputs, loss, settings,
+                                             context, generator, on_step)
     return losses
 
 
-def reconstruct_unit(unit: Unit, fp_inputs: torch.Tensor, quantized_inputs: torch.Tensor, targets: torch.Tensor,
+def reconstruct_unit(unit: Unit, fp_inputs: Captured, quantized_inputs: Captured, targets: torch.Tensor,
                      objective: ReconstructionLoss, settings: ReconstructionSettings, context: ReconstructionContext,
                      generator: torch.Generator, on_step: Callable[[str, int, float], None] | None = None) -> float:
     layers = [layer for _, layer in weight_quantized_layers(unit.module) if layer.weight_bits]
@@ -381,10 +399,8 @@ def reconstruct_unit(unit: Unit, fp_inputs: torch.Tensor, quantized_inputs: torc
     value = float("nan")
     with qdrop(quantizers, settings.drop_prob, generator):
         for step in range(settings.iterations):
-            index = torch.randperm(len(fp_inputs), generator=generator)[:settings.batch_size]
-            quantized, fp = quantized_inputs[index], fp_inputs[index]
-            mix = torch.rand(quantized.shape, generator=generator, dtype=quantized.dtype) < settings.drop_prob
-            inputs = torch.where(mix.to(quantized.device), quantized, fp)
+            index = torch.randperm(len(targets), generator=generator)[:settings.batch_size]
+            inputs = _mixed(_pick(quantized_inputs, index), _pick(fp_inputs, index), settings.drop_prob, generator)
             objective.step(step, unit, context)
             objective.batch(index)
             weight_optimizer.zero_grad()

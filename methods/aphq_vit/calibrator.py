@@ -6,7 +6,8 @@
 2. Calibration: every quantizer searched on a grid by output MSE over the first ``calib_size`` images
    (:func:`harness.quant.grid_search.calibrate_by_grid_search`), per head for the attention matmuls.
 3. Block reconstruction with AdaRound and QDrop under the average-perturbation-Hessian loss
-   (:mod:`harness.quant.reconstruction`) on the first ``optim_size`` images.
+   (:mod:`harness.quant.reconstruction`) on the first ``optim_size`` images; a quantized detector's FPN neck
+   under the output MSE, the head under the logits' KL divergence.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from torch import nn
 
 from harness.api import BLOCKS, CALIBRATORS, OBJECTIVE, CalibrationContext, Calibrator
 from harness.api import at_least, positive, probability
-from harness.api.quantizer import (LogitKL, PerturbationHessian, SearchReconstructOptions, floating_point, reconstruct,
-                                   reconstruct_mlps, relu_mlps)
+from harness.api.quantizer import (LogitKL, OutputMSE, PerturbationHessian, SearchReconstructOptions, floating_point,
+                                   reconstruct, reconstruct_mlps, relu_mlps)
 
 
 @dataclass
@@ -60,6 +61,6 @@ class APHQCalibrator(Calibrator):
         if options.iterations:
             info["block_loss"] = reconstruct(
                 qmodel, context.fp_model, optim_images, device,
-                lambda unit: LogitKL(2.0) if unit.is_head else PerturbationHessian(),
+                lambda unit: LogitKL(2.0) if unit.is_head else OutputMSE(2.0) if unit.is_neck else PerturbationHessian(),
                 options.reconstruction(), context.seed, context.batch_size, output=output)
         return info

@@ -107,11 +107,14 @@ def test_aphq_reconstructs_the_mmdet_swin_backbone_unit_by_unit(reconstructed):
     assert record["fp_metrics"]["box_ap"] == 100.0 and 0 <= record["metrics"]["box_ap"] < 100.0
 
 
-def test_with_neck_and_heads_quantized_the_backbone_is_reconstructed_the_same(reconstructed):
+def test_with_neck_and_heads_quantized_the_backbone_is_reconstructed_the_same_and_the_neck_after_it(reconstructed):
     """The proposals taken inside the whole detector are the FP neck and RPN on the backbone's features: the
-    backbone's units see the same Hessians and inputs, so every loss is the same."""
+    backbone's units see the same Hessians and inputs, so every loss is the same; the FPN is reconstructed last
+    (the authors' detection code's units), its five maps compared as one."""
     backbone, whole = (reconstructed[scope]["calibrator_info"] for scope in ("backbone", "all"))
-    for part in ("block_loss", "mlp_loss"):
-        assert {f"model.backbone.{name}": value for name, value in backbone[part].items()} == whole[part]
+    assert {f"model.backbone.{name}": value for name, value in backbone["mlp_loss"].items()} == whole["mlp_loss"]
+    assert {f"model.backbone.{name}": value for name, value in backbone["block_loss"].items()} | {
+        "model.neck": whole["block_loss"]["model.neck"]} == whole["block_loss"]
+    assert list(whole["block_loss"])[-1] == "model.neck" and math.isfinite(whole["block_loss"]["model.neck"])
     assert reconstructed["all"]["quantizer"]["weight_quantized_layers"] > reconstructed["backbone"]["quantizer"][
         "weight_quantized_layers"]
