@@ -4,8 +4,8 @@ FIMA-Q's Fisher information (diagonal plus low rank).
 
 The units, in forward order: the patch embedding, every transformer block, Swin's patch mergings and the
 classifier head (KL divergence of the logits); each called with the further arguments its model passes it (an
-mmdet Swin block's feature-map size), and judged by its first output where it returns more (mmcv's patch
-embedding and merging return the size too). Gradient-weighted objectives take their gradients of the task's
+mmdet Swin block's feature-map size), and judged by its tensor where it returns more (mmcv's patch embedding
+and merging return the size too); with ``quantize=all``, a detector's FPN neck after them, its maps joined. Gradient-weighted objectives take their gradients of the task's
 objective (:mod:`harness.quant.objectives`). For each unit: the FP model's input and output, the quantized
 model's input (earlier units reconstructed); then ``iterations`` steps of Adam on the rounding variables of its
 weights (lr 1e-3) and, with cosine decay, its activation scales (lr 4e-5), on a mini-batch whose input takes
@@ -314,7 +314,10 @@ class ReconstructionContext:
         grads, outputs = [], []
 
         def hook(_: nn.Module, __: tuple, out: torch.Tensor | tuple) -> torch.Tensor | tuple:
-            tensor = compared_output(out).detach().requires_grad_()
+            tensor = tensors_of(out)
+            if isinstance(tensor, tuple):
+                raise ValueError(f"{type(module).__name__} returns {len(tensor)} tensors: no gradient at one output")
+            tensor = tensor.detach().requires_grad_()
             tensor.register_hook(lambda g: grads.append(g.detach()))
             if keep_outputs:
                 outputs.append(tensor.detach())
@@ -325,8 +328,8 @@ class ReconstructionContext:
         try:
             with torch.enable_grad():
                 for index, start in enumerate(range(0, len(self.images), self.batch_size)):
-                    outputs_ = self.output.outputs(model, self.images[start:start + self.batch_size].to(self.device))
-                    self.output.loss(outputs_, self.references[index]).backward()
+                    produced = self.output.outputs(model, self.images[start:start + self.batch_size].to(self.device))
+                    self.output.loss(produced, self.references[index]).backward()
         finally:
             handle.remove()
         return torch.cat(grads), (torch.cat(outputs) if keep_outputs else None)
