@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from torch import nn
 
 from harness.api import OBJECTIVE, TASKS, OpenMMLabModel, OpenMMLabTask, TaskSetup

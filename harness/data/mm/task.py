@@ -196,7 +196,7 @@ class OpenMMLabTask(Task):
         return "backbone" if self.options.quantize == "backbone" else "backbone, neck and heads"
 
     def output_objective(self, fp_model: nn.Module, temperature: float) -> OutputObjective:
-        """None by default: a backbone has no classes (a task that offers ``objective`` overrides this)."""
+        """Refused by default (HarnessError): a backbone has no logits; a task that offers ``objective`` overrides this."""
         raise HarnessError(f"task {self.name} offers no objective on its quantized part's output "
                            f"(docs/plugins.md, Support)")
 
